@@ -1,0 +1,30 @@
+"""rai-middleware: Returning.AI community widgets for the signed-in users of any Python site.
+
+Mark a spot in a page with ``<rai-placeholder widget="channel" ...>`` and wrap the app::
+
+    from rai_middleware import ReturningAIMiddleware
+
+    app = ReturningAIMiddleware(app, community_id="...", access_id="...", access_key="...")
+
+The middleware finds placeholders in outgoing HTML, mints (or reuses) a short-lived token
+for the visitor with the site's server-side credentials, and writes the widget in place.
+"""
+
+from __future__ import annotations
+
+from ._asgi import ReturningAIMiddleware
+from ._exceptions import ConfigurationError, ReturningAIError, TokenError
+from ._version import __version__
+
+__all__ = [
+    "ConfigurationError",
+    "ReturningAIError",
+    "ReturningAIMiddleware",
+    "TokenError",
+    "__version__",
+]
+
+# Show the public path in reprs and tracebacks, as httpx does.
+for _name in ("ConfigurationError", "ReturningAIError", "ReturningAIMiddleware", "TokenError"):
+    globals()[_name].__module__ = "rai_middleware"
+del _name

@@ -1,0 +1,493 @@
+"""The ASGI adapter: translate messages, and leave every decision to the core.
+
+Per request, one ``_PageResponder`` holds all state (the held start message, the scanner,
+the visitor's identity and token); the middleware object itself only holds configuration
+and the shared services, so it is safe under any concurrency.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import httpx
+
+from ._config import DEFAULT_SDK_URL, DEFAULT_TOKEN_PATH, Settings
+from ._endpoint import RefreshEndpoint
+from ._exceptions import ConfigurationError, TokenError
+from ._http import ResponseInfo, csp_nonce, inspect_response, rewrite_headers
+from ._identity import Identity, default_identify, resolve_identity
+from ._render import (
+    WidgetMarkup,
+    parse_attributes,
+    render_scripts,
+    render_widget,
+    widget_attributes,
+)
+from ._scanner import Item, Placeholder, PlaceholderScanner
+from ._tickets import TicketSigner
+from ._tokens import TokenService
+from ._types import ASGIApp, IdentifyCallable, Message, Receive, Scope, Send
+
+__all__ = ["ReturningAIMiddleware"]
+
+logger = logging.getLogger("rai_middleware")
+
+# Set in the scope by the outermost instance, so that a second instance for the same tag
+# further in does not scan again.
+_SCOPE_MARK = "rai_middleware.tags"
+_UNRESOLVED: Any = object()
+# Extensions that send a body without ``http.response.body`` messages: hidden from the
+# app on candidate requests so that an HTML file is sent as body messages we can read.
+_BODYLESS_EXTENSIONS = ("http.response.pathsend", "http.response.zerocopysend")
+
+
+class ReturningAIMiddleware:
+    """Replace placeholder tags in HTML pages with Returning.AI widgets.
+
+    See the README for every option. All options are keyword arguments; the three
+    credentials fall back to the ``RAI_COMMUNITY_ID``, ``RAI_ACCESS_ID`` and
+    ``RAI_ACCESS_KEY`` environment variables.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        community_id: str | None = None,
+        access_id: str | None = None,
+        access_key: str | None = None,
+        identify: IdentifyCallable | None = None,
+        api_base_url: str | None = None,
+        token_path: str = DEFAULT_TOKEN_PATH,
+        sdk_url: str = DEFAULT_SDK_URL,
+        endpoint_prefix: str = "/_rai",
+        placeholder_tag: str = "rai-placeholder",
+        widgets: Mapping[str, str] | None = None,
+        timeout: float = 3.0,
+        min_token_ttl: float = 300,
+        cache_maxsize: int = 10_000,
+        http_client: httpx.AsyncClient | None = None,
+        secret_key: str | None = None,
+        ticket_max_age: int = 12 * 60 * 60,
+        max_placeholder_size: int = 64 * 1024,
+        failure_threshold: int = 5,
+        failure_cooldown: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if identify is not None and not callable(identify):
+            raise ConfigurationError("identify must be a callable taking the ASGI scope")
+        if http_client is not None and not isinstance(http_client, httpx.AsyncClient):
+            raise ConfigurationError("http_client must be an httpx.AsyncClient")
+        self.app = app
+        self.settings = Settings.from_options(
+            community_id=community_id,
+            access_id=access_id,
+            access_key=access_key,
+            secret_key=secret_key,
+            api_base_url=api_base_url,
+            token_path=token_path,
+            sdk_url=sdk_url,
+            endpoint_prefix=endpoint_prefix,
+            placeholder_tag=placeholder_tag,
+            widgets=widgets,
+            timeout=timeout,
+            min_token_ttl=min_token_ttl,
+            cache_maxsize=cache_maxsize,
+            ticket_max_age=ticket_max_age,
+            max_placeholder_size=max_placeholder_size,
+            failure_threshold=failure_threshold,
+            failure_cooldown=failure_cooldown,
+        )
+        self.identify: IdentifyCallable = identify or default_identify
+        self.tokens = TokenService(self.settings, http_client=http_client, clock=clock)
+        self.tickets = TicketSigner(
+            self.settings.secret_key.reveal(), max_age=self.settings.ticket_max_age
+        )
+        self._identity_secret = self.settings.secret_key.reveal().encode()
+        self._endpoint = RefreshEndpoint(
+            tokens=self.tokens, tickets=self.tickets, identify=self.identify_visitor
+        )
+        # Precomputed once: the cheap test that decides whether a body needs scanning.
+        self._quick_match = re.compile(
+            re.escape(b"<" + self.settings.placeholder_tag.encode("ascii")), re.IGNORECASE
+        ).search
+
+    def __repr__(self) -> str:
+        return (
+            f"ReturningAIMiddleware(app={self.app!r}, "
+            f"community_id={self.settings.community_id!r}, "
+            f"placeholder_tag={self.settings.placeholder_tag!r})"
+        )
+
+    async def identify_visitor(self, scope: Scope) -> Identity | None:
+        """The visitor's identity, or None: what ``identify`` says, checked. Never raises."""
+        if self.identify is default_identify and "user" not in scope:
+            logger.debug(
+                "no scope['user'] for %s: the visitor is anonymous (put ReturningAIMiddleware "
+                "inside AuthenticationMiddleware, or pass identify=)",
+                scope.get("path"),
+            )
+        return await resolve_identity(self.identify, scope, self._identity_secret)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope_type = scope["type"]
+        if scope_type == "lifespan":
+            await self._lifespan(scope, receive, send)
+            return
+        if scope_type != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        if path == self.settings.refresh_path or path == (
+            scope.get("root_path", "") + self.settings.refresh_path
+        ):
+            await self._endpoint(scope, receive, send)
+            return
+        tag = self.settings.placeholder_tag
+        handled = scope.get(_SCOPE_MARK)
+        if scope.get("method") == "HEAD" or (handled is not None and tag in handled):
+            await self.app(scope, receive, send)
+            return
+        scope[_SCOPE_MARK] = (*(handled or ()), tag)
+        extensions = scope.get("extensions")
+        if extensions and any(name in extensions for name in _BODYLESS_EXTENSIONS):
+            scope = dict(scope)
+            scope["extensions"] = {
+                key: value for key, value in extensions.items() if key not in _BODYLESS_EXTENSIONS
+            }
+        responder = _PageResponder(self, scope, send)
+        await self.app(scope, receive, responder.send)
+        await responder.finish()
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def lifespan_receive() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await self.tokens.startup()
+            return message
+
+        async def lifespan_send(message: Message) -> None:
+            if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+                await self.tokens.aclose()
+            await send(message)
+
+        await self.app(scope, lifespan_receive, lifespan_send)
+
+    def refresh_url(self, scope: Scope) -> str:
+        root_path: str = scope.get("root_path", "")
+        return root_path + self.settings.refresh_path
+
+
+class _PageResponder:
+    """One response's journey through the middleware."""
+
+    __slots__ = (
+        "_auth",
+        "_identity",
+        "_info",
+        "_middleware",
+        "_mode",
+        "_scanner",
+        "_scope",
+        "_send",
+        "_start",
+        "_token_used",
+        "_widgets",
+    )
+
+    # _mode: what to do with the next message.
+    _UNDECIDED = 0  # no start yet
+    _HOLDING = 1  # candidate; start held until the first body
+    _STREAMING = 2  # start sent, body passing through the scanner
+    _PASSTHROUGH = 3  # not ours (or failed open): forward as is
+    _DONE = 4
+
+    def __init__(self, middleware: ReturningAIMiddleware, scope: Scope, send: Send) -> None:
+        self._middleware = middleware
+        self._scope = scope
+        self._send = send
+        self._mode = self._UNDECIDED
+        self._start: Message | None = None
+        self._info: ResponseInfo | None = None
+        self._scanner: PlaceholderScanner | None = None
+        self._identity: Identity | None = _UNRESOLVED
+        self._auth: WidgetMarkup | None = _UNRESOLVED
+        self._widgets = 0
+        self._token_used = False
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        mode = self._mode
+        if kind == "http.response.body":
+            if mode == self._STREAMING:
+                await self._stream_body(message)
+            elif mode == self._HOLDING:
+                await self._first_body(message)
+            else:
+                if not message.get("more_body", False):
+                    self._mode = self._DONE if mode == self._PASSTHROUGH else mode
+                await self._send(message)
+            return
+        if kind == "http.response.start" and mode == self._UNDECIDED:
+            self._on_start(message)
+            if self._mode == self._PASSTHROUGH:
+                await self._send(message)
+            return
+        if mode == self._HOLDING:
+            # pathsend, zerocopysend, trailers...: not a body we can read. Let the response
+            # go as the app wrote it, start first.
+            self._mode = self._PASSTHROUGH
+            assert self._start is not None
+            await self._send(self._start)
+        await self._send(message)
+
+    def _on_start(self, message: Message) -> None:
+        headers = message.get("headers")
+        if headers is not None and not isinstance(headers, list):
+            headers = list(headers)  # a tuple or a generator: read it once, keep it
+            message["headers"] = headers
+        info = inspect_response(message.get("status", 200), headers or ())
+        if not info.candidate:
+            self._mode = self._PASSTHROUGH
+            return
+        self._info = info
+        self._start = message
+        self._mode = self._HOLDING
+
+    async def finish(self) -> None:
+        """After the app returned: release anything a truncated stream left with us."""
+        if self._mode == self._STREAMING and self._scanner is not None:
+            rest = self._scanner.close()
+            if rest:
+                await self._send(
+                    {
+                        "type": "http.response.body",
+                        "body": await self._render(rest),
+                        "more_body": True,
+                    }
+                )
+            self._mode = self._DONE
+
+    # -- bodies ----------------------------------------------------------------------
+
+    async def _first_body(self, message: Message) -> None:
+        start = self._start
+        assert start is not None
+        body = bytes(message.get("body", b""))
+        more_body = message.get("more_body", False)
+        if not more_body:
+            self._mode = self._DONE
+            if self._middleware._quick_match(body) is None:
+                await self._send(start)
+                await self._send(message)
+                return
+            try:
+                items = self._new_scanner().feed(body)
+                items += self._scanner_close()
+                new_body = await self._render(items) if _has_placeholder(items) else None
+                headers = (
+                    None
+                    if new_body is None
+                    else rewrite_headers(
+                        start.get("headers") or [],
+                        content_length=len(new_body),
+                        private=self._token_used,
+                        rewritten=True,
+                    )
+                )
+            except Exception:
+                logger.exception("rewriting the page failed; sending it unchanged")
+                new_body = headers = None
+            if new_body is None or headers is None:
+                await self._send(start)
+                await self._send(message)
+                return
+            await self._send({**start, "headers": headers})
+            await self._send({"type": "http.response.body", "body": new_body})
+            return
+        # A stream: headers must go before we know what later chunks hold.
+        self._mode = self._STREAMING
+        scanner = self._new_scanner()
+        try:
+            items = scanner.feed(body)
+            out = await self._render(items)
+            rewritten = _has_placeholder(items)
+            private = self._token_used or (await self._visitor()) is not None
+            headers = rewrite_headers(
+                start.get("headers") or [],
+                content_length=None,
+                private=private,
+                rewritten=rewritten or private,
+            )
+        except Exception:
+            logger.exception("rewriting the page failed; sending it unchanged")
+            self._mode = self._PASSTHROUGH
+            await self._send(start)
+            await self._send(message)
+            return
+        await self._send({**start, "headers": headers})
+        if out:
+            await self._send({"type": "http.response.body", "body": out, "more_body": True})
+
+    async def _stream_body(self, message: Message) -> None:
+        scanner = self._scanner
+        assert scanner is not None
+        chunk = message.get("body", b"")
+        more_body = message.get("more_body", False)
+        held = scanner.pending
+        items: list[Item] | None = None
+        pending = b""
+        try:
+            items = scanner.feed(chunk)
+            pending = scanner.pending
+            if not more_body:
+                items = items + self._scanner_close()
+                pending = b""
+            out = await self._render(items)
+        except Exception:
+            # Fail open: whatever we could not render goes out exactly as the app wrote it.
+            logger.exception("rewriting the page failed; sending the rest unchanged")
+            if items is None:
+                out = held + bytes(chunk)
+            else:
+                out = b"".join(_raw(item) for item in items) + pending
+            self._mode = self._PASSTHROUGH
+        if not more_body:
+            self._mode = self._DONE
+        if out or not more_body:
+            await self._send({"type": "http.response.body", "body": out, "more_body": more_body})
+
+    def _new_scanner(self) -> PlaceholderScanner:
+        settings = self._middleware.settings
+        self._scanner = PlaceholderScanner(
+            settings.placeholder_tag, max_size=settings.max_placeholder_size
+        )
+        return self._scanner
+
+    def _scanner_close(self) -> list[Item]:
+        scanner = self._scanner
+        assert scanner is not None
+        unfinished = scanner.pending
+        items = scanner.close()
+        if scanner.oversized:
+            logger.warning(
+                "%d <%s> element(s) on %s exceeded max_placeholder_size (%d bytes) and were "
+                "sent unchanged",
+                scanner.oversized,
+                self._middleware.settings.placeholder_tag,
+                self._scope.get("path"),
+                self._middleware.settings.max_placeholder_size,
+            )
+        if _has_open_tag(unfinished, self._middleware.settings.placeholder_tag):
+            logger.warning(
+                "an unterminated <%s> on %s was sent unchanged",
+                self._middleware.settings.placeholder_tag,
+                self._scope.get("path"),
+            )
+        return items
+
+    # -- rendering -------------------------------------------------------------------
+
+    async def _render(self, items: list[Item]) -> bytes:
+        if len(items) == 1 and isinstance(items[0], bytes):
+            return items[0]
+        parts: list[bytes] = []
+        for item in items:
+            if isinstance(item, bytes):
+                parts.append(item)
+            else:
+                parts.append(await self._render_placeholder(item))
+        return b"".join(parts)
+
+    async def _render_placeholder(self, placeholder: Placeholder) -> bytes:
+        info = self._info
+        assert info is not None
+        settings = self._middleware.settings
+        attributes = parse_attributes(placeholder.attributes, info.encoding)
+        written, element = widget_attributes(attributes, settings.widgets)
+        if element is None:
+            if written is None:
+                logger.error(
+                    "a <%s> on %s has no widget attribute; expected one of %s. "
+                    "Serving its fallback content.",
+                    settings.placeholder_tag,
+                    self._scope.get("path"),
+                    ", ".join(sorted(settings.widgets)),
+                )
+            else:
+                logger.error(
+                    "unknown widget %r in a <%s> on %s; expected one of %s. "
+                    "Serving its fallback content.",
+                    written,
+                    settings.placeholder_tag,
+                    self._scope.get("path"),
+                    ", ".join(sorted(settings.widgets)),
+                )
+            return placeholder.inner
+        markup = await self._markup()
+        if markup is None:
+            return placeholder.inner
+        self._widgets += 1
+        self._token_used = True
+        html = render_widget(
+            element,
+            attributes,
+            index=self._widgets,
+            token=markup.token,
+            community_id=markup.community_id,
+        )
+        if self._widgets == 1:
+            html += render_scripts(markup)
+        return html.encode(info.encoding, "xmlcharrefreplace")
+
+    async def _visitor(self) -> Identity | None:
+        if self._identity is _UNRESOLVED:
+            self._identity = await self._middleware.identify_visitor(self._scope)
+        return self._identity
+
+    async def _markup(self) -> WidgetMarkup | None:
+        """Token and scripts for this page: resolved once, on the first real widget."""
+        if self._auth is not _UNRESOLVED:
+            return self._auth
+        self._auth = None
+        identity = await self._visitor()
+        if identity is None:
+            logger.debug("anonymous visitor on %s: serving fallbacks", self._scope.get("path"))
+            return None
+        middleware = self._middleware
+        try:
+            token = await middleware.tokens.get(identity)
+        except TokenError:
+            # TokenService logged it (once per failure, not once per page).
+            return None
+        assert self._info is not None
+        state = self._scope.get("state")
+        nonce = csp_nonce(self._info.csp)
+        if nonce is None and isinstance(state, Mapping):
+            state_nonce = state.get("csp_nonce")
+            nonce = state_nonce if isinstance(state_nonce, str) and state_nonce else None
+        self._auth = WidgetMarkup(
+            token=token.value,
+            ticket=middleware.tickets.issue(identity.key),
+            community_id=middleware.settings.community_id,
+            sdk_url=middleware.settings.sdk_url,
+            refresh_url=middleware.refresh_url(self._scope),
+            nonce=nonce,
+        )
+        return self._auth
+
+
+def _has_placeholder(items: list[Item]) -> bool:
+    return any(isinstance(item, Placeholder) for item in items)
+
+
+def _raw(item: Item) -> bytes:
+    return item if isinstance(item, bytes) else item.raw
+
+
+def _has_open_tag(data: bytes, tag: str) -> bool:
+    return (b"<" + tag.encode("ascii")) in data.lower()

@@ -1,0 +1,156 @@
+"""Small, protocol-free helpers over raw HTTP header lists (``[(name, value), ...]``)."""
+
+from __future__ import annotations
+
+import codecs
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+__all__ = [
+    "ResponseInfo",
+    "csp_nonce",
+    "inspect_response",
+    "rewrite_headers",
+    "same_origin",
+]
+
+RawHeaders = list[tuple[bytes, bytes]]
+
+_HTML_TYPES = frozenset({b"text/html", b"application/xhtml+xml"})
+_CHARSET = re.compile(rb"""charset\s*=\s*["']?([^"';\s]+)""", re.IGNORECASE)
+_NONCE = re.compile(r"'nonce-([A-Za-z0-9+/=_-]+)'")
+_PRIVATE_CACHE_CONTROL = (b"cache-control", b"private, no-store")
+# Headers that describe the body the app wrote, and are wrong for the one we send.
+_VALIDATORS = frozenset({b"etag", b"last-modified", b"content-md5", b"digest"})
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseInfo:
+    """What the start message says about a response, read in one pass over the headers."""
+
+    candidate: bool
+    encoding: str = "utf-8"
+    csp: str | None = None
+
+
+def inspect_response(status: int, headers: Iterable[tuple[bytes, bytes]]) -> ResponseInfo:
+    """Is this an HTML page we may rewrite, and in which charset?"""
+    if status != 200:
+        return ResponseInfo(False)
+    content_type: bytes | None = None
+    csp: str | None = None
+    for name, value in headers:
+        lname = name.lower()
+        if lname == b"content-type":
+            content_type = value
+        elif lname == b"content-encoding":
+            if value.strip().lower() not in (b"", b"identity"):
+                return ResponseInfo(False)
+        elif lname == b"content-disposition":
+            if value.split(b";", 1)[0].strip().lower() == b"attachment":
+                return ResponseInfo(False)
+        elif lname == b"content-security-policy" and csp is None:
+            csp = value.decode("latin-1")
+    if content_type is None:
+        return ResponseInfo(False)
+    media_type = content_type.split(b";", 1)[0].strip().lower()
+    if media_type not in _HTML_TYPES:
+        return ResponseInfo(False)
+    encoding = "utf-8"
+    match = _CHARSET.search(content_type)
+    if match is not None:
+        try:
+            encoding = codecs.lookup(match.group(1).decode("latin-1")).name
+        except LookupError:
+            # Unknown to Python: read tag bytes as ASCII, write only ASCII (char refs).
+            encoding = "ascii"
+        if encoding.startswith(("utf-16", "utf-32")):
+            # Tags are not ASCII bytes in these; leave such pages alone.
+            return ResponseInfo(False)
+    return ResponseInfo(True, encoding, csp)
+
+
+def csp_nonce(policy: str | None) -> str | None:
+    """The script nonce of a Content-Security-Policy header, if it has one."""
+    if not policy:
+        return None
+    directives: dict[str, str] = {}
+    for directive in policy.split(";"):
+        parts = directive.strip().split(None, 1)
+        if parts:
+            directives.setdefault(parts[0].lower(), parts[1] if len(parts) > 1 else "")
+    for name in ("script-src-elem", "script-src", "default-src"):
+        if name in directives:
+            match = _NONCE.search(directives[name])
+            return match.group(1) if match else None
+    return None
+
+
+def rewrite_headers(
+    headers: RawHeaders,
+    *,
+    content_length: int | None,
+    private: bool,
+    rewritten: bool,
+) -> RawHeaders:
+    """Headers for a body we changed (or may change, for a stream).
+
+    ``content_length`` None drops the header (the server then chunks). ``rewritten``
+    drops validators of the app's body and adds ``Vary: Cookie``; ``private`` (a token is
+    or may be in the page) also sets ``Cache-Control: private, no-store``.
+    """
+    out: RawHeaders = []
+    vary_done = not (rewritten or private)
+    for name, value in headers:
+        lname = name.lower()
+        if lname == b"content-length":
+            continue
+        if (rewritten or private) and lname in _VALIDATORS:
+            continue
+        if private and lname in (b"cache-control", b"expires", b"pragma"):
+            continue
+        if lname == b"vary" and not vary_done:
+            tokens = {token.strip().lower() for token in value.split(b",")}
+            if b"cookie" not in tokens and b"*" not in tokens:
+                value = value + b", Cookie" if value.strip() else b"Cookie"
+            vary_done = True
+        out.append((name, value))
+    if not vary_done:
+        out.append((b"vary", b"Cookie"))
+    if private:
+        out.append(_PRIVATE_CACHE_CONTROL)
+    if content_length is not None:
+        out.append((b"content-length", str(content_length).encode("ascii")))
+    return out
+
+
+def _origin_tuple(scheme: str, hostport: str) -> tuple[str, str, int] | None:
+    scheme = scheme.lower()
+    default = {"http": 80, "https": 443}.get(scheme)
+    if default is None:
+        return None
+    host, sep, port = hostport.lower().rpartition(":")
+    if not sep or "]" in port:
+        host, port = hostport.lower(), ""
+    if not host:
+        return None
+    try:
+        number = int(port) if port else default
+    except ValueError:
+        return None
+    return scheme, host, number
+
+
+def same_origin(origin: bytes, scheme: str, host: bytes | None) -> bool:
+    """Does the ``Origin`` header name the origin this request was sent to?"""
+    if host is None:
+        return False
+    text = origin.decode("latin-1").strip()
+    origin_scheme, sep, rest = text.partition("://")
+    if not sep or "/" in rest:
+        return False
+    own_scheme = {"ws": "http", "wss": "https"}.get(scheme, scheme)
+    theirs = _origin_tuple(origin_scheme, rest)
+    ours = _origin_tuple(own_scheme, host.decode("latin-1").strip())
+    return theirs is not None and theirs == ours

@@ -1,0 +1,134 @@
+"""Who is the visitor? ``identify`` callables and the checks around them.
+
+An identity is the Returning.AI ``userIdentifiers`` mapping (``data-*`` keys). Anything
+that goes wrong here (an exception in the user's callable, a wrong return value) is
+logged and makes the visitor anonymous: the page is served either way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import inspect
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._types import IdentifyCallable, Scope
+
+__all__ = ["Identity", "default_identify", "resolve_identity"]
+
+logger = logging.getLogger("rai_middleware")
+
+# Tried in order for the customer id; the first that exists and is not empty wins.
+_ID_ATTRIBUTES = ("customer_id", "id", "pk", "identity", "username")
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """A visitor's identifiers and the key that stands for them in caches and tickets.
+
+    ``key`` is an HMAC of the identifiers with the secret key: it names the identity
+    without revealing it (no email or customer id in cache keys or tickets). The repr
+    shows only the identifier names.
+    """
+
+    identifiers: Mapping[str, str] = field(repr=False)
+    key: str
+
+    @classmethod
+    def create(cls, identifiers: Mapping[str, str], secret: bytes) -> Identity:
+        canonical = json.dumps(dict(identifiers), sort_keys=True, separators=(",", ":"))
+        digest = hmac.new(secret, canonical.encode(), hashlib.sha256).hexdigest()
+        return cls(identifiers=dict(identifiers), key=digest)
+
+    def __repr__(self) -> str:
+        return f"Identity(fields={sorted(self.identifiers)!r})"
+
+
+def _attribute(user: object, name: str) -> Any:
+    # Starlette's BaseUser.identity raises NotImplementedError; a property may raise anything.
+    try:
+        return getattr(user, name, None)
+    except Exception:
+        return None
+
+
+def default_identify(scope: Scope) -> dict[str, str] | None:
+    """Read ``scope["user"]`` as set by Starlette's AuthenticationMiddleware or Channels.
+
+    A user whose ``is_authenticated`` is true gives ``data-customer-id`` (from
+    ``customer_id``, else ``id``, ``pk``, ``identity``, ``username``) and ``data-email``
+    (from ``email``); anyone else is anonymous.
+    """
+    user = scope.get("user")
+    if user is None or _attribute(user, "is_authenticated") is not True:
+        return None
+    identifiers: dict[str, str] = {}
+    for name in _ID_ATTRIBUTES:
+        value = _attribute(user, name)
+        if value is not None and not callable(value) and str(value) != "":
+            identifiers["data-customer-id"] = str(value)
+            break
+    email = _attribute(user, "email")
+    if isinstance(email, str) and email:
+        identifiers["data-email"] = email
+    return identifiers or None
+
+
+def _validate(result: object, source: str) -> dict[str, str] | None:
+    if result is None:
+        return None
+    if not isinstance(result, Mapping):
+        logger.error(
+            "%s returned %s; expected a mapping of 'data-*' identifier names to strings, "
+            "or None for an anonymous visitor. Treating the visitor as anonymous.",
+            source,
+            type(result).__name__,
+        )
+        return None
+    identifiers: dict[str, str] = {}
+    for key, value in result.items():
+        if not isinstance(key, str) or not key.startswith("data-") or len(key) == len("data-"):
+            logger.error(
+                "%s returned the identifier key %r; keys must be the 'data-*' field names "
+                "configured in Returning.AI (e.g. 'data-customer-id', 'data-email'). "
+                "Treating the visitor as anonymous.",
+                source,
+                key,
+            )
+            return None
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            logger.error(
+                "%s returned a %s for %r; identifier values must be strings. "
+                "Treating the visitor as anonymous.",
+                source,
+                type(value).__name__,
+                key,
+            )
+            return None
+        if value == "":
+            continue
+        identifiers[key] = str(value)
+    return identifiers or None
+
+
+async def resolve_identity(
+    identify: IdentifyCallable, scope: Scope, secret: bytes
+) -> Identity | None:
+    """Call ``identify`` (sync or async) and check its answer. Never raises."""
+    source = getattr(identify, "__qualname__", None) or repr(identify)
+    source = f"identify ({source})"
+    try:
+        result = identify(scope)
+        if inspect.isawaitable(result):
+            result = await result
+    except Exception:
+        logger.exception("%s raised; treating the visitor as anonymous", source)
+        return None
+    identifiers = _validate(result, source)
+    if identifiers is None:
+        return None
+    return Identity.create(identifiers, secret)

@@ -1,0 +1,291 @@
+"""Find placeholder elements in HTML bytes, chunk by chunk, without decoding the page.
+
+``PlaceholderScanner`` is a small incremental tokenizer. It is fed the body as it arrives
+and returns, for each chunk, the bytes that are certainly not part of a placeholder
+(to be sent on at once) and every complete ``Placeholder`` it found. What it holds back
+between chunks is at most one unfinished placeholder (capped at ``max_size`` bytes) or a
+tail of a few bytes that might start one, so memory is bounded by the largest
+placeholder, never by the page.
+
+It knows just enough HTML to leave alone what a browser would not parse as an element:
+comments, and the raw text of ``<script>``, ``<style>`` and ``<textarea>``. A ``<`` that
+appears inside another tag (in an attribute value) is skipped too, using the nearest
+``<``/``>`` before it; a ``>`` inside a quoted attribute value earlier in that tag can
+fool this check, which is the one known limit.
+
+Everything is done on bytes: tag names are ASCII, and ``bytes.lower()`` only touches
+ASCII letters, so offsets in the lowered copy are offsets in the page for every
+ASCII-compatible charset (UTF-8, Latin-1, Windows-125x, ...). UTF-16/32 pages must not
+be fed here; the adapters pass them through.
+
+Joining every passthrough chunk with each placeholder's ``raw`` bytes gives back exactly
+the input: nothing is lost, whatever the input.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+__all__ = ["Placeholder", "PlaceholderScanner", "scan"]
+
+_TEXT = 0
+_COMMENT = 1
+_RAWTEXT = 2
+
+# What may follow a tag name for it to be that tag (``<script>``, not ``<scripts>``).
+_TAG_DELIMITERS = frozenset(b" \t\n\r\f/>")
+_QUOTE_OR_END = re.compile(rb"[>\"']")
+_RAWTEXT_ELEMENTS = (b"script", b"style", b"textarea")
+
+
+@dataclass(frozen=True, slots=True)
+class Placeholder:
+    """One placeholder element, as found in the page.
+
+    ``raw`` is the exact source (open tag to end tag, or the self-closing tag);
+    ``attributes`` the bytes between the tag name and ``>`` (still HTML-encoded);
+    ``inner`` the fallback content between the tags, empty when self-closing.
+    """
+
+    raw: bytes
+    attributes: bytes
+    inner: bytes
+    self_closing: bool
+
+
+Item = bytes | Placeholder
+
+
+class PlaceholderScanner:
+    """Incremental scanner. One instance per response; not shared between requests."""
+
+    __slots__ = (
+        "_close",
+        "_in_tag",
+        "_max_size",
+        "_needles",
+        "_open",
+        "_pending",
+        "_rawtext_end",
+        "_state",
+        "oversized",
+    )
+
+    def __init__(self, tag: str = "rai-placeholder", *, max_size: int = 64 * 1024) -> None:
+        name = tag.lower().encode("ascii")
+        self._open = b"<" + name
+        self._close = b"</" + name
+        self._max_size = max_size
+        # (needle, kind, needs a delimiter after it); kind: _COMMENT, _RAWTEXT, or -1 for ours.
+        self._needles: tuple[tuple[bytes, int, bool], ...] = (
+            (b"<!--", _COMMENT, False),
+            *((b"<" + element, _RAWTEXT, True) for element in _RAWTEXT_ELEMENTS),
+            (self._open, -1, True),
+        )
+        self._pending = b""
+        self._state = _TEXT
+        self._rawtext_end = b""
+        self._in_tag = False
+        #: How many placeholders were given up on because they exceeded ``max_size``.
+        self.oversized = 0
+
+    @property
+    def pending(self) -> bytes:
+        """The bytes held back, not yet returned by ``feed``."""
+        return self._pending
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Item]:
+        """Scan the next chunk; return what can be released now, in order."""
+        buf = self._pending + data if self._pending else bytes(data)
+        self._pending = b""
+        out: list[Item] = []
+        if buf:
+            self._scan(buf, out, final=False)
+        return out
+
+    def close(self) -> list[Item]:
+        """End of the body: release everything still held (an unfinished placeholder
+        stays as it was written)."""
+        buf, self._pending = self._pending, b""
+        out: list[Item] = []
+        if buf:
+            self._scan(buf, out, final=True)
+        return out
+
+    def _scan(self, buf: bytes, out: list[Item], *, final: bool) -> None:
+        low = buf.lower()
+        n = len(buf)
+        pos = 0  # where scanning resumes
+        emitted = 0  # everything before this has been put in ``out``
+        text_start = 0  # where the current run of plain text began, for ``_inside_tag``
+        hold = n  # from here on, bytes go back to ``_pending``
+        # Next known position of each needle, so a page dense in tags is searched once per
+        # needle rather than once per construct.
+        nexts = [-2] * len(self._needles)
+        while pos < n:
+            if self._state == _COMMENT:
+                end = low.find(b"-->", pos)
+                if end < 0:
+                    hold = n if final else max(pos, n - 2)
+                    break
+                pos = text_start = end + 3
+                self._state = _TEXT
+                self._in_tag = False
+                continue
+            if self._state == _RAWTEXT:
+                end = self._find_tag(low, self._rawtext_end, pos, n)
+                if end == -1:
+                    hold = n if final else max(pos, n - len(self._rawtext_end))
+                    break
+                if end == -2:  # needle at the very end; need the next byte to decide
+                    if final:
+                        hold = n
+                        break
+                    hold = n - len(self._rawtext_end)
+                    break
+                # Inside the end tag now; its ``>`` follows.
+                pos = text_start = end + len(self._rawtext_end)
+                self._state = _TEXT
+                self._in_tag = True
+                continue
+            found = self._next_construct(low, pos, n, nexts)
+            if found is None:
+                if not final:
+                    # Hold a tail that may be the start of a needle cut by the chunk end.
+                    longest = len(self._open) + 1
+                    last_lt = low.rfind(b"<", max(pos, n - longest))
+                    if last_lt >= 0:
+                        hold = last_lt
+                self._in_tag = self._inside_tag(low, text_start, hold)
+                break
+            index, needle_number = found
+            if index < 0:  # a needle sits at the end of the chunk, undecided
+                if final:
+                    self._in_tag = self._inside_tag(low, text_start, n)
+                    break
+                hold = -index - 1
+                self._in_tag = self._inside_tag(low, text_start, hold)
+                break
+            if self._inside_tag(low, text_start, index):
+                pos = index + 1
+                continue
+            needle, kind, _ = self._needles[needle_number]
+            if kind == _COMMENT:
+                self._state = _COMMENT
+                pos = index + 2  # so that ``<!-->`` and ``<!--->`` end where browsers end them
+                continue
+            if kind == _RAWTEXT:
+                self._state = _RAWTEXT
+                self._rawtext_end = b"</" + needle[1:]
+                pos = index + len(needle)
+                continue
+            placeholder = self._parse_placeholder(buf, low, index)
+            if placeholder is None:  # unfinished
+                if final:
+                    pos = index + 1
+                    continue
+                if n - index > self._max_size:
+                    # Too big to be a placeholder we should hold: let it through as text.
+                    self.oversized += 1
+                    pos = index + len(self._open)
+                    continue
+                hold = index
+                self._in_tag = False
+                break
+            if index > emitted:
+                out.append(buf[emitted:index])
+            out.append(placeholder)
+            pos = emitted = text_start = index + len(placeholder.raw)
+            self._in_tag = False
+        if hold > emitted:
+            out.append(buf[emitted:hold])
+        self._pending = buf[hold:] if hold < n else b""
+
+    def _next_construct(
+        self, low: bytes, pos: int, n: int, nexts: list[int]
+    ) -> tuple[int, int] | None:
+        """Earliest needle at or after ``pos``: (index, needle number).
+
+        An index below zero, ``-(index + 1)``, means a needle whose delimiter byte has not
+        arrived yet."""
+        best = -1
+        best_number = -1
+        for number, (needle, _, delimited) in enumerate(self._needles):
+            at = nexts[number]
+            if at == -1:
+                continue
+            if at < pos:
+                at = low.find(needle, pos)
+                while at >= 0 and delimited:
+                    after = at + len(needle)
+                    if after >= n or low[after] in _TAG_DELIMITERS:
+                        break
+                    at = low.find(needle, at + 1)
+                nexts[number] = at
+                if at == -1:
+                    continue
+            if best == -1 or at < best:
+                best, best_number = at, number
+        if best == -1:
+            return None
+        needle, _, delimited = self._needles[best_number]
+        if delimited and best + len(needle) >= n:
+            return -best - 1, best_number
+        return best, best_number
+
+    @staticmethod
+    def _find_tag(low: bytes, needle: bytes, pos: int, n: int) -> int:
+        """Index of ``needle`` followed by a tag delimiter; -1 if absent, -2 if undecided."""
+        at = low.find(needle, pos)
+        while at >= 0:
+            after = at + len(needle)
+            if after >= n:
+                return -2
+            if low[after] in _TAG_DELIMITERS:
+                return at
+            at = low.find(needle, at + 1)
+        return -1
+
+    def _inside_tag(self, low: bytes, start: int, end: int) -> bool:
+        """Is ``end`` inside another element's tag, judged by the nearest ``<``/``>``?"""
+        gt = low.rfind(b">", start, end)
+        lt = low.rfind(b"<", start, end)
+        if gt < 0 and lt < 0:
+            return self._in_tag
+        if lt > gt:
+            following = low[lt + 1 : lt + 2]
+            return following.isalpha() or following in (b"/", b"")
+        return False
+
+    def _parse_placeholder(self, buf: bytes, low: bytes, index: int) -> Placeholder | None:
+        """The placeholder starting at ``index``, or None if its end has not arrived."""
+        attrs_start = index + len(self._open)
+        pos = attrs_start
+        while True:
+            match = _QUOTE_OR_END.search(buf, pos)
+            if match is None:
+                return None
+            if match.group() == b">":
+                tag_end = match.end()
+                break
+            closing_quote = buf.find(match.group(), match.end())
+            if closing_quote < 0:
+                return None
+            pos = closing_quote + 1
+        attributes = buf[attrs_start : tag_end - 1]
+        if attributes.endswith(b"/"):
+            return Placeholder(buf[index:tag_end], attributes[:-1], b"", True)
+        close_at = self._find_tag(low, self._close, tag_end, len(buf))
+        if close_at < 0:
+            return None
+        close_end = buf.find(b">", close_at + len(self._close))
+        if close_end < 0:
+            return None
+        return Placeholder(buf[index : close_end + 1], attributes, buf[tag_end:close_at], False)
+
+
+def scan(data: bytes, tag: str = "rai-placeholder", *, max_size: int = 64 * 1024) -> list[Item]:
+    """Scan a whole body at once (the pure-function form of ``PlaceholderScanner``)."""
+    scanner = PlaceholderScanner(tag, max_size=max_size)
+    return scanner.feed(data) + scanner.close()

@@ -1,0 +1,41 @@
+"""Refresh tickets: a signed, timed proof that a page was rendered for an identity.
+
+The page carries the ticket; the refresh endpoint accepts it only for the same identity
+(compared with the identity key, an HMAC, in constant time) and only while it is younger
+than ``max_age``. The payload is the identity key alone: no identifiers, no secret.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+
+__all__ = ["TicketSigner"]
+
+_SALT = "rai-middleware.refresh-ticket.v1"
+
+
+class TicketSigner:
+    __slots__ = ("_max_age", "_serializer")
+
+    def __init__(self, secret: str, *, max_age: int) -> None:
+        self._serializer = URLSafeTimedSerializer(secret, salt=_SALT)
+        self._max_age = max_age
+
+    def __repr__(self) -> str:
+        return f"TicketSigner(max_age={self._max_age})"
+
+    def issue(self, identity_key: str) -> str:
+        return self._serializer.dumps({"i": identity_key})
+
+    def verify(self, ticket: str | None, identity_key: str) -> bool:
+        """True if ``ticket`` is genuine, fresh, and was issued for ``identity_key``."""
+        if not ticket or len(ticket) > 1024:
+            return False
+        try:
+            payload = self._serializer.loads(ticket, max_age=self._max_age)
+        except BadSignature:  # also SignatureExpired, a subclass
+            return False
+        bound = payload.get("i") if isinstance(payload, dict) else None
+        return isinstance(bound, str) and hmac.compare_digest(bound, identity_key)
