@@ -191,10 +191,15 @@ class TokenService:
             "userIdentifiers": dict(identity.identifiers),
         }
         try:
-            response = await self._http_client().post(
-                settings.token_url, json=payload, timeout=settings.timeout
+            # httpx's timeout bounds each phase; wait_for bounds the whole exchange, so a
+            # server that trickles its answer cannot hold a page longer than ``timeout``.
+            response = await asyncio.wait_for(
+                self._http_client().post(
+                    settings.token_url, json=payload, timeout=settings.timeout
+                ),
+                settings.timeout,
             )
-        except httpx.TimeoutException:
+        except (httpx.TimeoutException, asyncio.TimeoutError):
             raise TokenError(f"timed out after {settings.timeout:g} s") from None
         except httpx.HTTPError as exc:
             raise TokenError(f"{type(exc).__name__}: {exc}"[:300]) from None

@@ -1,0 +1,623 @@
+"""An offline stand-in for the Returning.AI service, for tests, demos and local development.
+
+:class:`FakeReturningAI` is a small ASGI application that answers the same HTTP endpoints the
+middleware talks to, mints real (HS256-signed) JWTs, records every request it receives and can be
+told to misbehave, so that the whole token flow can be exercised without network access:
+
+* ``POST /v2/api/widget-access-keys/token`` - mint an embed token (the current API);
+* ``POST /widget/{community_id}/signin`` - the legacy widget sign-in flow;
+* ``GET /sdk/rai-widget.iife.js`` - a tiny stand-in for the widget SDK script, whose custom
+  elements simply print the claims of their ``embed-token``;
+* ``GET /healthz`` - liveness probe.
+
+In-process, with httpx (no socket involved)::
+
+    from rai_middleware.testing import FakeReturningAI
+
+    fake = FakeReturningAI()
+    async with fake.client() as client:
+        answer = await client.post(
+            "/v2/api/widget-access-keys/token",
+            json={
+                "accessId": "demo-access-id",
+                "accessKey": "demo-access-key",
+                "userIdentifiers": {"data-customer-id": "c-42"},
+            },
+        )
+    token = answer.json()["data"]["embedToken"]
+    assert fake.decode(token)["data-customer-id"] == "c-42"
+    assert fake.calls == 1
+
+Fault injection::
+
+    fake.fail_next(2, status=503)  # the next two requests answer 503
+    fake.fail_next(mode="hang")  # then one request never answers (the client must time out)
+    fake.fail_always(mode="garbage")  # afterwards, every request answers HTML instead of JSON
+    fake.recover()  # back to normal
+
+Over a real socket (needs ``uvicorn``), e.g. for a browser or a subprocess::
+
+    with fake.run_in_thread() as base_url:  # "http://127.0.0.1:54321"
+        httpx.get(f"{base_url}/healthz")
+
+State (counters, request logs, injected failures) is only touched by the event loop that runs the
+application; read it from tests once the requests you care about have completed.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import collections
+import contextlib
+import hashlib
+import hmac
+import json
+import math
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Final, Literal, cast, get_args
+
+import anyio
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+__all__ = ["FailureMode", "FakeReturningAI", "InjectedDisconnect"]
+
+#: How an injected failure manifests; see :meth:`FakeReturningAI.fail_next`.
+FailureMode = Literal["status", "garbage", "missing_token", "hang", "disconnect"]
+
+_FAILURE_MODES: Final[frozenset[str]] = frozenset(get_args(FailureMode))
+_TOKEN_PATH: Final = "/v2/api/widget-access-keys/token"
+_SIGNIN_PATH: Final = "/widget/{community_id}/signin"
+_SDK_PATH: Final = "/sdk/rai-widget.iife.js"
+_JWT_HEADER: Final[dict[str, str]] = {"alg": "HS256", "typ": "JWT"}
+
+
+class InjectedDisconnect(Exception):
+    """Raised by :class:`FakeReturningAI` for an injected ``"disconnect"`` failure.
+
+    Through :meth:`FakeReturningAI.transport` (and :meth:`FakeReturningAI.client`) it surfaces as
+    :class:`httpx.RemoteProtocolError`, exactly like a dropped connection; through a plain
+    :class:`httpx.ASGITransport` it propagates as is.
+    """
+
+
+@dataclass
+class _Injection:
+    mode: FailureMode
+    status: int
+    remaining: int = 1
+
+
+class _DisconnectResponse(Response):
+    """Starts a response, then dies: over a real socket, the server drops the connection."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
+        raise InjectedDisconnect("injected failure: connection dropped")
+
+
+class _FakeTransport(httpx.ASGITransport):
+    """An :class:`httpx.ASGITransport` that behaves a little more like the network.
+
+    * it honours the client's *read* timeout (a plain ``ASGITransport`` ignores timeouts), raising
+      :class:`httpx.ReadTimeout`;
+    * an injected disconnect surfaces as :class:`httpx.RemoteProtocolError`.
+    """
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        timeouts: Mapping[str, float | None] = request.extensions.get("timeout", {})
+        read_timeout = timeouts.get("read")
+        response: httpx.Response | None = None
+        try:
+            with anyio.move_on_after(math.inf if read_timeout is None else read_timeout):
+                response = await super().handle_async_request(request)
+        except InjectedDisconnect as exc:
+            raise httpx.RemoteProtocolError(
+                "Server disconnected without sending a complete response.", request=request
+            ) from exc
+        if response is None:
+            raise httpx.ReadTimeout(
+                f"FakeReturningAI did not answer within the read timeout ({read_timeout} s)",
+                request=request,
+            )
+        return response
+
+
+def _b64url_encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _json_segment(segment: str) -> dict[str, Any]:
+    try:
+        raw = base64.b64decode(segment + "=" * (-len(segment) % 4), altchars=b"-_", validate=True)
+        value = json.loads(raw)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError(f"malformed token: undecodable segment ({exc})") from exc
+    if not isinstance(value, dict):
+        raise ValueError("malformed token: segment is not a JSON object")
+    return value
+
+
+def _number(value: float) -> int | float:
+    """``900.0`` -> ``900``; ``1.5`` stays ``1.5``."""
+    if isinstance(value, int):
+        return value
+    return int(value) if math.isfinite(value) and value.is_integer() else value
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"success": False, "message": message}, status_code=status)
+
+
+class FakeReturningAI:
+    """An in-memory Returning.AI, usable as an ASGI application.
+
+    Keyword arguments (all optional):
+
+    ``access_id`` / ``access_key``
+        the only credentials the token endpoint accepts;
+    ``widget_api_key``
+        the ``returningai-api-key`` header the legacy sign-in endpoint requires;
+    ``token_lifetime``
+        seconds between ``iat`` and ``exp`` of minted tokens, also reported as ``expiresIn``
+        (may be changed later through the attribute; a negative value mints expired tokens);
+    ``latency``
+        seconds to wait before answering the token and sign-in endpoints (attribute too);
+    ``signing_key``
+        the HS256 key tokens are signed with;
+    ``clock``
+        wall clock, in seconds since the epoch, used for ``iat`` and ``exp``.
+
+    Inspection attributes: :attr:`calls`, :attr:`requests`, :attr:`signin_calls`,
+    :attr:`signin_requests`. Fault injection: :meth:`fail_next`, :meth:`fail_always`,
+    :meth:`recover`. :meth:`reset` forgets everything.
+    """
+
+    #: Where :meth:`client` points by default; mirrors the real service.
+    base_url: str = "https://api-v2.returning.ai"
+    #: How long a ``"hang"`` failure sleeps (it is cancelled by the client's timeout first).
+    hang_seconds: float = 3600.0
+
+    def __init__(
+        self,
+        *,
+        access_id: str = "demo-access-id",
+        access_key: str = "demo-access-key",
+        widget_api_key: str = "demo-widget-api-key",
+        token_lifetime: float = 900,
+        latency: float = 0.0,
+        signing_key: bytes = b"fake-returning-ai-signing-key",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if latency < 0:
+            raise ValueError("latency must be >= 0")
+        self.access_id = access_id
+        self._access_key = access_key
+        self._widget_api_key = widget_api_key
+        self.token_lifetime = token_lifetime
+        self.latency = latency
+        self._signing_key = signing_key
+        self._clock = clock
+
+        #: Requests received by the token endpoint, failed ones included.
+        self.calls = 0
+        #: JSON object bodies received by the token endpoint, in order (bodies that are not a
+        #: JSON object are counted in :attr:`calls` but not logged here).
+        self.requests: list[dict[str, Any]] = []
+        #: Requests received by the legacy sign-in endpoint, failed ones included.
+        self.signin_calls = 0
+        #: ``{"community": ..., "email": ...}`` for each sign-in request, in order (``email`` is
+        #: ``""`` when the header is missing).
+        self.signin_requests: list[dict[str, str]] = []
+        self._queued: collections.deque[_Injection] = collections.deque()
+        self._always: _Injection | None = None
+        self._hang_epoch = 0  # bumped to release requests stuck in an injected hang
+
+        self._app = Starlette(
+            routes=[
+                Route(_TOKEN_PATH, self._token_endpoint, methods=["POST"]),
+                Route(_SIGNIN_PATH, self._signin_endpoint, methods=["POST"]),
+                Route(_SDK_PATH, self._sdk_endpoint, methods=["GET"]),
+                Route("/healthz", self._healthz_endpoint, methods=["GET"]),
+            ]
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(access_id={self.access_id!r}, calls={self.calls}, "
+            f"signin_calls={self.signin_calls})"
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._app(scope, receive, send)
+
+    # -- fault injection ------------------------------------------------------------------------
+
+    def fail_next(self, n: int = 1, *, status: int = 500, mode: FailureMode = "status") -> None:
+        """Make the next ``n`` requests to the token or sign-in endpoint fail.
+
+        Both endpoints consume from the same queue; successive calls queue up in order and are
+        consumed before any :meth:`fail_always` failure. Modes:
+
+        ``"status"``
+            answer ``status`` with ``{"success": false, "message": "Injected failure"}``;
+        ``"garbage"``
+            answer 200 with an HTML body (``text/html``) instead of JSON;
+        ``"missing_token"``
+            answer 200 with well-formed JSON that lacks the token
+            (``{"success": true, "data": {}}``, or ``{}`` for sign-in);
+        ``"hang"``
+            do not answer for :attr:`hang_seconds`: the client's timeout must cut the request
+            (:meth:`transport` honours the client's read timeout). The wait is cancellable and
+            ends early, with a 504, when the client disconnects, on :meth:`recover`, and when
+            :meth:`run_in_thread` stops the server;
+        ``"disconnect"``
+            raise :class:`InjectedDisconnect` from the application after starting the response.
+            Through :meth:`transport` the client sees :class:`httpx.RemoteProtocolError`; over a
+            real socket (:meth:`run_in_thread`) the server drops the connection, which the client
+            also reports as :class:`httpx.RemoteProtocolError` (and uvicorn logs the exception).
+
+        The request is still counted and logged, and :attr:`latency` still applies first.
+        """
+        if n < 0:
+            raise ValueError("n must be >= 0")
+        if n:
+            self._queued.append(_Injection(*self._checked(mode, status), remaining=n))
+
+    def fail_always(self, *, status: int = 500, mode: FailureMode = "status") -> None:
+        """Make every request to the token or sign-in endpoint fail until :meth:`recover`.
+
+        Same modes as :meth:`fail_next`, whose queued failures are consumed first.
+        """
+        self._always = _Injection(*self._checked(mode, status))
+
+    def recover(self) -> None:
+        """Cancel every injected failure, queued (:meth:`fail_next`) or permanent.
+
+        Requests currently stuck in a ``"hang"`` are released (they answer 504).
+        """
+        self._queued.clear()
+        self._always = None
+        self._hang_epoch += 1
+
+    def reset(self) -> None:
+        """Forget counters, request logs and injected failures."""
+        self.calls = 0
+        self.requests.clear()
+        self.signin_calls = 0
+        self.signin_requests.clear()
+        self.recover()
+
+    @staticmethod
+    def _checked(mode: str, status: int) -> tuple[FailureMode, int]:
+        if mode not in _FAILURE_MODES:
+            raise ValueError(
+                f"unknown failure mode {mode!r}; expected one of {sorted(_FAILURE_MODES)}"
+            )
+        if not 200 <= status <= 599:
+            raise ValueError("status must be between 200 and 599")
+        return cast(FailureMode, mode), status
+
+    def _take_injection(self) -> _Injection | None:
+        if not self._queued:
+            return self._always
+        injection = self._queued[0]
+        injection.remaining -= 1
+        if injection.remaining <= 0:
+            self._queued.popleft()
+        return injection
+
+    async def _injected_response(
+        self, request: Request, injection: _Injection, *, signin: bool
+    ) -> Response:
+        if injection.mode == "status":
+            return _error(injection.status, "Injected failure")
+        if injection.mode == "garbage":
+            return Response(b"<html>not json", media_type="text/html")
+        if injection.mode == "missing_token":
+            return JSONResponse({} if signin else {"success": True, "data": {}})
+        if injection.mode == "hang":
+            # Sleep (cancellably) until hang_seconds pass, the client goes away, or the hang is
+            # released by recover() or by run_in_thread() shutting down.
+            epoch = self._hang_epoch
+            deadline = anyio.current_time() + self.hang_seconds
+            while (
+                epoch == self._hang_epoch
+                and anyio.current_time() < deadline
+                and not await request.is_disconnected()
+            ):
+                await anyio.sleep(min(0.05, max(0.0, deadline - anyio.current_time())))
+            return _error(504, "Injected hang ended")
+        return _DisconnectResponse()
+
+    # -- tokens ---------------------------------------------------------------------------------
+
+    def encode(self, claims: Mapping[str, Any]) -> str:
+        """Sign ``claims`` into a compact HS256 JWT, as the token endpoints do.
+
+        Handy to craft tokens by hand, e.g. already-expired ones.
+        """
+        header = _b64url_encode(json.dumps(_JWT_HEADER, separators=(",", ":")).encode())
+        payload = _b64url_encode(json.dumps(dict(claims), separators=(",", ":")).encode())
+        return f"{header}.{payload}.{self._signature(header, payload)}"
+
+    def decode(self, token: str) -> dict[str, Any]:
+        """Verify ``token``'s HS256 signature and return its claims.
+
+        Raises :class:`ValueError` when the token is malformed or its signature does not match
+        the signing key. Expiry is *not* checked.
+        """
+        if not isinstance(token, str):
+            raise ValueError("malformed token: not a string")
+        parts = token.split(".")
+        if len(parts) != 3:
+            raise ValueError("malformed token: expected three dot-separated segments")
+        header_segment, payload_segment, signature = parts
+        expected = self._signature(header_segment, payload_segment)
+        if not hmac.compare_digest(expected.encode(), signature.encode("utf-8", "replace")):
+            raise ValueError("bad token signature")
+        header = _json_segment(header_segment)
+        if header.get("alg") != "HS256":
+            raise ValueError(f"unsupported token algorithm {header.get('alg')!r}")
+        return _json_segment(payload_segment)
+
+    def _signature(self, header_segment: str, payload_segment: str) -> str:
+        signing_input = f"{header_segment}.{payload_segment}".encode("utf-8", "replace")
+        return _b64url_encode(hmac.new(self._signing_key, signing_input, hashlib.sha256).digest())
+
+    def _mint(self, claims: Mapping[str, Any], typ: str) -> str:
+        now = self._clock()
+        return self.encode(
+            {
+                **claims,
+                "iat": _number(now),
+                "exp": _number(now + self.token_lifetime),
+                "jti": secrets.token_hex(16),
+                **({"aid": self.access_id} if typ == "embed" else {}),
+                "typ": typ,
+            }
+        )
+
+    # -- endpoints ------------------------------------------------------------------------------
+
+    async def _token_endpoint(self, request: Request) -> Response:
+        self.calls += 1
+        body = await request.body()
+        try:
+            payload: Any = json.loads(body)
+        except ValueError:
+            payload = None
+        if isinstance(payload, dict):
+            self.requests.append(payload)
+        injection = self._take_injection()
+        if self.latency:
+            await anyio.sleep(self.latency)
+        if injection is not None:
+            return await self._injected_response(request, injection, signin=False)
+
+        if payload is None:
+            return _error(400, "Request body must be valid JSON")
+        if not isinstance(payload, dict):
+            return _error(400, "Request body must be a JSON object")
+        access_id = payload.get("accessId")
+        access_key = payload.get("accessKey")
+        identifiers = payload.get("userIdentifiers")
+        if not isinstance(access_id, str) or not isinstance(access_key, str):
+            return _error(400, "accessId and accessKey must be strings")
+        if not isinstance(identifiers, dict):
+            return _error(400, "userIdentifiers must be an object")
+        id_ok = hmac.compare_digest(access_id.encode(), self.access_id.encode())
+        key_ok = hmac.compare_digest(access_key.encode(), self._access_key.encode())
+        if not (id_ok and key_ok):
+            return _error(401, "Invalid access key")
+        for name, value in identifiers.items():
+            if not name.startswith("data-") or name == "data-":
+                return _error(400, f"userIdentifiers key {name!r} must start with 'data-'")
+            if not isinstance(value, str):
+                return _error(400, f"userIdentifiers value for {name!r} must be a string")
+
+        token = self._mint(identifiers, "embed")
+        return JSONResponse(
+            {
+                "success": True,
+                "data": {"embedToken": token, "expiresIn": _number(self.token_lifetime)},
+            }
+        )
+
+    async def _signin_endpoint(self, request: Request) -> Response:
+        self.signin_calls += 1
+        community: str = request.path_params["community_id"]
+        email = request.headers.get("email", "")
+        self.signin_requests.append({"community": community, "email": email})
+        injection = self._take_injection()
+        if self.latency:
+            await anyio.sleep(self.latency)
+        if injection is not None:
+            return await self._injected_response(request, injection, signin=True)
+
+        api_key = request.headers.get("returningai-api-key", "")
+        if not hmac.compare_digest(api_key.encode(), self._widget_api_key.encode()):
+            return JSONResponse({"message": "Unauthorized"}, status_code=401)
+        if not email.strip():
+            return JSONResponse({"message": "The email header is required"}, status_code=400)
+        return JSONResponse(
+            {"token": self._mint({"email": email, "community": community}, "widget")}
+        )
+
+    async def _sdk_endpoint(self, request: Request) -> Response:
+        return Response(
+            _SDK_SCRIPT,
+            media_type="application/javascript",
+            headers={"cache-control": "no-cache"},
+        )
+
+    async def _healthz_endpoint(self, request: Request) -> Response:
+        return JSONResponse({"ok": True})
+
+    # -- clients and servers --------------------------------------------------------------------
+
+    def transport(self) -> httpx.ASGITransport:
+        """An httpx transport that calls this application in-process.
+
+        Unlike a plain :class:`httpx.ASGITransport`, it honours the client's read timeout
+        (:class:`httpx.ReadTimeout`) and reports injected disconnects as
+        :class:`httpx.RemoteProtocolError`, like a real network would.
+        """
+        return _FakeTransport(app=self)
+
+    def client(self, *, base_url: str | None = None, **kwargs: Any) -> httpx.AsyncClient:
+        """An :class:`httpx.AsyncClient` wired to :meth:`transport`.
+
+        ``base_url`` defaults to :attr:`base_url`; other keyword arguments go to the client. Close
+        it (``async with fake.client() as client: ...``).
+        """
+        return httpx.AsyncClient(
+            transport=self.transport(),
+            base_url=self.base_url if base_url is None else base_url,
+            **kwargs,
+        )
+
+    @contextlib.contextmanager
+    def run_in_thread(self, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+        """Serve this application with uvicorn in a background thread.
+
+        Yields the base URL (e.g. ``"http://127.0.0.1:54321"``; ``port=0`` picks a free port) once
+        the server accepts connections, and stops the server when the block exits. Requires
+        ``uvicorn`` (``pip install uvicorn``, or the ``demo`` extra).
+        """
+        try:
+            import uvicorn
+        except ImportError as exc:
+            raise RuntimeError(
+                "FakeReturningAI.run_in_thread() needs uvicorn: pip install uvicorn"
+            ) from exc
+
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+        except BaseException:
+            sock.close()
+            raise
+        bound_port: int = sock.getsockname()[1]
+        config = uvicorn.Config(
+            app=self, host=host, port=bound_port, log_level="warning", lifespan="off"
+        )
+        server = uvicorn.Server(config)
+        errors: list[BaseException] = []
+
+        def serve() -> None:
+            try:
+                server.run(sockets=[sock])
+            except BaseException as exc:  # reported to the caller below
+                errors.append(exc)
+
+        thread = threading.Thread(target=serve, name=f"FakeReturningAI:{bound_port}", daemon=True)
+        try:
+            thread.start()
+            deadline = time.monotonic() + 10
+            while not server.started:
+                if errors or not thread.is_alive():
+                    raise RuntimeError("FakeReturningAI server failed to start") from (
+                        errors[0] if errors else None
+                    )
+                if time.monotonic() > deadline:
+                    raise RuntimeError("FakeReturningAI server did not start within 10 s")
+                time.sleep(0.01)
+            url_host = f"[{host}]" if family == socket.AF_INET6 else host
+            yield f"http://{url_host}:{bound_port}"
+        finally:
+            self._hang_epoch += 1  # let requests stuck in an injected hang finish
+            server.should_exit = True
+            thread.join(timeout=5)
+            if thread.is_alive():  # e.g. a request stuck in an injected hang
+                server.force_exit = True
+                thread.join(timeout=10)
+            sock.close()
+
+
+_SDK_SCRIPT: Final = """\
+/* Fake Returning.AI widget SDK, served by rai_middleware.testing.FakeReturningAI. */
+(function () {
+  "use strict";
+  if (typeof window === "undefined" || !window.customElements) return;
+  var TAGS = ["rai-store-widget", "rai-channel-widget", "rai-milestone-widget",
+    "rai-social-widget", "rai-currency-widget", "rai-referral-widget", "rai-custom-widget"];
+
+  function claimsOf(token) {
+    var part = String(token || "").split(".")[1];
+    if (!part) return null;
+    try {
+      var b64 = part.replace(/-/g, "+").replace(/_/g, "/");
+      while (b64.length % 4) b64 += "=";
+      var bin = atob(b64);
+      var bytes = new Uint8Array(bin.length);
+      for (var i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
+      var claims = JSON.parse(new TextDecoder().decode(bytes));
+      return claims && typeof claims === "object" ? claims : null;
+    } catch (e) {
+      return null;
+    }
+  }
+
+  function fail(el, reason) {
+    el.dispatchEvent(new CustomEvent("rai-error",
+      {bubbles: true, composed: true, detail: {reason: reason}}));
+  }
+
+  function render(el) {
+    var tag = el.tagName.toLowerCase();
+    var claims = claimsOf(el.getAttribute("embed-token"));
+    if (!claims) {
+      el.setAttribute("data-fake-state", "invalid");
+      el.textContent = "Fake " + tag + ": missing or invalid token";
+      fail(el, "invalid_token");
+    } else if (typeof claims.exp === "number" && claims.exp * 1000 <= Date.now()) {
+      el.setAttribute("data-fake-state", "expired");
+      el.textContent = "Fake " + tag + ": expired";
+      fail(el, "token_expired");
+    } else {
+      el.setAttribute("data-fake-state", "ok");
+      el.textContent = "Fake " + tag + " for " + JSON.stringify(claims);
+    }
+  }
+
+  TAGS.forEach(function (tag) {
+    if (customElements.get(tag)) return;
+    customElements.define(tag, class extends HTMLElement {
+      static get observedAttributes() { return ["embed-token"]; }
+      connectedCallback() { render(this); }
+      attributeChangedCallback() { if (this.isConnected) render(this); }
+    });
+  });
+
+  if (!window.ReturningAIWidget) {
+    window.ReturningAIWidget = {
+      reload: function () {
+        var els = document.querySelectorAll(TAGS.join(","));
+        for (var i = 0; i < els.length; i++) render(els[i]);
+      }
+    };
+  }
+})();
+"""

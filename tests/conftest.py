@@ -1,0 +1,197 @@
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+import respx
+
+from rai_middleware import ReturningAIMiddleware
+
+COMMUNITY_ID = "community-123"
+ACCESS_ID = "access-id-AAAAAAAAAAAAAAAAAAAA"
+ACCESS_KEY = "access-key-SSSSSSSSSSSSSSSSSSSSSSSS"
+SECRET_KEY = "secret-key-KKKKKKKKKKKKKKKKKKKKKKKK"
+TOKEN_URL = "https://api-v2.returning.ai/v2/api/widget-access-keys/token"
+USER = {"data-customer-id": "c-42", "data-email": "a@b.c"}
+
+Message = dict[str, Any]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def _no_rai_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in (
+        "RAI_COMMUNITY_ID",
+        "RAI_ACCESS_ID",
+        "RAI_ACCESS_KEY",
+        "RAI_SECRET_KEY",
+        "RAI_API_BASE_URL",
+    ):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def upstream() -> Iterator[respx.MockRouter]:
+    """Returning.AI's token endpoint, mocked; answers a fresh numbered token each call."""
+    with respx.mock(assert_all_called=False, assert_all_mocked=True) as router:
+        counter = iter(range(1, 1_000_000))
+        router.post(TOKEN_URL, name="token").mock(
+            side_effect=lambda request: httpx.Response(
+                200,
+                json={
+                    "success": True,
+                    "data": {"embedToken": f"tok-{next(counter)}", "expiresIn": 900},
+                },
+            )
+        )
+        yield router
+
+
+def wrap(app: Any, **options: Any) -> ReturningAIMiddleware:
+    options.setdefault("community_id", COMMUNITY_ID)
+    options.setdefault("access_id", ACCESS_ID)
+    options.setdefault("access_key", ACCESS_KEY)
+    options.setdefault("identify", lambda scope: dict(USER))
+    return ReturningAIMiddleware(app, **options)
+
+
+def html_app(
+    body: bytes | Iterable[bytes],
+    *,
+    status: int = 200,
+    headers: list[tuple[bytes, bytes]] | None = None,
+    content_type: bytes = b"text/html; charset=utf-8",
+    content_length: bool = True,
+) -> Callable[..., Any]:
+    """A raw ASGI app sending ``body`` in one message, or each item of a list as a message."""
+    chunks = [body] if isinstance(body, bytes) else list(body)
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        assert scope["type"] == "http"
+        response_headers = [(b"content-type", content_type), *(headers or [])]
+        if content_length:
+            response_headers.append((b"content-length", str(sum(map(len, chunks))).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": response_headers})
+        for index, chunk in enumerate(chunks):
+            await send(
+                {"type": "http.response.body", "body": chunk, "more_body": index < len(chunks) - 1}
+            )
+
+    return app
+
+
+def http_scope(
+    path: str = "/", method: str = "GET", headers: list[tuple[bytes, bytes]] | None = None
+) -> dict[str, Any]:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": headers if headers is not None else [(b"host", b"testserver")],
+        "client": ("127.0.0.1", 5000),
+        "server": ("testserver", 80),
+        "extensions": {},
+        "state": {},
+    }
+
+
+async def call_asgi(app: Any, scope: dict[str, Any], request_body: bytes = b"") -> list[Message]:
+    """Drive ``app`` with a strict harness: exactly one start before any body, nothing after
+    the final body (but trailers), and the response complete when the app returns."""
+    sent: list[Message] = []
+    received = False
+
+    async def receive() -> Message:
+        nonlocal received
+        if not received:
+            received = True
+            return {"type": "http.request", "body": request_body, "more_body": False}
+        await asyncio.sleep(3600)
+        return {"type": "http.disconnect"}  # pragma: no cover
+
+    async def send(message: Message) -> None:
+        kind = message["type"]
+        starts = [m for m in sent if m["type"] == "http.response.start"]
+        finished = any(
+            m["type"] == "http.response.body" and not m.get("more_body", False) for m in sent
+        )
+        if kind == "http.response.start":
+            assert not starts, "a second http.response.start"
+        elif kind == "http.response.body":
+            assert starts, "a body before http.response.start"
+            assert not finished, "a body after the final body"
+        elif kind == "http.response.trailers":
+            assert finished
+        sent.append(message)
+
+    await app(scope, receive, send)
+    return sent
+
+
+def body_of(messages: list[Message]) -> bytes:
+    return b"".join(
+        bytes(m.get("body", b"")) for m in messages if m["type"] == "http.response.body"
+    )
+
+
+def headers_of(messages: list[Message]) -> list[tuple[bytes, bytes]]:
+    start = next(m for m in messages if m["type"] == "http.response.start")
+    return list(start.get("headers") or [])
+
+
+@pytest.fixture
+async def client_factory() -> AsyncIterator[Callable[[Any], httpx.AsyncClient]]:
+    clients: list[httpx.AsyncClient] = []
+
+    def make(app: Any) -> httpx.AsyncClient:
+        client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://testserver"
+        )
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.aclose()
+
+
+class SecretSpy(logging.Handler):
+    """Collects every log record formatted, from every logger, at every level."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if record.exc_info:
+            text += logging.Formatter().formatException(record.exc_info)
+        self.lines.append(text)
+
+
+@pytest.fixture
+def all_logs() -> Iterator[SecretSpy]:
+    spy = SecretSpy()
+    root = logging.getLogger()
+    old_level = root.level
+    root.setLevel(logging.DEBUG)
+    root.addHandler(spy)
+    try:
+        yield spy
+    finally:
+        root.removeHandler(spy)
+        root.setLevel(old_level)

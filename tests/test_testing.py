@@ -1,0 +1,782 @@
+"""Tests for rai_middleware.testing.FakeReturningAI, the offline stand-in for Returning.AI."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import subprocess
+import threading
+import time
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from rai_middleware.testing import _SDK_SCRIPT, FakeReturningAI, InjectedDisconnect
+
+TOKEN_PATH = "/v2/api/widget-access-keys/token"
+GOOD_BODY: dict[str, Any] = {
+    "accessId": "demo-access-id",
+    "accessKey": "demo-access-key",
+    "userIdentifiers": {"data-customer-id": "c-42", "data-email": "ann@example.com"},
+}
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class FixedClock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def mint(fake: FakeReturningAI, body: Any = None, **client_kwargs: Any) -> httpx.Response:
+    async with fake.client(**client_kwargs) as client:
+        if body is None:
+            body = GOOD_BODY
+        return await client.post(TOKEN_PATH, json=body)
+
+
+# -- token endpoint ---------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_mint_success_returns_signed_token_with_identifier_claims() -> None:
+    fake = FakeReturningAI(clock=FixedClock(1_700_000_000.0))
+
+    response = await mint(fake)
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["success"] is True
+    assert set(body["data"]) == {"embedToken", "expiresIn"}
+    assert body["data"]["expiresIn"] == 900
+    assert isinstance(body["data"]["expiresIn"], int)
+    claims = fake.decode(body["data"]["embedToken"])
+    jti = claims.pop("jti")
+    assert isinstance(jti, str)
+    assert len(jti) == 32
+    int(jti, 16)
+    assert claims == {
+        "data-customer-id": "c-42",
+        "data-email": "ann@example.com",
+        "iat": 1_700_000_000,
+        "exp": 1_700_000_900,
+        "aid": "demo-access-id",
+        "typ": "embed",
+    }
+    assert fake.calls == 1
+    assert fake.requests == [GOOD_BODY]
+
+
+@pytest.mark.anyio
+async def test_minted_token_is_standard_compact_hs256_jwt() -> None:
+    fake = FakeReturningAI()
+    token = (await mint(fake)).json()["data"]["embedToken"]
+
+    header_segment, _payload_segment, signature = token.split(".")
+    assert "=" not in token
+    padded = header_segment + "=" * (-len(header_segment) % 4)
+    assert json.loads(base64.urlsafe_b64decode(padded)) == {"alg": "HS256", "typ": "JWT"}
+    assert len(base64.urlsafe_b64decode(signature + "=")) == 32
+
+
+@pytest.mark.anyio
+async def test_two_tokens_for_same_user_differ() -> None:
+    fake = FakeReturningAI(clock=FixedClock(1_700_000_000.0))
+    first = (await mint(fake)).json()["data"]["embedToken"]
+    second = (await mint(fake)).json()["data"]["embedToken"]
+
+    assert first != second
+    assert fake.decode(first)["jti"] != fake.decode(second)["jti"]
+    assert fake.calls == 2
+
+
+@pytest.mark.anyio
+async def test_token_lifetime_attribute_drives_exp_and_expires_in() -> None:
+    fake = FakeReturningAI(clock=FixedClock(1000.0), token_lifetime=60)
+    fake.token_lifetime = 1.5
+
+    body = (await mint(fake)).json()
+
+    assert body["data"]["expiresIn"] == 1.5
+    claims = fake.decode(body["data"]["embedToken"])
+    assert claims["iat"] == 1000
+    assert claims["exp"] == 1001.5
+
+
+@pytest.mark.anyio
+async def test_custom_credentials_are_the_only_ones_accepted() -> None:
+    fake = FakeReturningAI(access_id="id-1", access_key="key-1")
+    body = {"accessId": "id-1", "accessKey": "key-1", "userIdentifiers": {"data-x": "1"}}
+
+    assert (await mint(fake, body)).status_code == 200
+    assert fake.decode((await mint(fake, body)).json()["data"]["embedToken"])["aid"] == "id-1"
+    assert (await mint(fake, GOOD_BODY)).status_code == 401
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "change",
+    [{"accessKey": "wrong-key"}, {"accessId": "wrong-id"}, {"accessKey": "dé-mo"}],
+)
+async def test_bad_credentials_answer_401_and_are_counted(change: dict[str, str]) -> None:
+    fake = FakeReturningAI()
+
+    response = await mint(fake, {**GOOD_BODY, **change})
+
+    assert response.status_code == 401
+    assert response.json() == {"success": False, "message": "Invalid access key"}
+    assert fake.calls == 1
+    assert fake.requests == [{**GOOD_BODY, **change}]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "body",
+    [
+        [1, 2],
+        "just a string",
+        {"accessKey": "demo-access-key", "userIdentifiers": {"data-a": "1"}},
+        {"accessId": "demo-access-id", "accessKey": 7, "userIdentifiers": {"data-a": "1"}},
+        {"accessId": "demo-access-id", "accessKey": "demo-access-key"},
+        {**GOOD_BODY, "userIdentifiers": ["data-a"]},
+        {**GOOD_BODY, "userIdentifiers": {"customer-id": "c-42"}},
+        {**GOOD_BODY, "userIdentifiers": {"data-": "c-42"}},
+        {**GOOD_BODY, "userIdentifiers": {"data-customer-id": 42}},
+    ],
+    ids=[
+        "array",
+        "string",
+        "no-access-id",
+        "non-string-key",
+        "no-identifiers",
+        "identifiers-list",
+        "key-without-data-prefix",
+        "bare-data-prefix",
+        "non-string-value",
+    ],
+)
+async def test_bad_shape_answers_400(body: Any) -> None:
+    fake = FakeReturningAI()
+
+    response = await mint(fake, body)
+
+    assert response.status_code == 400
+    answer = response.json()
+    assert answer["success"] is False
+    assert isinstance(answer["message"], str)
+    assert answer["message"]
+    assert fake.calls == 1
+
+
+@pytest.mark.anyio
+async def test_invalid_json_answers_400_and_is_counted_but_not_logged() -> None:
+    fake = FakeReturningAI()
+    async with fake.client() as client:
+        response = await client.post(
+            TOKEN_PATH, content=b"{not json", headers={"content-type": "application/json"}
+        )
+
+    assert response.status_code == 400
+    assert response.json() == {"success": False, "message": "Request body must be valid JSON"}
+    assert fake.calls == 1
+    assert fake.requests == []
+
+
+@pytest.mark.anyio
+async def test_identifier_prefix_error_names_the_key() -> None:
+    fake = FakeReturningAI()
+
+    response = await mint(fake, {**GOOD_BODY, "userIdentifiers": {"customer-id": "c-42"}})
+
+    assert response.json() == {
+        "success": False,
+        "message": "userIdentifiers key 'customer-id' must start with 'data-'",
+    }
+
+
+# -- fault injection ----------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_fail_next_status_mode_answers_injected_status() -> None:
+    fake = FakeReturningAI()
+    fake.fail_next(status=503)
+
+    response = await mint(fake)
+
+    assert response.status_code == 503
+    assert response.json() == {"success": False, "message": "Injected failure"}
+    assert fake.calls == 1
+    assert fake.requests == [GOOD_BODY]
+
+
+@pytest.mark.anyio
+async def test_fail_next_default_is_one_500() -> None:
+    fake = FakeReturningAI()
+    fake.fail_next()
+
+    assert (await mint(fake)).status_code == 500
+    assert (await mint(fake)).status_code == 200
+
+
+@pytest.mark.anyio
+async def test_garbage_mode_answers_html() -> None:
+    fake = FakeReturningAI()
+    fake.fail_next(mode="garbage")
+
+    response = await mint(fake)
+
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    assert response.content == b"<html>not json"
+    with pytest.raises(json.JSONDecodeError):
+        response.json()
+
+
+@pytest.mark.anyio
+async def test_missing_token_mode_answers_success_without_token() -> None:
+    fake = FakeReturningAI()
+    fake.fail_next(mode="missing_token")
+
+    response = await mint(fake)
+
+    assert response.status_code == 200
+    assert response.json() == {"success": True, "data": {}}
+
+
+@pytest.mark.anyio
+async def test_hang_mode_is_cut_by_client_timeout() -> None:
+    fake = FakeReturningAI()
+    fake.fail_next(mode="hang")
+
+    started = time.monotonic()
+    with pytest.raises(httpx.TimeoutException):
+        await mint(fake, timeout=0.2)
+    elapsed = time.monotonic() - started
+
+    assert 0.2 <= elapsed < 2
+    assert fake.calls == 1
+    assert (await mint(fake, timeout=0.2)).status_code == 200
+
+
+@pytest.mark.anyio
+async def test_recover_releases_a_hanging_request_with_504() -> None:
+    fake = FakeReturningAI()
+    fake.fail_next(mode="hang")
+    answers: list[httpx.Response] = []
+
+    async with fake.client(timeout=10) as client, anyio.create_task_group() as tasks:
+
+        async def call() -> None:
+            answers.append(await client.post(TOKEN_PATH, json=GOOD_BODY))
+
+        tasks.start_soon(call)
+        with anyio.fail_after(5):
+            while fake.calls == 0:
+                await anyio.sleep(0.01)
+        fake.recover()
+
+    assert [a.status_code for a in answers] == [504]
+
+
+@pytest.mark.anyio
+async def test_disconnect_mode_surfaces_as_remote_protocol_error() -> None:
+    fake = FakeReturningAI()
+    fake.fail_next(mode="disconnect")
+
+    with pytest.raises(httpx.RemoteProtocolError):
+        await mint(fake)
+
+    assert fake.calls == 1
+    assert (await mint(fake)).status_code == 200
+
+
+@pytest.mark.anyio
+async def test_disconnect_mode_raises_from_app_through_plain_asgi_transport() -> None:
+    fake = FakeReturningAI()
+    fake.fail_next(mode="disconnect")
+
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=fake), base_url="https://api-v2.returning.ai"
+    ) as client:
+        with pytest.raises(InjectedDisconnect):
+            await client.post(TOKEN_PATH, json=GOOD_BODY)
+
+
+@pytest.mark.anyio
+async def test_fail_next_counts_down_then_recovers() -> None:
+    fake = FakeReturningAI()
+    fake.fail_next(3, status=502)
+
+    statuses = [(await mint(fake)).status_code for _ in range(5)]
+
+    assert statuses == [502, 502, 502, 200, 200]
+    assert fake.calls == 5
+    assert len(fake.requests) == 5
+
+
+@pytest.mark.anyio
+async def test_fail_next_calls_queue_in_order() -> None:
+    fake = FakeReturningAI()
+    fake.fail_next(status=503)
+    fake.fail_next(2, mode="missing_token")
+    fake.fail_next(0, status=400)
+
+    answers = [(await mint(fake)) for _ in range(4)]
+
+    assert [a.status_code for a in answers] == [503, 200, 200, 200]
+    assert [a.json()["data"] for a in answers[1:3]] == [{}, {}]
+    assert "embedToken" in answers[3].json()["data"]
+
+
+@pytest.mark.anyio
+async def test_fail_always_until_recover() -> None:
+    fake = FakeReturningAI()
+    fake.fail_always(status=429)
+
+    statuses = [(await mint(fake)).status_code for _ in range(4)]
+    fake.recover()
+    after = (await mint(fake)).status_code
+
+    assert statuses == [429, 429, 429, 429]
+    assert after == 200
+    assert fake.calls == 5
+
+
+@pytest.mark.anyio
+async def test_fail_next_takes_precedence_over_fail_always() -> None:
+    fake = FakeReturningAI()
+    fake.fail_always(status=500)
+    fake.fail_next(mode="missing_token")
+
+    first = await mint(fake)
+    second = await mint(fake)
+
+    assert (first.status_code, first.json()) == (200, {"success": True, "data": {}})
+    assert second.status_code == 500
+
+
+def test_fault_injection_rejects_bad_arguments() -> None:
+    fake = FakeReturningAI()
+    with pytest.raises(ValueError, match="unknown failure mode"):
+        fake.fail_next(mode="explode")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="status"):
+        fake.fail_always(status=99)
+    with pytest.raises(ValueError, match="n must be"):
+        fake.fail_next(-1)
+    with pytest.raises(ValueError, match="latency"):
+        FakeReturningAI(latency=-1)
+
+
+@pytest.mark.anyio
+async def test_reset_clears_counters_logs_and_failures() -> None:
+    fake = FakeReturningAI()
+    await mint(fake)
+    fake.fail_always()
+    fake.fail_next(mode="garbage")
+
+    fake.reset()
+
+    assert (fake.calls, fake.requests, fake.signin_calls, fake.signin_requests) == (0, [], 0, [])
+    assert (await mint(fake)).status_code == 200
+    assert fake.calls == 1
+
+
+@pytest.mark.anyio
+async def test_latency_delays_the_answer() -> None:
+    fake = FakeReturningAI(latency=0.15)
+
+    started = time.monotonic()
+    response = await mint(fake)
+    elapsed = time.monotonic() - started
+
+    assert response.status_code == 200
+    assert elapsed >= 0.15
+
+
+@pytest.mark.anyio
+async def test_latency_attribute_can_be_changed() -> None:
+    fake = FakeReturningAI()
+    fake.latency = 0.1
+
+    started = time.monotonic()
+    await mint(fake)
+
+    assert time.monotonic() - started >= 0.1
+
+
+# -- legacy sign-in -----------------------------------------------------------------------------
+
+
+async def signin(
+    fake: FakeReturningAI, headers: dict[str, str], community: str = "comm-1"
+) -> httpx.Response:
+    async with fake.client() as client:
+        return await client.post(f"/widget/{community}/signin", headers=headers)
+
+
+@pytest.mark.anyio
+async def test_signin_success_returns_widget_token() -> None:
+    fake = FakeReturningAI(clock=FixedClock(2000.0), token_lifetime=30)
+
+    response = await signin(
+        fake, {"returningai-api-key": "demo-widget-api-key", "email": "ann@example.com"}
+    )
+
+    assert response.status_code == 200
+    assert set(response.json()) == {"token"}
+    claims = fake.decode(response.json()["token"])
+    assert isinstance(claims.pop("jti"), str)
+    assert claims == {
+        "email": "ann@example.com",
+        "community": "comm-1",
+        "iat": 2000,
+        "exp": 2030,
+        "typ": "widget",
+    }
+    assert fake.signin_calls == 1
+    assert fake.signin_requests == [{"community": "comm-1", "email": "ann@example.com"}]
+    assert fake.calls == 0
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "headers",
+    [{"email": "ann@example.com"}, {"returningai-api-key": "nope", "email": "ann@example.com"}],
+)
+async def test_signin_without_valid_api_key_is_unauthorized(headers: dict[str, str]) -> None:
+    fake = FakeReturningAI()
+
+    response = await signin(fake, headers)
+
+    assert response.status_code == 401
+    assert response.json() == {"message": "Unauthorized"}
+    assert fake.signin_calls == 1
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("email", [None, "", "   "])
+async def test_signin_without_email_is_bad_request(email: str | None) -> None:
+    fake = FakeReturningAI(widget_api_key="wk")
+    headers = {"returningai-api-key": "wk"}
+    if email is not None:
+        headers["email"] = email
+
+    response = await signin(fake, headers)
+
+    assert response.status_code == 400
+    assert fake.signin_calls == 1
+    assert fake.signin_requests == [{"community": "comm-1", "email": email or ""}]
+
+
+@pytest.mark.anyio
+async def test_signin_shares_the_failure_queue() -> None:
+    fake = FakeReturningAI()
+    fake.fail_next(status=503)
+    fake.fail_next(mode="missing_token")
+    headers = {"returningai-api-key": "demo-widget-api-key", "email": "ann@example.com"}
+
+    first = await signin(fake, headers)
+    second = await mint(fake)
+    third = await signin(fake, headers)
+
+    assert first.status_code == 503
+    assert second.json() == {"success": True, "data": {}}
+    assert "token" in third.json()
+    assert (fake.calls, fake.signin_calls) == (1, 2)
+
+
+# -- other endpoints ----------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_sdk_script_is_served_as_javascript() -> None:
+    fake = FakeReturningAI()
+    async with fake.client() as client:
+        response = await client.get("/sdk/rai-widget.iife.js")
+
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/javascript")
+    script = response.text
+    assert "customElements.define" in script
+    assert "customElements.get" in script
+    for tag in ("store", "channel", "milestone", "social", "currency", "referral", "custom"):
+        assert f'"rai-{tag}-widget"' in script
+    assert "ReturningAIWidget" in script
+    assert "token_expired" in script
+
+
+_DOM_SHIM = """
+const events = [];
+const registry = new Map();
+const connected = [];
+globalThis.window = globalThis;
+class HTMLElement {
+  constructor() { this.attrs = new Map(); this.isConnected = false; this.textContent = ""; }
+  getAttribute(n) { return this.attrs.has(n) ? this.attrs.get(n) : null; }
+  setAttribute(n, v) {
+    const old = this.getAttribute(n);
+    this.attrs.set(n, String(v));
+    const observed = this.constructor.observedAttributes || [];
+    if (observed.includes(n) && this.attributeChangedCallback) {
+      this.attributeChangedCallback(n, old, String(v));
+    }
+  }
+  dispatchEvent(e) { events.push({tag: this.tagName, type: e.type, detail: e.detail,
+    bubbles: e.bubbles, composed: e.composed}); return true; }
+}
+globalThis.HTMLElement = HTMLElement;
+globalThis.CustomEvent = class { constructor(type, init) { this.type = type;
+  Object.assign(this, init); } };
+globalThis.customElements = {
+  get: (t) => registry.get(t),
+  define: (t, cls) => { if (registry.has(t)) throw new Error("dup " + t); registry.set(t, cls); },
+};
+globalThis.document = { querySelectorAll: () => connected };
+function make(tag, token) {
+  const el = new (registry.get(tag))();
+  el.tagName = tag.toUpperCase();
+  el.attrs.set("embed-token", token);
+  el.isConnected = true;
+  connected.push(el);
+  el.connectedCallback();
+  return el;
+}
+"""
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs node")
+def test_sdk_script_renders_claims_and_reports_expiry_under_node() -> None:
+    fake = FakeReturningAI()
+    fresh = fake.encode({"data-customer-id": "c-42", "exp": time.time() + 600})
+    stale = fake.encode({"data-customer-id": "c-7", "exp": time.time() - 5})
+
+    program = (
+        _DOM_SHIM
+        + _SDK_SCRIPT
+        + _SDK_SCRIPT  # loading twice must not redefine the elements
+        + f"""
+const a = make("rai-channel-widget", {json.dumps(fresh)});
+const b = make("rai-store-widget", {json.dumps(stale)});
+const first = [a.textContent, b.textContent, a.getAttribute("data-fake-state")];
+a.setAttribute("embed-token", {json.dumps(stale)});
+const afterChange = a.textContent;
+window.ReturningAIWidget.reload();
+console.log(JSON.stringify({{first, afterChange, events, tags: [...registry.keys()]}}));
+"""
+    )
+    result = subprocess.run(
+        ["node", "-e", program], capture_output=True, text=True, timeout=30, check=True
+    )
+    out = json.loads(result.stdout)
+
+    claims_json = json.dumps(fake.decode(fresh), separators=(",", ":"))
+    assert out["first"] == [
+        f"Fake rai-channel-widget for {claims_json}",
+        "Fake rai-store-widget: expired",
+        "ok",
+    ]
+    assert out["afterChange"] == "Fake rai-channel-widget: expired"
+    expired_event = {
+        "tag": "RAI-STORE-WIDGET",
+        "type": "rai-error",
+        "detail": {"reason": "token_expired"},
+        "bubbles": True,
+        "composed": True,
+    }
+    assert out["events"][0] == expired_event
+    # b on connect, a on attribute change, then both again on reload()
+    assert len(out["events"]) == 4
+    assert {e["detail"]["reason"] for e in out["events"]} == {"token_expired"}
+    assert len(out["tags"]) == 7
+
+
+@pytest.mark.anyio
+async def test_healthz() -> None:
+    fake = FakeReturningAI()
+    async with fake.client() as client:
+        response = await client.get("/healthz")
+
+    assert (response.status_code, response.json()) == (200, {"ok": True})
+    assert fake.calls == 0
+
+
+@pytest.mark.anyio
+async def test_client_base_url_is_overridable() -> None:
+    fake = FakeReturningAI()
+    async with fake.client() as client:
+        assert str(client.base_url) == "https://api-v2.returning.ai"
+    async with fake.client(base_url="http://fake.test", timeout=3) as client:
+        assert str(client.base_url) == "http://fake.test"
+        assert client.timeout.read == 3
+        assert (await client.get("/healthz")).json() == {"ok": True}
+
+
+# -- secrets and tokens -------------------------------------------------------------------------
+
+
+def test_repr_hides_secrets() -> None:
+    fake = FakeReturningAI(
+        access_id="visible-id",
+        access_key="s3cret-access-key",
+        widget_api_key="s3cret-widget-key",
+        signing_key=b"s3cret-signing-key",
+    )
+
+    text = repr(fake)
+
+    assert text == "FakeReturningAI(access_id='visible-id', calls=0, signin_calls=0)"
+    for secret in ("s3cret-access-key", "s3cret-widget-key", "s3cret-signing-key"):
+        assert secret not in text
+        assert secret not in str(fake)
+
+
+def test_repr_default_secrets_not_shown() -> None:
+    text = repr(FakeReturningAI())
+    assert "demo-access-key" not in text
+    assert "demo-widget-api-key" not in text
+    assert "fake-returning-ai-signing-key" not in text
+
+
+def test_encode_decode_round_trip() -> None:
+    fake = FakeReturningAI()
+    claims = {"data-name": "Zoë", "exp": 1, "nested": {"a": [1, 2]}}
+    assert fake.decode(fake.encode(claims)) == claims
+
+
+def _tamper_payload(fake: FakeReturningAI, token: str) -> str:
+    header, _, signature = token.split(".")
+    forged = fake.encode({"data-customer-id": "admin"}).split(".")[1]
+    return f"{header}.{forged}.{signature}"
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda fake, t: _tamper_payload(fake, t),
+        lambda fake, t: t[:-2] + ("AA" if not t.endswith("AA") else "BB"),
+        lambda fake, t: FakeReturningAI(signing_key=b"other").encode(fake.decode(t)),
+        lambda fake, t: t.rsplit(".", 1)[0],
+        lambda fake, t: t + ".extra",
+        lambda fake, t: "",
+        lambda fake, t: "a.b.c",
+        lambda fake, t: t.replace(".", ".é", 1),
+    ],
+    ids=[
+        "swapped-payload",
+        "altered-signature",
+        "other-key",
+        "two-segments",
+        "four-segments",
+        "empty",
+        "junk",
+        "non-ascii",
+    ],
+)
+def test_decode_rejects_tampered_or_malformed_token(tamper: Any) -> None:
+    fake = FakeReturningAI()
+    token = fake.encode({"data-customer-id": "c-42", "exp": 1})
+
+    with pytest.raises(ValueError):
+        fake.decode(tamper(fake, token))
+
+
+def test_decode_rejects_signed_garbage_segments() -> None:
+    fake = FakeReturningAI()
+    header = fake.encode({}).split(".")[0]
+    payload = "bm90IGpzb24"  # base64url("not json")
+    forged = f"{header}.{payload}.{fake._signature(header, payload)}"
+
+    with pytest.raises(ValueError, match="malformed token"):
+        fake.decode(forged)
+
+
+def test_decode_does_not_check_expiry() -> None:
+    fake = FakeReturningAI()
+    assert fake.decode(fake.encode({"exp": 0})) == {"exp": 0}
+
+
+# -- real socket --------------------------------------------------------------------------------
+
+
+@pytest.mark.server
+def test_run_in_thread_serves_over_a_real_socket() -> None:
+    fake = FakeReturningAI()
+
+    with fake.run_in_thread() as base_url:
+        assert base_url.startswith("http://127.0.0.1:")
+        port = int(base_url.rsplit(":", 1)[1])
+        assert port > 0
+        with httpx.Client(base_url=base_url, timeout=5) as client:
+            health = client.get("/healthz")
+            minted = client.post(TOKEN_PATH, json=GOOD_BODY)
+
+    assert (health.status_code, health.json()) == (200, {"ok": True})
+    assert minted.status_code == 200
+    assert fake.decode(minted.json()["data"]["embedToken"])["data-customer-id"] == "c-42"
+    assert fake.calls == 1
+    with pytest.raises(httpx.ConnectError), httpx.Client(timeout=2) as client:
+        client.get(f"{base_url}/healthz")
+
+
+@pytest.mark.server
+def test_run_in_thread_disconnect_drops_the_connection() -> None:
+    fake = FakeReturningAI()
+    fake.fail_next(mode="disconnect")
+
+    with fake.run_in_thread() as base_url, httpx.Client(base_url=base_url, timeout=5) as client:
+        with pytest.raises(httpx.RemoteProtocolError):
+            client.post(TOKEN_PATH, json=GOOD_BODY)
+        assert client.post(TOKEN_PATH, json=GOOD_BODY).status_code == 200
+
+
+@pytest.mark.server
+def test_run_in_thread_shuts_down_despite_a_hanging_request() -> None:
+    fake = FakeReturningAI()
+    fake.fail_next(mode="hang")
+
+    started = time.monotonic()
+    with (
+        fake.run_in_thread() as base_url,
+        httpx.Client(base_url=base_url, timeout=0.3) as client,
+        pytest.raises(httpx.ReadTimeout),
+    ):
+        client.post(TOKEN_PATH, json=GOOD_BODY)
+
+    assert time.monotonic() - started < 4
+
+
+@pytest.mark.server
+def test_run_in_thread_exit_releases_a_request_still_hanging() -> None:
+    fake = FakeReturningAI()
+    fake.fail_next(mode="hang")
+    outcome: list[object] = []
+
+    def call(base_url: str) -> None:
+        try:
+            outcome.append(httpx.post(f"{base_url}{TOKEN_PATH}", json=GOOD_BODY, timeout=30))
+        except httpx.HTTPError as exc:  # pragma: no cover - reported by the assertion below
+            outcome.append(exc)
+
+    started = time.monotonic()
+    with fake.run_in_thread() as base_url:
+        caller = threading.Thread(target=call, args=(base_url,))
+        caller.start()
+        deadline = time.monotonic() + 5
+        while fake.calls == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    caller.join(timeout=10)
+
+    assert time.monotonic() - started < 4
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], httpx.Response)
+    assert outcome[0].status_code == 504
