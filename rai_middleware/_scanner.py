@@ -153,9 +153,8 @@ class PlaceholderScanner:
             if found is None:
                 if not final:
                     # Hold a tail that may be the start of a needle cut by the chunk end.
-                    longest = len(self._open) + 1
-                    last_lt = low.rfind(b"<", max(pos, n - longest))
-                    if last_lt >= 0:
+                    last_lt = low.rfind(b"<", max(pos, n - len(self._open)))
+                    if last_lt >= 0 and self._could_start_needle(low[last_lt:]):
                         hold = last_lt
                 self._in_tag = self._inside_tag(low, text_start, hold)
                 break
@@ -233,6 +232,9 @@ class PlaceholderScanner:
         if delimited and best + len(needle) >= n:
             return -best - 1, best_number
         return best, best_number
+
+    def _could_start_needle(self, tail: bytes) -> bool:
+        return any(needle.startswith(tail) for needle, _, _ in self._needles)
 
     @staticmethod
     def _find_tag(low: bytes, needle: bytes, pos: int, n: int) -> int:

@@ -1,0 +1,183 @@
+"""The token service on its own: cache, single flight, cancellation, lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import pytest
+import respx
+
+from rai_middleware import TokenError
+from rai_middleware._config import Settings
+from rai_middleware._identity import Identity
+from rai_middleware._tokens import TokenService
+from tests.conftest import ACCESS_ID, ACCESS_KEY, TOKEN_URL
+
+
+def settings(**overrides: Any) -> Settings:
+    options: dict[str, Any] = {
+        "community_id": "c",
+        "access_id": ACCESS_ID,
+        "access_key": ACCESS_KEY,
+        "secret_key": None,
+        "api_base_url": None,
+        "token_path": "/v2/api/widget-access-keys/token",
+        "sdk_url": "https://sdk.example/x.js",
+        "endpoint_prefix": "/_rai",
+        "placeholder_tag": "rai-placeholder",
+        "widgets": None,
+        "timeout": 3.0,
+        "min_token_ttl": 300,
+        "cache_maxsize": 100,
+        "ticket_max_age": 60,
+        "max_placeholder_size": 1024,
+        "failure_threshold": 5,
+        "failure_cooldown": 30.0,
+        "environ": {},
+    }
+    options.update(overrides)
+    return Settings.from_options(**options)
+
+
+def user(n: int | str) -> Identity:
+    return Identity.create({"data-customer-id": str(n)}, b"secret")
+
+
+@pytest.mark.anyio
+async def test_cancelled_waiter_does_not_cancel_the_shared_mint(
+    upstream: respx.MockRouter,
+) -> None:
+    started = asyncio.Event()
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        started.set()
+        await asyncio.sleep(0.05)
+        return httpx.Response(200, json={"data": {"embedToken": "shared"}})
+
+    upstream["token"].mock(side_effect=slow)
+    service = TokenService(settings())
+    first = asyncio.create_task(service.get(user(1)))
+    await started.wait()
+    others = [asyncio.create_task(service.get(user(1))) for _ in range(99)]
+    first.cancel()
+    results = await asyncio.gather(*others)
+    assert {token.value for token in results} == {"shared"}
+    assert upstream["token"].call_count == 1
+    assert first.cancelled()
+    assert service._inflight == {}
+    await service.aclose()
+
+
+@pytest.mark.anyio
+async def test_failure_reaches_every_waiter_once(upstream: respx.MockRouter) -> None:
+    async def failing(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(0.01)
+        raise httpx.ConnectError("refused")
+
+    upstream["token"].mock(side_effect=failing)
+    service = TokenService(settings())
+    results = await asyncio.gather(
+        *(service.get(user(1)) for _ in range(10)), return_exceptions=True
+    )
+    assert all(isinstance(result, TokenError) for result in results)
+    assert upstream["token"].call_count == 1
+    assert service._inflight == {}
+    await service.aclose()
+
+
+@pytest.mark.anyio
+async def test_cache_is_bounded_by_cache_maxsize(upstream: respx.MockRouter) -> None:
+    service = TokenService(settings(cache_maxsize=10))
+    for n in range(11):
+        await service.get(user(n))
+    assert len(service._cache) == 10
+    assert service.cached(user(0)) is None  # least recently used went first
+    assert service.cached(user(10)) is not None
+    await service.aclose()
+
+
+@pytest.mark.anyio
+async def test_forget_drops_the_identitys_token(upstream: respx.MockRouter) -> None:
+    service = TokenService(settings())
+    first = await service.get(user(1))
+    service.forget(user(1))
+    second = await service.get(user(1))
+    assert (first.value, second.value) == ("tok-1", "tok-2")
+    await service.aclose()
+
+
+@pytest.mark.anyio
+async def test_missing_expires_in_means_900_seconds(upstream: respx.MockRouter) -> None:
+    upstream["token"].mock(return_value=httpx.Response(200, json={"data": {"embedToken": "t"}}))
+    now = [50.0]
+    service = TokenService(settings(), clock=lambda: now[0])
+    token = await service.get(user(1))
+    assert token.expires_at == 950.0
+    await service.aclose()
+
+
+@pytest.mark.anyio
+async def test_expiry_counts_from_when_the_request_was_sent(upstream: respx.MockRouter) -> None:
+    now = [0.0]
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        now[0] = 2.0  # the answer takes two seconds to arrive
+        return httpx.Response(200, json={"data": {"embedToken": "t", "expiresIn": 900}})
+
+    upstream["token"].mock(side_effect=answer)
+    service = TokenService(settings(), clock=lambda: now[0])
+    assert (await service.get(user(1))).expires_at == 900.0
+    await service.aclose()
+
+
+@pytest.mark.anyio
+async def test_startup_creates_and_aclose_closes_the_own_client(
+    upstream: respx.MockRouter,
+) -> None:
+    service = TokenService(settings())
+    assert service.http_client is None
+    await service.startup()
+    client = service.http_client
+    assert client is not None and not client.is_closed
+    await service.get(user(1))
+    assert service.http_client is client  # reused, not one per request
+    await service.aclose()
+    assert client.is_closed
+    assert service.http_client is None
+
+
+@pytest.mark.anyio
+async def test_aclose_cancels_inflight_mints(upstream: respx.MockRouter) -> None:
+    async def hang(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(30)
+        return httpx.Response(200)  # pragma: no cover
+
+    upstream["token"].mock(side_effect=hang)
+    service = TokenService(settings())
+    waiter = asyncio.create_task(service.get(user(1)))
+    await asyncio.sleep(0.01)
+    await service.aclose()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert service._inflight == {}
+
+
+def test_service_survives_a_new_event_loop() -> None:
+    """Two event loops in a row (as two tests, or a restarted server) both work."""
+    service = TokenService(settings())
+    with respx.mock:
+        respx.post(TOKEN_URL).mock(
+            return_value=httpx.Response(200, json={"data": {"embedToken": "t"}})
+        )
+        clients = []
+        for n in range(2):
+
+            async def run(n: int = n) -> None:
+                await service.get(user(n))
+                clients.append(service.http_client)
+
+            asyncio.run(run())
+        asyncio.run(service.aclose())
+    assert clients[0] is not clients[1]
