@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from ._codec import BodyCodec, codec_for
 from ._config import DEFAULT_SDK_URL, DEFAULT_TOKEN_PATH, Settings
 from ._endpoint import RefreshEndpoint
 from ._exceptions import ConfigurationError, TokenError
@@ -111,6 +112,8 @@ class ReturningAIMiddleware:
         self._endpoint = RefreshEndpoint(
             tokens=self.tokens, tickets=self.tickets, identify=self.identify_visitor
         )
+        # Process-wide, not per request: the encodings already warned about.
+        self._warned_encodings: set[str] = set()
         # Precomputed once: the cheap test that decides whether a body needs scanning.
         self._quick_match = re.compile(
             re.escape(b"<" + self.settings.placeholder_tag.encode("ascii")), re.IGNORECASE
@@ -177,20 +180,40 @@ class ReturningAIMiddleware:
 
         await self.app(scope, lifespan_receive, lifespan_send)
 
+    def warn_encoding(self, encoding: str) -> None:
+        """Once per middleware: an HTML page we cannot decode, and how to fix the order."""
+        if encoding in self._warned_encodings:
+            return
+        self._warned_encodings.add(encoding)
+        logger.warning(
+            "an HTML page with Content-Encoding %r was sent without replacing its <%s> "
+            "placeholders: the middleware can only decode gzip and deflate. Put the "
+            "compression middleware outside ReturningAIMiddleware (so that it compresses "
+            "the rewritten page), or have it skip text/html.",
+            encoding,
+            self.settings.placeholder_tag,
+        )
+
     def refresh_url(self, scope: Scope) -> str:
         root_path: str = scope.get("root_path", "")
         return root_path + self.settings.refresh_path
 
 
 class _PageResponder:
-    """One response's journey through the middleware."""
+    """One response's journey through the middleware.
+
+    A candidate body flows decode -> scan and render -> encode; decode and encode are the
+    identity unless an inner middleware compressed the page with gzip or deflate.
+    """
 
     __slots__ = (
         "_auth",
+        "_codec",
         "_identity",
         "_info",
         "_middleware",
         "_mode",
+        "_scan_failed",
         "_scanner",
         "_scope",
         "_send",
@@ -203,8 +226,8 @@ class _PageResponder:
     _UNDECIDED = 0  # no start yet
     _HOLDING = 1  # candidate; start held until the first body
     _STREAMING = 2  # start sent, body passing through the scanner
-    _PASSTHROUGH = 3  # not ours (or failed open): forward as is
-    _DONE = 4
+    _PASSTHROUGH = 3  # not ours: forward as is
+    _DONE = 4  # the last body went out
 
     def __init__(self, middleware: ReturningAIMiddleware, scope: Scope, send: Send) -> None:
         self._middleware = middleware
@@ -213,7 +236,9 @@ class _PageResponder:
         self._mode = self._UNDECIDED
         self._start: Message | None = None
         self._info: ResponseInfo | None = None
+        self._codec: BodyCodec | None = None
         self._scanner: PlaceholderScanner | None = None
+        self._scan_failed = False
         self._identity: Identity | None = _UNRESOLVED
         self._auth: WidgetMarkup | None = _UNRESOLVED
         self._widgets = 0
@@ -227,9 +252,10 @@ class _PageResponder:
                 await self._stream_body(message)
             elif mode == self._HOLDING:
                 await self._first_body(message)
+            elif mode == self._DONE and self._start is not None:
+                # Our stream ended early (a corrupt compressed body); nothing may follow.
+                return
             else:
-                if not message.get("more_body", False):
-                    self._mode = self._DONE if mode == self._PASSTHROUGH else mode
                 await self._send(message)
             return
         if kind == "http.response.start" and mode == self._UNDECIDED:
@@ -253,75 +279,41 @@ class _PageResponder:
         info = inspect_response(message.get("status", 200), headers or ())
         if not info.candidate:
             self._mode = self._PASSTHROUGH
+            if info.skipped_encoding is not None:
+                self._middleware.warn_encoding(info.skipped_encoding)
             return
         self._info = info
         self._start = message
         self._mode = self._HOLDING
+        if info.content_encoding is not None:
+            self._codec = codec_for(info.content_encoding)
 
     async def finish(self) -> None:
         """After the app returned: release anything a truncated stream left with us."""
         if self._mode == self._STREAMING and self._scanner is not None:
-            rest = self._scanner.close()
-            if rest:
-                await self._send(
-                    {
-                        "type": "http.response.body",
-                        "body": await self._render(rest),
-                        "more_body": True,
-                    }
-                )
-            self._mode = self._DONE
+            # The app ended without a final body message; the server will complain, but
+            # every byte it gave us goes out first.
+            await self._stream_body({"type": "http.response.body", "more_body": True}, flush=True)
 
     # -- bodies ----------------------------------------------------------------------
 
     async def _first_body(self, message: Message) -> None:
         start = self._start
         assert start is not None
-        body = bytes(message.get("body", b""))
         more_body = message.get("more_body", False)
         if not more_body:
-            self._mode = self._DONE
-            if self._middleware._quick_match(body) is None:
-                await self._send(start)
-                await self._send(message)
-                return
-            try:
-                items = self._new_scanner().feed(body)
-                items += self._scanner_close()
-                new_body = await self._render(items) if _has_placeholder(items) else None
-                headers = (
-                    None
-                    if new_body is None
-                    else rewrite_headers(
-                        start.get("headers") or [],
-                        content_length=len(new_body),
-                        private=self._token_used,
-                        rewritten=True,
-                    )
-                )
-            except Exception:
-                logger.exception("rewriting the page failed; sending it unchanged")
-                new_body = headers = None
-            if new_body is None or headers is None:
-                await self._send(start)
-                await self._send(message)
-                return
-            await self._send({**start, "headers": headers})
-            await self._send({"type": "http.response.body", "body": new_body})
+            await self._whole_body(start, message)
             return
         # A stream: headers must go before we know what later chunks hold.
-        self._mode = self._STREAMING
-        scanner = self._new_scanner()
+        self._new_scanner()
         try:
-            items = scanner.feed(body)
-            out = await self._render(items)
-            rewritten = _has_placeholder(items)
+            out = await self._process(message.get("body", b""), final=False, flush=False)
             private = self._token_used or (await self._visitor()) is not None
             headers = rewrite_headers(
                 start.get("headers") or [],
                 content_length=None,
                 private=private,
-                rewritten=rewritten or private,
+                rewritten=self._widgets > 0 or self._rewrote_any or private,
             )
         except Exception:
             logger.exception("rewriting the page failed; sending it unchanged")
@@ -329,37 +321,100 @@ class _PageResponder:
             await self._send(start)
             await self._send(message)
             return
+        self._mode = self._STREAMING
         await self._send({**start, "headers": headers})
         if out:
             await self._send({"type": "http.response.body", "body": out, "more_body": True})
 
-    async def _stream_body(self, message: Message) -> None:
-        scanner = self._scanner
-        assert scanner is not None
-        chunk = message.get("body", b"")
-        more_body = message.get("more_body", False)
-        held = scanner.pending
-        items: list[Item] | None = None
-        pending = b""
+    async def _whole_body(self, start: Message, message: Message) -> None:
+        """The whole body in one message: exact Content-Length, original headers if unchanged."""
+        self._mode = self._DONE
+        new_body: bytes | None = None
         try:
-            items = scanner.feed(chunk)
-            pending = scanner.pending
-            if not more_body:
-                items = items + self._scanner_close()
-                pending = b""
-            out = await self._render(items)
+            body = bytes(message.get("body", b""))
+            if self._codec is not None:
+                body = self._codec.decode(body, final=True)
+            if self._middleware._quick_match(body) is not None:
+                items = self._new_scanner().feed(body) + self._scanner_close()
+                if _has_placeholder(items):
+                    new_body = await self._render(items)
+                    if self._codec is not None:
+                        new_body = self._codec.encode(new_body, final=True)
+                    headers = rewrite_headers(
+                        start.get("headers") or [],
+                        content_length=len(new_body),
+                        private=self._token_used,
+                        rewritten=True,
+                    )
         except Exception:
-            # Fail open: whatever we could not render goes out exactly as the app wrote it.
-            logger.exception("rewriting the page failed; sending the rest unchanged")
-            if items is None:
-                out = held + bytes(chunk)
-            else:
-                out = b"".join(_raw(item) for item in items) + pending
-            self._mode = self._PASSTHROUGH
+            logger.exception("rewriting the page failed; sending it unchanged")
+            new_body = None
+        if new_body is None:
+            await self._send(start)
+            await self._send(message)
+            return
+        await self._send({**start, "headers": headers})
+        await self._send({"type": "http.response.body", "body": new_body})
+
+    async def _stream_body(self, message: Message, *, flush: bool = False) -> None:
+        more_body = message.get("more_body", False)
+        try:
+            out = await self._process(message.get("body", b""), final=not more_body, flush=flush)
+        except _CorruptBody:
+            self._mode = self._DONE
+            await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
         if not more_body:
             self._mode = self._DONE
         if out or not more_body:
             await self._send({"type": "http.response.body", "body": out, "more_body": more_body})
+
+    async def _process(self, chunk: bytes, *, final: bool, flush: bool) -> bytes:
+        """Decode, scan and render, encode one chunk. Our own failures fail open."""
+        codec = self._codec
+        data: bytes = chunk
+        if codec is not None:
+            try:
+                data = codec.decode(bytes(chunk), final=final)
+            except Exception as exc:  # zlib.error, MemoryError...
+                logger.error(
+                    "the app's %s body on %s is corrupt (%s); ending the response",
+                    codec.name,
+                    self._scope.get("path"),
+                    exc,
+                )
+                raise _CorruptBody from None
+        if not self._scan_failed:
+            data = await self._scan(data, final=final or flush)
+        if codec is not None:
+            data = codec.encode(data, final=final)
+        return data
+
+    async def _scan(self, data: bytes, *, final: bool) -> bytes:
+        scanner = self._scanner
+        assert scanner is not None
+        held = scanner.pending
+        items: list[Item] | None = None
+        pending = b""
+        try:
+            items = scanner.feed(data)
+            pending = scanner.pending
+            if final:
+                items = items + self._scanner_close()
+                pending = b""
+            return await self._render(items)
+        except Exception:
+            # Fail open: what we could not render goes out exactly as the app wrote it,
+            # and the rest of the page passes through unscanned.
+            logger.exception("rewriting the page failed; sending the rest unchanged")
+            self._scan_failed = True
+            if items is None:
+                return held + bytes(data)
+            return b"".join(_raw(item) for item in items) + pending
+
+    @property
+    def _rewrote_any(self) -> bool:
+        return self._auth is not _UNRESOLVED or self._widgets > 0
 
     def _new_scanner(self) -> PlaceholderScanner:
         settings = self._middleware.settings
@@ -479,6 +534,10 @@ class _PageResponder:
             nonce=nonce,
         )
         return self._auth
+
+
+class _CorruptBody(Exception):
+    """The app's compressed body cannot be decoded: the response has to end."""
 
 
 def _has_placeholder(items: list[Item]) -> bool:

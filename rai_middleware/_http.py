@@ -18,6 +18,7 @@ __all__ = [
 RawHeaders = list[tuple[bytes, bytes]]
 
 _HTML_TYPES = frozenset({b"text/html", b"application/xhtml+xml"})
+_DECODABLE = frozenset({"gzip", "x-gzip", "deflate"})
 _CHARSET = re.compile(rb"""charset\s*=\s*["']?([^"';\s]+)""", re.IGNORECASE)
 _NONCE = re.compile(r"'nonce-([A-Za-z0-9+/=_-]+)'")
 _PRIVATE_CACHE_CONTROL = (b"cache-control", b"private, no-store")
@@ -32,6 +33,10 @@ class ResponseInfo:
     candidate: bool
     encoding: str = "utf-8"
     csp: str | None = None
+    #: ``gzip`` or ``deflate`` for a compressed candidate; None for an identity body.
+    content_encoding: str | None = None
+    #: An HTML page left alone only because of its (unsupported) Content-Encoding.
+    skipped_encoding: str | None = None
 
 
 def inspect_response(status: int, headers: Iterable[tuple[bytes, bytes]]) -> ResponseInfo:
@@ -40,13 +45,15 @@ def inspect_response(status: int, headers: Iterable[tuple[bytes, bytes]]) -> Res
         return ResponseInfo(False)
     content_type: bytes | None = None
     csp: str | None = None
+    content_encoding: str | None = None
     for name, value in headers:
         lname = name.lower()
         if lname == b"content-type":
             content_type = value
         elif lname == b"content-encoding":
-            if value.strip().lower() not in (b"", b"identity"):
-                return ResponseInfo(False)
+            coding = value.strip().lower()
+            if coding not in (b"", b"identity"):
+                content_encoding = coding.decode("latin-1")
         elif lname == b"content-disposition":
             if value.split(b";", 1)[0].strip().lower() == b"attachment":
                 return ResponseInfo(False)
@@ -57,6 +64,8 @@ def inspect_response(status: int, headers: Iterable[tuple[bytes, bytes]]) -> Res
     media_type = content_type.split(b";", 1)[0].strip().lower()
     if media_type not in _HTML_TYPES:
         return ResponseInfo(False)
+    if content_encoding is not None and content_encoding not in _DECODABLE:
+        return ResponseInfo(False, skipped_encoding=content_encoding)
     encoding = "utf-8"
     match = _CHARSET.search(content_type)
     if match is not None:
@@ -68,7 +77,7 @@ def inspect_response(status: int, headers: Iterable[tuple[bytes, bytes]]) -> Res
         if encoding.startswith(("utf-16", "utf-32")):
             # Tags are not ASCII bytes in these; leave such pages alone.
             return ResponseInfo(False)
-    return ResponseInfo(True, encoding, csp)
+    return ResponseInfo(True, encoding, csp, content_encoding)
 
 
 def csp_nonce(policy: str | None) -> str | None:

@@ -14,7 +14,7 @@ async def app(scope: Any, receive: Any, send: Any) -> None:  # pragma: no cover 
     raise AssertionError
 
 
-FULL = {"community_id": "c", "access_id": "i", "access_key": "k"}
+FULL: dict[str, Any] = {"community_id": "c", "access_id": "i", "access_key": "k"}
 
 
 def test_defaults_are_documented_values() -> None:

@@ -15,7 +15,7 @@ from itsdangerous import URLSafeTimedSerializer
 
 from rai_middleware._identity import Identity
 from rai_middleware._tickets import TicketSigner
-from tests.conftest import USER, body_of, call_asgi, headers_of, html_app, http_scope, wrap
+from tests.conftest import USER, Message, body_of, call_asgi, headers_of, html_app, http_scope, wrap
 
 pytestmark = pytest.mark.anyio
 
@@ -43,7 +43,7 @@ def refresh_scope(
     return http_scope(path, method=method, headers=headers + (extra or []))
 
 
-def status_and_json(messages: list[dict[str, Any]]) -> tuple[int, Any]:
+def status_and_json(messages: list[Message]) -> tuple[int, Any]:
     return messages[0]["status"], json.loads(body_of(messages))
 
 

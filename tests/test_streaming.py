@@ -42,7 +42,7 @@ class _FixedTickets:
 
 
 def pinned(app: Any, **options: Any) -> Any:
-    middleware = wrap(app, **options)
+    middleware: Any = wrap(app, **options)
     middleware.tickets = _FixedTickets()
     return middleware
 

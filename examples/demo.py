@@ -1,0 +1,320 @@
+"""A small Starlette site that shows Returning.AI widgets to its signed-in visitors.
+
+Run it from the repository root::
+
+    pip install -e ".[demo]"
+    python examples/demo.py            # then open http://127.0.0.1:8000/
+    python examples/demo.py --port 9000 --host 0.0.0.0
+
+Two modes:
+
+* **Offline** (the default): no account and no network needed. The demo starts
+  :class:`rai_middleware.testing.FakeReturningAI` in a background thread and points the
+  middleware at it; the fake mints real (HS256) tokens and serves a stand-in widget SDK whose
+  elements simply print the claims of their token.
+* **Real**: set ``RAI_COMMUNITY_ID``, ``RAI_ACCESS_ID`` and ``RAI_ACCESS_KEY`` (all three) and
+  the middleware talks to Returning.AI and loads the real widget SDK.
+
+Sign in with any email (there is no password: it is a demo) and the placeholders on the home
+page become widgets; sign out and their fallback content comes back.
+
+How it fits together: ``SessionMiddleware`` keeps the signed-in user in a cookie,
+``AuthenticationMiddleware`` turns the session into ``request.user`` (``scope["user"]``), and
+``ReturningAIMiddleware``, listed after them and so running inside them, reads ``scope["user"]``
+to decide who the visitor is, both for pages and for its token-refresh endpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import html
+import os
+import secrets
+import sys
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import parse_qs
+
+import httpx
+from starlette.applications import Starlette
+from starlette.authentication import AuthCredentials, AuthenticationBackend, BaseUser
+from starlette.middleware import Middleware
+from starlette.middleware.authentication import AuthenticationMiddleware
+from starlette.middleware.sessions import SessionMiddleware
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from rai_middleware import ReturningAIMiddleware
+from rai_middleware.testing import FakeReturningAI
+
+__all__ = ["DemoAuthBackend", "DemoUser", "build_app", "main", "real_mode"]
+
+#: The environment variables that switch the demo to the real Returning.AI.
+CREDENTIAL_VARS = ("RAI_COMMUNITY_ID", "RAI_ACCESS_ID", "RAI_ACCESS_KEY")
+
+# Offline credentials: the ones FakeReturningAI accepts by default.
+DEMO_COMMUNITY_ID = "demo-community"
+DEMO_ACCESS_ID = "demo-access-id"
+DEMO_ACCESS_KEY = "demo-access-key"
+FAKE_SDK_PATH = "/sdk/rai-widget.iife.js"
+
+
+def real_mode() -> bool:
+    """True when all three Returning.AI credentials are in the environment."""
+    return all(os.environ.get(name, "").strip() for name in CREDENTIAL_VARS)
+
+
+# -- who is signed in -----------------------------------------------------------------------
+
+
+class DemoUser(BaseUser):
+    """A signed-in visitor. ``ReturningAIMiddleware``'s default ``identify`` sends
+    ``customer_id`` as ``data-customer-id`` and ``email`` as ``data-email``."""
+
+    def __init__(self, *, customer_id: str, email: str, name: str) -> None:
+        self.customer_id = customer_id
+        self.email = email
+        self.name = name
+
+    @property
+    def is_authenticated(self) -> bool:
+        return True
+
+    @property
+    def display_name(self) -> str:
+        return self.name
+
+    @property
+    def identity(self) -> str:
+        return self.customer_id
+
+
+class DemoAuthBackend(AuthenticationBackend):
+    """Reads the user that ``/login`` stored in the session."""
+
+    async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, BaseUser] | None:
+        data = conn.session.get("user")
+        if not isinstance(data, dict):
+            return None
+        customer_id, email, name = data.get("customer_id"), data.get("email"), data.get("name")
+        if not (isinstance(customer_id, str) and isinstance(email, str) and isinstance(name, str)):
+            return None
+        user = DemoUser(customer_id=customer_id, email=email, name=name)
+        return AuthCredentials(["authenticated"]), user
+
+
+def customer_id_for(email: str) -> str:
+    """A stable, opaque customer id: in a real site, your user's primary key."""
+    return "demo-" + hashlib.sha256(email.lower().encode()).hexdigest()[:16]
+
+
+# -- pages ----------------------------------------------------------------------------------
+
+PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title} - rai-middleware demo</title>
+<style>
+  body {{ font-family: system-ui, sans-serif; max-width: 52rem; margin: 2rem auto;
+         padding: 0 1rem; line-height: 1.5; }}
+  header {{ display: flex; justify-content: space-between; align-items: center;
+           border-bottom: 1px solid #ddd; margin-bottom: 1rem; }}
+  section {{ border: 1px solid #ddd; border-radius: 8px; padding: 0 1rem 1rem;
+            margin-bottom: 1rem; }}
+  form.inline {{ display: inline; }}
+  label {{ display: block; margin: .5rem 0; }}
+  .note {{ color: #555; font-size: .9rem; }}
+  .error {{ color: #b00020; }}
+</style>
+</head>
+<body>
+<header><h1><a href="/">rai-middleware demo</a></h1><div>{account}</div></header>
+{notice}
+{content}
+</body>
+</html>
+"""
+
+HOME = """<h2>Community chat</h2>
+<section>
+<rai-placeholder widget="channel" channel-id="general" theme="dark" height="600px">
+  <p><a href="/login">Sign in</a> to join the chat.</p>
+</rai-placeholder>
+</section>
+<h2>Rewards store</h2>
+<section>
+<rai-placeholder widget="store">
+  <p><a href="/login">Sign in</a> to spend your points in the rewards store.</p>
+</rai-placeholder>
+</section>
+"""
+
+LOGIN = """<h2>Sign in</h2>
+<p class="note">No password: this is a demo. Any email will do.</p>
+{error}
+<form method="post" action="/login">
+  <label>Email <input type="email" name="email" value="{email}" required></label>
+  <label>Name <input type="text" name="name" value="{name}"></label>
+  <button type="submit">Sign in</button>
+</form>
+"""
+
+
+def render(request: Request, title: str, content: str, *, status_code: int = 200) -> Response:
+    """The page layout around ``content`` (already HTML; every value in it escaped)."""
+    user = request.user
+    if isinstance(user, DemoUser):
+        account = (
+            f"Signed in as <strong>{html.escape(user.display_name)}</strong> "
+            f"({html.escape(user.email)}) "
+            '<form class="inline" method="post" action="/logout">'
+            '<button type="submit">Sign out</button></form>'
+        )
+    else:
+        account = 'Not signed in. <a href="/login">Sign in</a>'
+    notice = request.app.state.notice
+    page = PAGE.format(title=html.escape(title), account=account, notice=notice, content=content)
+    # Pages depend on the session: never cache them in a shared cache. (When a page holds a
+    # token, ReturningAIMiddleware sets "Cache-Control: private, no-store" itself.)
+    return HTMLResponse(page, status_code=status_code, headers={"Cache-Control": "no-store"})
+
+
+async def home(request: Request) -> Response:
+    return render(request, "Home", HOME)
+
+
+async def login_form(request: Request) -> Response:
+    return render(request, "Sign in", LOGIN.format(error="", email="", name=""))
+
+
+async def login(request: Request) -> Response:
+    # The form is application/x-www-form-urlencoded: parse it without python-multipart.
+    form = parse_qs((await request.body()).decode("utf-8", "replace"))
+    email = form.get("email", [""])[0].strip()
+    name = form.get("name", [""])[0].strip() or email.partition("@")[0]
+    if "@" not in email or len(email) > 254 or len(name) > 100:
+        content = LOGIN.format(
+            error='<p class="error">Please enter a valid email address.</p>',
+            email=html.escape(email),
+            name=html.escape(name),
+        )
+        return render(request, "Sign in", content, status_code=400)
+    request.session["user"] = {
+        "customer_id": customer_id_for(email),
+        "email": email,
+        "name": name,
+    }
+    return RedirectResponse("/", status_code=303)
+
+
+async def logout(request: Request) -> Response:
+    request.session.clear()
+    return RedirectResponse("/", status_code=303)
+
+
+async def health(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+# -- the application ------------------------------------------------------------------------
+
+
+def build_app(
+    *,
+    api_base_url: str | None = None,
+    sdk_url: str | None = None,
+    http_client: httpx.AsyncClient | None = None,
+) -> Starlette:
+    """The demo site.
+
+    With ``RAI_COMMUNITY_ID``, ``RAI_ACCESS_ID`` and ``RAI_ACCESS_KEY`` set, the middleware
+    reads them and talks to Returning.AI. Otherwise it uses the demo credentials that
+    :class:`~rai_middleware.testing.FakeReturningAI` accepts: pass the fake's URL as
+    ``api_base_url`` (its SDK stand-in then becomes ``sdk_url``), or an ``http_client`` wired to
+    the fake (``fake.client()``).
+    """
+    rai_options: dict[str, Any] = {"http_client": http_client}
+    if real_mode():
+        # The middleware reads the three RAI_* variables itself.
+        notice = ""
+    else:
+        rai_options.update(
+            community_id=DEMO_COMMUNITY_ID,
+            access_id=DEMO_ACCESS_ID,
+            access_key=DEMO_ACCESS_KEY,
+        )
+        if sdk_url is None and api_base_url is not None:
+            sdk_url = api_base_url.rstrip("/") + FAKE_SDK_PATH
+        notice = (
+            '<p class="note">Offline mode: tokens come from a fake Returning.AI, whose widgets '
+            "just show the claims of their token. Set RAI_COMMUNITY_ID, RAI_ACCESS_ID and "
+            "RAI_ACCESS_KEY to use the real service.</p>"
+        )
+    if api_base_url is not None:
+        rai_options["api_base_url"] = api_base_url
+    if sdk_url is not None:
+        rai_options["sdk_url"] = sdk_url
+
+    session_secret = os.environ.get("DEMO_SESSION_SECRET") or secrets.token_urlsafe(32)
+    app = Starlette(
+        routes=[
+            Route("/", home),
+            Route("/login", login_form, methods=["GET"]),
+            Route("/login", login, methods=["POST"]),
+            Route("/logout", logout, methods=["POST"]),
+            Route("/health", health),
+        ],
+        middleware=[
+            # Outermost first. ReturningAIMiddleware must come after (inside) the other two,
+            # so that scope["user"] exists when it renders a page or answers /_rai/embed-token.
+            Middleware(SessionMiddleware, secret_key=session_secret),
+            Middleware(AuthenticationMiddleware, backend=DemoAuthBackend()),
+            Middleware(ReturningAIMiddleware, **rai_options),
+        ],
+    )
+    app.state.notice = notice
+    return app
+
+
+def _url_host(host: str) -> str:
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Run the rai-middleware demo site.")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on (8000)")
+    args = parser.parse_args(argv)
+
+    try:
+        import uvicorn
+    except ImportError:
+        sys.exit('The demo needs uvicorn: pip install -e ".[demo]"')
+
+    site_url = f"http://{_url_host(args.host)}:{args.port}/"
+    with contextlib.ExitStack() as stack:
+        if real_mode():
+            app = build_app()
+            mode = f"Returning.AI community {os.environ['RAI_COMMUNITY_ID'].strip()}"
+        else:
+            missing = [name for name in CREDENTIAL_VARS if not os.environ.get(name, "").strip()]
+            if len(missing) < len(CREDENTIAL_VARS):
+                print(f"note: {', '.join(missing)} not set; running offline", file=sys.stderr)
+            fake_url = stack.enter_context(FakeReturningAI().run_in_thread())
+            app = build_app(api_base_url=fake_url)
+            mode = f"offline, fake Returning.AI at {fake_url}"
+        print(f"rai-middleware demo ({mode}): open {site_url}", flush=True)
+        uvicorn.run(app, host=args.host, port=args.port)
+
+
+if __name__ == "__main__":
+    main()

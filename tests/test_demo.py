@@ -1,0 +1,379 @@
+"""The demo site (examples/demo.py): in-process, over a real socket, and as a script."""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import IO
+
+import httpx
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+
+from examples.demo import DEMO_ACCESS_KEY, build_app, customer_id_for
+from rai_middleware.testing import FakeReturningAI
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_SCRIPT = ROOT / "examples" / "demo.py"
+FALLBACK = '<p><a href="/login">Sign in</a> to join the chat.</p>'
+EMAIL = "ada@example.com"
+NAME = "Ada <Lovelace>"
+LOGIN = {"email": EMAIL, "name": NAME}
+CHANNEL_WIDGET = re.compile(
+    r'<rai-channel-widget community-id="demo-community" channel-id="general" theme="dark" '
+    r'height="600px" embed-token="([^"]+)"></rai-channel-widget>'
+)
+STORE_WIDGET = re.compile(
+    r'<rai-store-widget community-id="demo-community" embed-token="([^"]+)"></rai-store-widget>'
+)
+TICKET = re.compile(r'data-rai-ticket="([^"]+)"')
+
+
+def the_token(page: str) -> str:
+    match = CHANNEL_WIDGET.search(page)
+    assert match is not None, page
+    return html.unescape(match.group(1))
+
+
+def the_ticket(page: str) -> str:
+    match = TICKET.search(page)
+    assert match is not None, page
+    return html.unescape(match.group(1))
+
+
+def assert_signed_in_claims(fake: FakeReturningAI, token: str) -> None:
+    claims = fake.decode(token)
+    assert claims["data-email"] == EMAIL
+    assert claims["data-customer-id"] == customer_id_for(EMAIL)
+
+
+# -- in-process ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def site() -> AsyncIterator[tuple[FakeReturningAI, httpx.AsyncClient]]:
+    fake = FakeReturningAI()
+    async with fake.client() as upstream:
+        app = build_app(api_base_url="https://api-v2.returning.ai", http_client=upstream)
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://testserver"
+        ) as client:
+            yield fake, client
+
+
+@pytest.mark.anyio
+async def test_anonymous_visitor_sees_the_fallbacks(
+    site: tuple[FakeReturningAI, httpx.AsyncClient],
+) -> None:
+    fake, client = site
+    response = await client.get("/")
+    assert response.status_code == 200
+    assert FALLBACK in response.text
+    assert "to spend your points in the rewards store" in response.text
+    assert "Not signed in" in response.text
+    assert "rai-placeholder" not in response.text
+    assert "embed-token" not in response.text
+    assert "data-rai-ticket" not in response.text
+    assert response.headers["cache-control"] == "no-store"
+    assert "cookie" in response.headers["vary"].lower()
+    assert fake.calls == 0
+
+
+@pytest.mark.anyio
+async def test_sign_in_widgets_refresh_and_sign_out(
+    site: tuple[FakeReturningAI, httpx.AsyncClient],
+) -> None:
+    fake, client = site
+
+    response = await client.post("/login", data=LOGIN)
+    assert response.status_code == 303
+    assert response.headers["location"] == "/"
+
+    response = await client.get("/")
+    assert response.status_code == 200
+    page = response.text
+    assert response.headers["cache-control"] == "private, no-store"
+    assert "Signed in as <strong>Ada &lt;Lovelace&gt;</strong> (ada@example.com)" in page
+    assert FALLBACK not in page
+    assert "rai-placeholder" not in page
+    token = the_token(page)
+    assert_signed_in_claims(fake, token)
+    store = STORE_WIDGET.search(page)
+    assert store is not None
+    assert html.unescape(store.group(1)) == token
+    assert page.count("<script src=") == 1
+    assert DEMO_ACCESS_KEY not in page
+    assert fake.calls == 1
+    assert fake.requests[0]["userIdentifiers"] == {
+        "data-customer-id": customer_id_for(EMAIL),
+        "data-email": EMAIL,
+    }
+
+    # The refresh endpoint sees scope["user"]: ReturningAIMiddleware sits inside the auth.
+    refresh = await client.post("/_rai/embed-token", headers={"X-RAI-Ticket": the_ticket(page)})
+    assert refresh.status_code == 200, refresh.text
+    assert refresh.json()["embedToken"] == token
+    assert refresh.headers["cache-control"] == "no-store"
+    assert fake.calls == 1  # served from the cache
+
+    no_ticket = await client.post("/_rai/embed-token")
+    assert no_ticket.status_code == 403
+
+    response = await client.post("/logout")
+    assert response.status_code == 303
+    response = await client.get("/")
+    assert FALLBACK in response.text
+    assert "embed-token" not in response.text
+    assert "Not signed in" in response.text
+
+    signed_out = await client.post("/_rai/embed-token", headers={"X-RAI-Ticket": the_ticket(page)})
+    assert signed_out.status_code == 401
+    assert fake.calls == 1
+
+
+@pytest.mark.anyio
+async def test_login_form_and_validation(
+    site: tuple[FakeReturningAI, httpx.AsyncClient],
+) -> None:
+    _, client = site
+    form = await client.get("/login")
+    assert form.status_code == 200
+    assert '<form method="post" action="/login">' in form.text
+
+    bad = await client.post("/login", data={"email": '"><script>x</script>', "name": "n"})
+    assert bad.status_code == 400
+    assert "valid email" in bad.text
+    assert "<script>x</script>" not in bad.text
+    assert "&quot;&gt;&lt;script&gt;" in bad.text
+    assert "session" not in client.cookies
+
+    assert (await client.get("/logout")).status_code == 405
+
+
+@pytest.mark.anyio
+async def test_health_is_left_alone(site: tuple[FakeReturningAI, httpx.AsyncClient]) -> None:
+    _, client = site
+    response = await client.get("/health")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    assert response.content == b'{"status":"ok"}'
+    assert int(response.headers["content-length"]) == len(response.content)
+    assert "cache-control" not in response.headers
+
+
+@pytest.mark.anyio
+async def test_real_mode_reads_the_credentials_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Real mode, but the "real" service is the fake (accepting these credentials): no network.
+    monkeypatch.setenv("RAI_COMMUNITY_ID", "env-community")
+    monkeypatch.setenv("RAI_ACCESS_ID", "env-access-id")
+    monkeypatch.setenv("RAI_ACCESS_KEY", "env-access-key")
+    fake = FakeReturningAI(access_id="env-access-id", access_key="env-access-key")
+    async with fake.client() as upstream:
+        app = build_app(http_client=upstream)
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://testserver"
+        ) as client:
+            await client.post("/login", data=LOGIN)
+            page = (await client.get("/")).text
+    assert '<rai-channel-widget community-id="env-community" channel-id="general"' in page
+    assert '<script src="https://unpkg.com/@returningai/widget-sdk@' in page
+    assert "Offline mode" not in page
+    assert fake.calls == 1
+
+
+@pytest.mark.anyio
+async def test_incomplete_credentials_mean_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAI_COMMUNITY_ID", "env-community")
+    fake = FakeReturningAI()
+    async with fake.client() as upstream:
+        app = build_app(http_client=upstream)
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://testserver"
+        ) as client:
+            await client.post("/login", data=LOGIN)
+            page = (await client.get("/")).text
+    assert "Offline mode" in page
+    assert_signed_in_claims(fake, the_token(page))
+
+
+# -- over real sockets -----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def serve(app: Starlette) -> Iterator[str]:
+    """Run ``app`` with uvicorn in a thread, on a port of our own; yield its base URL."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port: int = sock.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert thread.is_alive(), "the demo server failed to start"
+            assert time.monotonic() < deadline, "the demo server did not start within 10 s"
+            time.sleep(0.01)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+    assert not thread.is_alive(), "the demo server did not stop"
+
+
+@pytest.mark.server
+def test_demo_over_a_real_socket() -> None:
+    fake = FakeReturningAI()
+    with fake.run_in_thread() as fake_url:
+        app = build_app(api_base_url=fake_url)
+        with serve(app) as base_url, httpx.Client(base_url=base_url, timeout=10) as client:
+            anonymous = client.get("/")
+            assert anonymous.status_code == 200
+            assert FALLBACK in anonymous.text
+
+            assert client.post("/login", data=LOGIN).status_code == 303
+            response = client.get("/")
+            assert response.status_code == 200
+            assert int(response.headers["content-length"]) == len(response.content)
+            assert response.headers["cache-control"] == "private, no-store"
+            page = response.text
+            assert "rai-placeholder" not in page
+            assert_signed_in_claims(fake, the_token(page))
+            everything = page + "\n".join(f"{k}: {v}" for k, v in response.headers.multi_items())
+            assert DEMO_ACCESS_KEY not in everything
+
+            # The page loads the fake's SDK stand-in, which is really there.
+            sdk_url = f"{fake_url}/sdk/rai-widget.iife.js"
+            assert f'<script src="{sdk_url}"></script>' in page
+            assert httpx.get(sdk_url, timeout=10).status_code == 200
+
+            refresh = client.post("/_rai/embed-token", headers={"X-RAI-Ticket": the_ticket(page)})
+            assert refresh.status_code == 200
+            assert refresh.json()["embedToken"] == the_token(page)
+
+            health = client.get("/health")
+            assert health.status_code == 200
+            assert health.headers["content-type"] == "application/json"
+            assert health.content == b'{"status":"ok"}'
+            assert int(health.headers["content-length"]) == len(health.content)
+            assert "cache-control" not in health.headers
+    assert fake.calls == 1
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _pump(stream: IO[str], lines: queue.Queue[str | None]) -> None:
+    for line in stream:
+        lines.put(line)
+    lines.put(None)
+
+
+@pytest.mark.server
+def test_running_the_script_prints_the_url_and_serves_the_site() -> None:
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/"
+    env = {name: value for name, value in os.environ.items() if not name.startswith("RAI_")}
+    output: list[str] = []
+    lines: queue.Queue[str | None] = queue.Queue()
+    with subprocess.Popen(
+        [sys.executable, "-u", str(DEMO_SCRIPT.relative_to(ROOT)), "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    ) as process:
+        assert process.stdout is not None
+        reader = threading.Thread(target=_pump, args=(process.stdout, lines), daemon=True)
+        reader.start()
+        try:
+            _wait_for_line(lines, output, f"open {url}", timeout=20)
+            banner = next(line for line in output if f"open {url}" in line)
+            assert "offline, fake Returning.AI at http://127.0.0.1:" in banner
+
+            with httpx.Client(base_url=url, timeout=10) as client:
+                response = _get_when_up(client, "/", timeout=20)
+                assert response.status_code == 200
+                assert FALLBACK in response.text
+                assert client.post("/login", data=LOGIN).status_code == 303
+                page = client.get("/").text
+                assert CHANNEL_WIDGET.search(page) is not None, page
+        finally:
+            # Ctrl-C: uvicorn shuts down gracefully, then the fake's thread stops.
+            if os.name == "posix":
+                process.send_signal(signal.SIGINT)
+            else:  # pragma: no cover
+                process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:  # pragma: no cover
+                process.kill()
+                process.wait()
+            reader.join(timeout=5)
+    _drain(lines, output)
+    if os.name == "posix":
+        assert process.returncode == 0, "".join(output)
+    assert "Traceback" not in "".join(output), "".join(output)
+
+
+def _drain(lines: queue.Queue[str | None], output: list[str]) -> None:
+    with contextlib.suppress(queue.Empty):
+        while True:
+            line = lines.get_nowait()
+            if line is not None:
+                output.append(line)
+
+
+def _wait_for_line(
+    lines: queue.Queue[str | None], output: list[str], needle: str, *, timeout: float
+) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            pytest.fail(f"no {needle!r} within {timeout} s; output:\n{''.join(output)}")
+        try:
+            line = lines.get(timeout=remaining)
+        except queue.Empty:
+            continue
+        if line is None:
+            pytest.fail(f"the demo exited before printing {needle!r}; output:\n{''.join(output)}")
+        output.append(line)
+        if needle in line:
+            return
+
+
+def _get_when_up(client: httpx.Client, path: str, *, timeout: float) -> httpx.Response:
+    """uvicorn binds the port just after the banner is printed: retry until it listens."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return client.get(path)
+        except httpx.ConnectError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
