@@ -16,13 +16,17 @@ from typing import Any
 import httpx
 
 from ._codec import BodyCodec, codec_for
-from ._config import DEFAULT_SDK_URL, DEFAULT_TOKEN_PATH, Settings
+from ._config import DEFAULT_LOADER_URL, DEFAULT_SDK_URL, DEFAULT_TOKEN_PATH, Settings
 from ._endpoint import RefreshEndpoint
 from ._exceptions import ConfigurationError, TokenError
 from ._http import ResponseInfo, csp_nonce, inspect_response, rewrite_headers
 from ._identity import Identity, default_identify, resolve_identity
+from ._iframe import IframeAuth, render_iframe, render_iframe_auth
+from ._loader import render_loader
 from ._render import (
+    Attribute,
     WidgetMarkup,
+    container_id,
     parse_attributes,
     render_scripts,
     render_widget,
@@ -62,9 +66,14 @@ class ReturningAIMiddleware:
         access_id: str | None = None,
         access_key: str | None = None,
         identify: IdentifyCallable | None = None,
+        mode: str | None = None,
+        widget_api_key: str | None = None,
         api_base_url: str | None = None,
         token_path: str = DEFAULT_TOKEN_PATH,
         sdk_url: str = DEFAULT_SDK_URL,
+        widgets_base_url: str | None = None,
+        loader_url: str = DEFAULT_LOADER_URL,
+        iframe_segments: Mapping[str, str] | None = None,
         endpoint_prefix: str = "/_rai",
         placeholder_tag: str = "rai-placeholder",
         widgets: Mapping[str, str] | None = None,
@@ -85,13 +94,18 @@ class ReturningAIMiddleware:
             raise ConfigurationError("http_client must be an httpx.AsyncClient")
         self.app = app
         self.settings = Settings.from_options(
+            mode=mode,
             community_id=community_id,
             access_id=access_id,
             access_key=access_key,
+            widget_api_key=widget_api_key,
             secret_key=secret_key,
             api_base_url=api_base_url,
             token_path=token_path,
             sdk_url=sdk_url,
+            widgets_base_url=widgets_base_url,
+            loader_url=loader_url,
+            iframe_segments=iframe_segments,
             endpoint_prefix=endpoint_prefix,
             placeholder_tag=placeholder_tag,
             widgets=widgets,
@@ -110,7 +124,10 @@ class ReturningAIMiddleware:
         )
         self._identity_secret = self.settings.secret_key.reveal().encode()
         self._endpoint = RefreshEndpoint(
-            tokens=self.tokens, tickets=self.tickets, identify=self.identify_visitor
+            tokens=self.tokens,
+            tickets=self.tickets,
+            identify=self.identify_visitor,
+            token_field="token" if self.settings.mode == "iframe" else "embedToken",
         )
         # Process-wide, not per request: the encodings already warned about.
         self._warned_encodings: set[str] = set()
@@ -134,7 +151,16 @@ class ReturningAIMiddleware:
                 "inside AuthenticationMiddleware, or pass identify=)",
                 scope.get("path"),
             )
-        return await resolve_identity(self.identify, scope, self._identity_secret)
+        identity = await resolve_identity(self.identify, scope, self._identity_secret)
+        needs_email = self.settings.mode == "iframe"
+        if identity is not None and needs_email and not identity.identifiers.get("data-email"):
+            logger.warning(
+                "mode='iframe' signs visitors in by email, and identify gave no "
+                "'data-email' for %s: treating the visitor as anonymous",
+                scope.get("path"),
+            )
+            return None
+        return identity
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope_type = scope["type"]
@@ -144,12 +170,12 @@ class ReturningAIMiddleware:
         if scope_type != "http":
             await self.app(scope, receive, send)
             return
-        path = scope.get("path", "")
-        if path == self.settings.refresh_path or path == (
-            scope.get("root_path", "") + self.settings.refresh_path
-        ):
-            await self._endpoint(scope, receive, send)
-            return
+        refresh_path = self.settings.refresh_path
+        if refresh_path is not None:
+            path = scope.get("path", "")
+            if path == refresh_path or path == scope.get("root_path", "") + refresh_path:
+                await self._endpoint(scope, receive, send)
+                return
         tag = self.settings.placeholder_tag
         handled = scope.get(_SCOPE_MARK)
         if scope.get("method") == "HEAD" or (handled is not None and tag in handled):
@@ -196,7 +222,7 @@ class ReturningAIMiddleware:
 
     def refresh_url(self, scope: Scope) -> str:
         root_path: str = scope.get("root_path", "")
-        return root_path + self.settings.refresh_path
+        return root_path + (self.settings.refresh_path or "")
 
 
 class _PageResponder:
@@ -464,48 +490,131 @@ class _PageResponder:
         settings = self._middleware.settings
         attributes = parse_attributes(placeholder.attributes, info.encoding)
         written, element = widget_attributes(attributes, settings.widgets)
-        if element is None:
-            if written is None:
-                logger.error(
-                    "a <%s> on %s has no widget attribute; expected one of %s. "
-                    "Serving its fallback content.",
-                    settings.placeholder_tag,
-                    self._scope.get("path"),
-                    ", ".join(sorted(settings.widgets)),
-                )
-            else:
-                logger.error(
-                    "unknown widget %r in a <%s> on %s; expected one of %s. "
-                    "Serving its fallback content.",
-                    written,
-                    settings.placeholder_tag,
-                    self._scope.get("path"),
-                    ", ".join(sorted(settings.widgets)),
-                )
+        if element is None or written is None:
+            self._log_bad_widget(written)
             return placeholder.inner
-        markup = await self._markup()
-        if markup is None:
+        widget = written.strip().lower()
+        if settings.mode == "access_key":
+            html = await self._render_sdk_widget(element, attributes)
+        else:
+            html = await self._render_legacy_widget(widget, attributes)
+        if html is None:
             return placeholder.inner
+        return html.encode(info.encoding, "xmlcharrefreplace")
+
+    async def _render_sdk_widget(self, element: str, attributes: list[Attribute]) -> str | None:
+        """Access Key Embed: the SDK's custom element with the token as ``embed-token``."""
+        page = await self._page_auth()
+        if page is None:
+            return None
         self._widgets += 1
         self._token_used = True
         html = render_widget(
             element,
             attributes,
             index=self._widgets,
-            token=markup.token,
-            community_id=markup.community_id,
+            token=page.token,
+            community_id=page.community_id,
         )
         if self._widgets == 1:
-            html += render_scripts(markup)
-        return html.encode(info.encoding, "xmlcharrefreplace")
+            html += render_scripts(page)
+        return html
+
+    async def _render_legacy_widget(self, widget: str, attributes: list[Attribute]) -> str | None:
+        """Modes ``iframe`` and ``attributes``: both address a widget by id and path segment."""
+        settings = self._middleware.settings
+        widget_id = next((value for name, value in attributes if name == "widget-id"), "")
+        segment = settings.iframe_segments.get(widget)
+        if not widget_id.strip() or segment is None:
+            needed = (
+                "a widget-id attribute"
+                if segment is not None
+                else "one of the iframe_segments widgets: " + ", ".join(settings.iframe_segments)
+            )
+            logger.error(
+                "a <%s widget=%r> on %s needs %s in mode=%r; serving its fallback content",
+                settings.placeholder_tag,
+                widget,
+                self._scope.get("path"),
+                needed,
+                settings.mode,
+            )
+            return None
+        if settings.mode == "attributes":
+            identity = await self._visitor()
+            if identity is None:
+                return None
+            self._widgets += 1
+            self._token_used = True  # the identity is in the page: keep it out of shared caches
+            return render_loader(
+                widget=widget,
+                widget_id=widget_id.strip(),
+                container=container_id(self._widgets),
+                attributes=attributes,
+                identifiers=identity.identifiers,
+                loader_url=settings.loader_url,
+                widgets_base_url=settings.widgets_base_url,
+                segment=segment,
+                nonce=self._nonce(),
+            )
+        page = await self._page_auth()
+        if page is None:
+            return None
+        self._widgets += 1
+        self._token_used = True
+        html = render_iframe(settings.widgets_base_url, segment, widget_id.strip(), attributes)
+        if self._widgets == 1:
+            html += render_iframe_auth(
+                IframeAuth(
+                    token=page.token,
+                    expires_in=page.expires_in,
+                    widgets_origin=settings.widgets_origin,
+                    refresh_url=page.refresh_url,
+                    ticket=page.ticket,
+                    nonce=page.nonce,
+                )
+            )
+        return html
+
+    def _log_bad_widget(self, written: str | None) -> None:
+        settings = self._middleware.settings
+        known = ", ".join(sorted(settings.widgets))
+        if written is None:
+            logger.error(
+                "a <%s> on %s has no widget attribute; expected one of %s. "
+                "Serving its fallback content.",
+                settings.placeholder_tag,
+                self._scope.get("path"),
+                known,
+            )
+        else:
+            logger.error(
+                "unknown widget %r in a <%s> on %s; expected one of %s. "
+                "Serving its fallback content.",
+                written,
+                settings.placeholder_tag,
+                self._scope.get("path"),
+                known,
+            )
 
     async def _visitor(self) -> Identity | None:
         if self._identity is _UNRESOLVED:
             self._identity = await self._middleware.identify_visitor(self._scope)
         return self._identity
 
-    async def _markup(self) -> WidgetMarkup | None:
-        """Token and scripts for this page: resolved once, on the first real widget."""
+    def _nonce(self) -> str | None:
+        """The CSP nonce for scripts we write: the response's policy, else the scope's."""
+        assert self._info is not None
+        nonce = csp_nonce(self._info.csp)
+        if nonce is None:
+            state = self._scope.get("state")
+            if isinstance(state, Mapping):
+                candidate = state.get("csp_nonce")
+                nonce = candidate if isinstance(candidate, str) and candidate else None
+        return nonce
+
+    async def _page_auth(self) -> WidgetMarkup | None:
+        """Token, ticket and scripts for this page: resolved once, on the first real widget."""
         if self._auth is not _UNRESOLVED:
             return self._auth
         self._auth = None
@@ -519,19 +628,14 @@ class _PageResponder:
         except TokenError:
             # TokenService logged it (once per failure, not once per page).
             return None
-        assert self._info is not None
-        state = self._scope.get("state")
-        nonce = csp_nonce(self._info.csp)
-        if nonce is None and isinstance(state, Mapping):
-            state_nonce = state.get("csp_nonce")
-            nonce = state_nonce if isinstance(state_nonce, str) and state_nonce else None
         self._auth = WidgetMarkup(
             token=token.value,
             ticket=middleware.tickets.issue(identity.key),
-            community_id=middleware.settings.community_id,
+            community_id=middleware.settings.community_id or "",
             sdk_url=middleware.settings.sdk_url,
             refresh_url=middleware.refresh_url(self._scope),
-            nonce=nonce,
+            nonce=self._nonce(),
+            expires_in=int(token.remaining(middleware.tokens.now())),
         )
         return self._auth
 

@@ -12,6 +12,7 @@ import hmac
 import math
 import os
 import re
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -21,9 +22,13 @@ from ._exceptions import ConfigurationError
 
 __all__ = [
     "DEFAULT_API_BASE_URL",
+    "DEFAULT_IFRAME_SEGMENTS",
+    "DEFAULT_LOADER_URL",
     "DEFAULT_SDK_URL",
     "DEFAULT_TOKEN_PATH",
     "DEFAULT_WIDGETS",
+    "DEFAULT_WIDGETS_BASE_URL",
+    "MODES",
     "Secret",
     "Settings",
 ]
@@ -49,7 +54,7 @@ DEFAULT_WIDGETS: Mapping[str, str] = MappingProxyType(
 # Custom element and tag names: ASCII, starting with a letter, with a hyphen somewhere is not
 # required for the placeholder (the author picks it), but nothing that could break out of a tag.
 _TAG_NAME = re.compile(r"[a-z][a-z0-9]*(?:[-_.][a-z0-9]+)*\Z")
-_UNSET = object()
+_SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._~-]*\Z")
 
 
 class Secret:
@@ -75,17 +80,40 @@ class Secret:
         return hash(("Secret", hashlib.sha256(self._value.encode()).digest()))
 
 
+MODES = ("access_key", "iframe", "attributes")
+
+DEFAULT_WIDGETS_BASE_URL = "https://prod-widgets.returning.ai"
+DEFAULT_LOADER_URL = "https://prod-widgets.returning.ai/widget-loader.js"
+
+#: ``widget="..."`` value -> path segment of the iframe widget page (mode ``iframe``).
+DEFAULT_IFRAME_SEGMENTS: Mapping[str, str] = MappingProxyType(
+    {
+        "store": "store-widget",
+        "channel": "channel-widget",
+        "milestone": "milestone-widget",
+        "social": "social-widget",
+        "currency": "currency-overview-widget",
+        "custom": "custom-widget",
+    }
+)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the middleware needs, checked and normalised. Safe to ``repr()``."""
 
-    community_id: str
-    access_id: Secret
-    access_key: Secret
+    mode: str
+    community_id: str | None
+    access_id: Secret | None
+    access_key: Secret | None
+    widget_api_key: Secret | None
     secret_key: Secret = field(repr=False)
     api_base_url: str = DEFAULT_API_BASE_URL
     token_path: str = DEFAULT_TOKEN_PATH
     sdk_url: str = DEFAULT_SDK_URL
+    widgets_base_url: str = DEFAULT_WIDGETS_BASE_URL
+    loader_url: str = DEFAULT_LOADER_URL
+    iframe_segments: Mapping[str, str] = field(default_factory=lambda: DEFAULT_IFRAME_SEGMENTS)
     endpoint_prefix: str = "/_rai"
     placeholder_tag: str = DEFAULT_PLACEHOLDER_TAG
     widgets: Mapping[str, str] = field(default_factory=lambda: DEFAULT_WIDGETS)
@@ -100,58 +128,102 @@ class Settings:
 
     @property
     def token_url(self) -> str:
+        """Where tokens are minted: the Access Key API, or the legacy signin (iframe mode)."""
+        if self.mode == "iframe":
+            return f"{self.widgets_base_url}/widget/{self.community_id}/signin"
         return self.api_base_url + self.token_path
 
     @property
-    def refresh_path(self) -> str:
-        return self.endpoint_prefix + "/embed-token"
+    def refresh_path(self) -> str | None:
+        """The middleware's own token endpoint for this mode (None: the mode has none)."""
+        if self.mode == "access_key":
+            return self.endpoint_prefix + "/embed-token"
+        if self.mode == "iframe":
+            return self.endpoint_prefix + "/signin"
+        return None
+
+    @property
+    def widgets_origin(self) -> str:
+        parts = urlsplit(self.widgets_base_url)
+        return f"{parts.scheme}://{parts.netloc}"
 
     @classmethod
     def from_options(
         cls,
         *,
-        community_id: str | None,
-        access_id: str | None,
-        access_key: str | None,
-        secret_key: str | None,
-        api_base_url: str | None,
-        token_path: str,
-        sdk_url: str,
-        endpoint_prefix: str,
-        placeholder_tag: str,
-        widgets: Mapping[str, str] | None,
-        timeout: float,
-        min_token_ttl: float,
-        cache_maxsize: int,
-        ticket_max_age: int,
-        max_placeholder_size: int,
-        failure_threshold: int,
-        failure_cooldown: float,
+        mode: str | None = None,
+        community_id: str | None = None,
+        access_id: str | None = None,
+        access_key: str | None = None,
+        widget_api_key: str | None = None,
+        secret_key: str | None = None,
+        api_base_url: str | None = None,
+        token_path: str = DEFAULT_TOKEN_PATH,
+        sdk_url: str = DEFAULT_SDK_URL,
+        widgets_base_url: str | None = None,
+        loader_url: str = DEFAULT_LOADER_URL,
+        iframe_segments: Mapping[str, str] | None = None,
+        endpoint_prefix: str = "/_rai",
+        placeholder_tag: str = DEFAULT_PLACEHOLDER_TAG,
+        widgets: Mapping[str, str] | None = None,
+        timeout: float = 3.0,
+        min_token_ttl: float = 300.0,
+        cache_maxsize: int = 10_000,
+        ticket_max_age: int = 12 * 60 * 60,
+        max_placeholder_size: int = 64 * 1024,
+        failure_threshold: int = 5,
+        failure_cooldown: float = 30.0,
         environ: Mapping[str, str] | None = None,
     ) -> Settings:
         env = os.environ if environ is None else environ
-        community = _required_str("community_id", community_id, env, "RAI_COMMUNITY_ID")
-        aid = _required_str("access_id", access_id, env, "RAI_ACCESS_ID")
-        akey = _required_str("access_key", access_key, env, "RAI_ACCESS_KEY")
+        akey = _optional_str("access_key", access_key, env, "RAI_ACCESS_KEY")
+        wkey = _optional_str("widget_api_key", widget_api_key, env, "RAI_WIDGET_API_KEY")
+        mode = _mode(mode, access_key=akey, widget_api_key=wkey)
+        community: str | None
+        aid: str | None = None
+        if mode == "access_key":
+            community = _required_str("community_id", community_id, env, "RAI_COMMUNITY_ID")
+            aid = _required_str("access_id", access_id, env, "RAI_ACCESS_ID")
+            akey = _required_str("access_key", akey, env, "RAI_ACCESS_KEY")
+            seed = akey
+        elif mode == "iframe":
+            community = _required_str("community_id", community_id, env, "RAI_COMMUNITY_ID")
+            wkey = _required_str("widget_api_key", wkey, env, "RAI_WIDGET_API_KEY")
+            if "/" in community or "?" in community or "#" in community:
+                raise ConfigurationError("community_id must not contain '/', '?' or '#'")
+            seed = wkey
+        else:
+            community = _optional_str("community_id", community_id, env, "RAI_COMMUNITY_ID")
+            # Attribute Auth needs no secret; identity hashes still want a key.
+            seed = secrets.token_hex(32)
         skey = _optional_str("secret_key", secret_key, env, "RAI_SECRET_KEY")
         if skey is None:
-            # Derived, so that nothing beyond the access key is required; the derivation is
-            # one-way, so a leaked ticket key tells nothing about the access key.
+            # Derived, so that nothing beyond the credential is required; the derivation is
+            # one-way, so a leaked ticket key tells nothing about the credential.
             skey = hmac.new(
-                akey.encode(), b"rai-middleware/refresh-ticket-key/v1", hashlib.sha256
+                seed.encode(), b"rai-middleware/refresh-ticket-key/v1", hashlib.sha256
             ).hexdigest()
         base = _optional_str("api_base_url", api_base_url, env, "RAI_API_BASE_URL")
         base = _url("api_base_url", base or DEFAULT_API_BASE_URL).rstrip("/")
+        widgets_base = _optional_str(
+            "widgets_base_url", widgets_base_url, env, "RAI_WIDGETS_BASE_URL"
+        )
+        widgets_base = _url("widgets_base_url", widgets_base or DEFAULT_WIDGETS_BASE_URL)
         if not isinstance(token_path, str) or not token_path.startswith("/"):
             raise ConfigurationError("token_path must be a path starting with '/'")
         return cls(
+            mode=mode,
             community_id=community,
-            access_id=Secret(aid),
-            access_key=Secret(akey),
+            access_id=Secret(aid) if aid is not None else None,
+            access_key=Secret(akey) if akey is not None and mode == "access_key" else None,
+            widget_api_key=Secret(wkey) if wkey is not None and mode == "iframe" else None,
             secret_key=Secret(skey),
             api_base_url=base,
             token_path=token_path,
             sdk_url=_url("sdk_url", sdk_url),
+            widgets_base_url=widgets_base.rstrip("/"),
+            loader_url=_url("loader_url", loader_url),
+            iframe_segments=_segments(iframe_segments),
             endpoint_prefix=_prefix(endpoint_prefix),
             placeholder_tag=_tag_name("placeholder_tag", placeholder_tag),
             widgets=_widgets(widgets),
@@ -163,6 +235,32 @@ class Settings:
             failure_threshold=_positive_int("failure_threshold", failure_threshold),
             failure_cooldown=_non_negative("failure_cooldown", failure_cooldown),
         )
+
+
+def _mode(mode: str | None, *, access_key: str | None, widget_api_key: str | None) -> str:
+    if mode is None:
+        # Access Key Embed is the documented default; the legacy iframe flow is chosen only
+        # when its key is the one given.
+        return "iframe" if widget_api_key is not None and access_key is None else "access_key"
+    if mode not in MODES:
+        raise ConfigurationError(f"mode must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
+    return mode
+
+
+def _segments(value: Mapping[str, str] | None) -> Mapping[str, str]:
+    if value is None:
+        return DEFAULT_IFRAME_SEGMENTS
+    if not isinstance(value, Mapping) or not value:
+        raise ConfigurationError("iframe_segments must be a non-empty mapping")
+    checked = {}
+    for key, segment in value.items():
+        if not isinstance(segment, str) or not _SEGMENT.match(segment):
+            raise ConfigurationError(
+                f"iframe_segments[{key!r}] must be a URL path segment such as 'store-widget', "
+                f"got {segment!r}"
+            )
+        checked[str(key).strip().lower()] = segment
+    return MappingProxyType(checked)
 
 
 def _required_str(name: str, value: str | None, env: Mapping[str, str], var: str) -> str:

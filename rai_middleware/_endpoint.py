@@ -1,6 +1,7 @@
-"""``POST {endpoint_prefix}/embed-token``: a fresh token for the current visitor.
+"""``POST {endpoint_prefix}/embed-token`` (or ``/signin`` in iframe mode): a fresh token.
 
-The browser half of the docs' long-session recipe calls it on ``rai-error``. It is
+The browser half of the docs' long-session recipe calls it on ``rai-error``; in iframe
+mode the auth script calls it when a widget asks for a token after the first expired. It is
 same-origin only (no CORS headers; ``Sec-Fetch-Site`` and ``Origin`` checked when the
 browser sends them), needs the page's ticket for the same identity, goes through the same
 cache as pages (so hammering it causes no extra upstream calls) and is never cached.
@@ -40,7 +41,9 @@ class RefreshEndpoint:
         tokens: TokenService,
         tickets: TicketSigner,
         identify: Callable[[Scope], Awaitable[Identity | None]],
+        token_field: str = "embedToken",
     ) -> None:
+        self._token_field = token_field
         self._tokens = tokens
         self._tickets = tickets
         self._identify = identify
@@ -77,7 +80,7 @@ class RefreshEndpoint:
             await _respond(send, 503, {"error": "token_unavailable"})
             return
         remaining = int(token.remaining(self._tokens.now()))
-        await _respond(send, 200, {"embedToken": token.value, "expiresIn": remaining})
+        await _respond(send, 200, {self._token_field: token.value, "expiresIn": remaining})
 
 
 async def _respond(

@@ -12,6 +12,7 @@ import hmac
 import inspect
 import json
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,8 @@ __all__ = ["Identity", "default_identify", "resolve_identity"]
 
 logger = logging.getLogger("rai_middleware")
 
+# ``data-`` and an attribute-safe name: identifiers may be written as HTML attributes.
+_IDENTIFIER_KEY = re.compile(r"data-[A-Za-z0-9_.:-]+\Z")
 # Tried in order for the customer id; the first that exists and is not empty wins.
 _ID_ATTRIBUTES = ("customer_id", "id", "pk", "identity", "username")
 
@@ -91,7 +94,7 @@ def _validate(result: object, source: str) -> dict[str, str] | None:
         return None
     identifiers: dict[str, str] = {}
     for key, value in result.items():
-        if not isinstance(key, str) or not key.startswith("data-") or len(key) == len("data-"):
+        if not isinstance(key, str) or not _IDENTIFIER_KEY.match(key):
             logger.error(
                 "%s returned the identifier key %r; keys must be the 'data-*' field names "
                 "configured in Returning.AI (e.g. 'data-customer-id', 'data-email'). "

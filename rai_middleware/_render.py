@@ -26,7 +26,7 @@ __all__ = [
 Attribute = tuple[str, str]
 
 _ATTRIBUTE = re.compile(
-    rb"""([^\s"'>/=]+)(?:\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'>]*)))?""",
+    rb"""([^\s>/=]+)(?:\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'>]*)))?""",
 )
 _SAFE_NAME = re.compile(r"[a-z_:][-a-z0-9_:.]*\Z")
 # Attributes the middleware owns on the element it writes: a placeholder cannot set them.
@@ -71,6 +71,7 @@ class WidgetMarkup:
     sdk_url: str
     refresh_url: str
     nonce: str | None = None
+    expires_in: int = 0
 
 
 def parse_attributes(raw: bytes, encoding: str) -> list[Attribute]:

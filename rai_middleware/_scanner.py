@@ -153,7 +153,8 @@ class PlaceholderScanner:
             if found is None:
                 if not final:
                     # Hold a tail that may be the start of a needle cut by the chunk end.
-                    last_lt = low.rfind(b"<", max(pos, n - len(self._open)))
+                    longest = max(len(needle) for needle, _, _ in self._needles)
+                    last_lt = low.rfind(b"<", max(pos, n - longest))
                     if last_lt >= 0 and self._could_start_needle(low[last_lt:]):
                         hold = last_lt
                 self._in_tag = self._inside_tag(low, text_start, hold)
@@ -180,18 +181,19 @@ class PlaceholderScanner:
                 pos = index + len(needle)
                 continue
             placeholder = self._parse_placeholder(buf, low, index)
-            if placeholder is None:  # unfinished
-                if final:
-                    pos = index + 1
-                    continue
-                if n - index > self._max_size:
-                    # Too big to be a placeholder we should hold: let it through as text.
-                    self.oversized += 1
-                    pos = index + len(self._open)
-                    continue
+            if placeholder is None and final:  # unfinished at the end of the body
+                pos = index + 1
+                continue
+            if placeholder is None and n - index <= self._max_size:  # unfinished: wait
                 hold = index
                 self._in_tag = False
                 break
+            if placeholder is None or len(placeholder.raw) > self._max_size:
+                # Too big to be a placeholder we should hold: let it through as text,
+                # whether or not its end happens to be in this chunk.
+                self.oversized += 1
+                pos = index + len(self._open)
+                continue
             if index > emitted:
                 out.append(buf[emitted:index])
             out.append(placeholder)

@@ -20,7 +20,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.cookiejar import CookieJar, DefaultCookiePolicy
-from typing import Any, TypeGuard
 
 import httpx
 from cachetools import LRUCache
@@ -28,14 +27,11 @@ from cachetools import LRUCache
 from ._config import Settings
 from ._exceptions import TokenError
 from ._identity import Identity
+from ._upstream import request_access_key_token, request_signin_token
 
 __all__ = ["EmbedToken", "TokenService"]
 
 logger = logging.getLogger("rai_middleware")
-
-# A JWT is three base64url parts; anything else printable and short enough is passed on
-# (still HTML-escaped), anything with whitespace or control characters is garbage.
-_MAX_TOKEN_LENGTH = 16 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +60,7 @@ class TokenService:
         self._client = http_client
         self._owns_client = http_client is None
         self._client_loop: asyncio.AbstractEventLoop | None = None
+        self._flow = request_signin_token if settings.mode == "iframe" else request_access_key_token
         self._cache: LRUCache[str, EmbedToken] = LRUCache(maxsize=settings.cache_maxsize)
         self._inflight: dict[str, asyncio.Task[EmbedToken]] = {}
         self._consecutive_failures = 0
@@ -185,65 +182,21 @@ class TokenService:
     async def _request(self, identity: Identity) -> EmbedToken:
         settings = self._settings
         started = self._clock()
-        payload = {
-            "accessId": settings.access_id.reveal(),
-            "accessKey": settings.access_key.reveal(),
-            "userIdentifiers": dict(identity.identifiers),
-        }
         try:
             # httpx's timeout bounds each phase; wait_for bounds the whole exchange, so a
             # server that trickles its answer cannot hold a page longer than ``timeout``.
-            response = await asyncio.wait_for(
-                self._http_client().post(
-                    settings.token_url, json=payload, timeout=settings.timeout
-                ),
-                settings.timeout,
+            value, lifetime = await asyncio.wait_for(
+                self._flow(self._http_client(), settings, identity), settings.timeout
             )
         except (httpx.TimeoutException, asyncio.TimeoutError):
             raise TokenError(f"timed out after {settings.timeout:g} s") from None
         except httpx.HTTPError as exc:
             raise TokenError(f"{type(exc).__name__}: {exc}"[:300]) from None
-        if not response.is_success:
-            raise TokenError(f"HTTP {response.status_code}", status_code=response.status_code)
-        try:
-            body: Any = response.json()
-        except ValueError:
-            raise TokenError(
-                f"HTTP {response.status_code} with a body that is not JSON",
-                status_code=response.status_code,
-            ) from None
-        data = body.get("data") if isinstance(body, dict) else None
-        if not isinstance(data, dict):
-            raise TokenError("the answer has no data object", status_code=response.status_code)
-        value = data.get("embedToken")
-        if not _plausible_token(value):
-            raise TokenError(
-                "the answer has no usable data.embedToken", status_code=response.status_code
-            )
-        lifetime = _lifetime(data, settings.default_token_lifetime)
+        if lifetime is None:
+            lifetime = settings.default_token_lifetime
         if lifetime < settings.min_token_ttl or lifetime <= 0:
             raise TokenError(
                 f"the token lives {lifetime:g} s, less than min_token_ttl "
-                f"({settings.min_token_ttl:g} s)",
-                status_code=response.status_code,
+                f"({settings.min_token_ttl:g} s)"
             )
         return EmbedToken(value=value, expires_at=started + lifetime)
-
-
-def _plausible_token(value: object) -> TypeGuard[str]:
-    return (
-        isinstance(value, str)
-        and 0 < len(value) <= _MAX_TOKEN_LENGTH
-        and value.isascii()
-        and value.isprintable()
-        and " " not in value
-    )
-
-
-def _lifetime(data: dict[str, Any], default: float) -> float:
-    raw = data.get("expiresIn")
-    if raw is None:
-        return default
-    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw):
-        raise TokenError("the answer's data.expiresIn is not a number of seconds")
-    return float(raw)

@@ -1,0 +1,54 @@
+"""Mode ``attributes``: Returning.AI's "Attribute Auth" flow, the documented loader snippet.
+
+No secret and no token: the identity is written into the page as ``data-*`` attributes of
+the ``widget-loader.js`` script, which is why Returning.AI calls it the weaker option (any
+visitor can edit those attributes in their browser). Values are escaped like every other.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Mapping, Sequence
+
+from ._render import Attribute
+
+__all__ = ["render_loader"]
+
+# Consumed by the loader snippet itself rather than copied as data-* attributes.
+_CONSUMED = frozenset({"widget", "widget-id", "embed-token"})
+
+
+def render_loader(
+    *,
+    widget: str,
+    widget_id: str,
+    container: str,
+    attributes: Sequence[Attribute],
+    identifiers: Mapping[str, str],
+    loader_url: str,
+    widgets_base_url: str,
+    segment: str,
+    nonce: str | None,
+) -> str:
+    data: dict[str, str] = {
+        "data-widget-id": widget_id,
+        "data-widget-type": widget,
+        "data-container": container,
+        "data-api-url": widgets_base_url,
+        "data-widget-url": f"{widgets_base_url}/{segment}",
+    }
+    for name, value in attributes:
+        if name in _CONSUMED:
+            continue
+        data.setdefault(name if name.startswith("data-") else f"data-{name}", value)
+    data.update(identifiers)  # the server's identity wins over anything in the page
+    rendered = "".join(f" {name}={_quote(value)}" for name, value in data.items())
+    nonce_attr = f" nonce={_quote(nonce)}" if nonce else ""
+    return (
+        f"<div id={_quote(container)}></div>"
+        f"<script src={_quote(loader_url)}{nonce_attr}{rendered}></script>"
+    )
+
+
+def _quote(value: str) -> str:
+    return '"' + html.escape(value, quote=True) + '"'
