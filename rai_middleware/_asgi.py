@@ -8,31 +8,18 @@ and the shared services, so it is safe under any concurrency.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
 
-from ._codec import BodyCodec, codec_for
 from ._config import DEFAULT_LOADER_URL, DEFAULT_SDK_URL, DEFAULT_TOKEN_PATH, Settings
 from ._endpoint import RefreshEndpoint
 from ._exceptions import ConfigurationError, TokenError
-from ._http import ResponseInfo, csp_nonce, inspect_response, rewrite_headers
+from ._http import inspect_response, rewrite_headers
 from ._identity import Identity, default_identify, resolve_identity
-from ._iframe import IframeAuth, render_iframe, render_iframe_auth
-from ._loader import render_loader
-from ._render import (
-    Attribute,
-    WidgetMarkup,
-    container_id,
-    parse_attributes,
-    render_scripts,
-    render_widget,
-    widget_attributes,
-)
-from ._scanner import Item, Placeholder, PlaceholderScanner
+from ._page import CorruptBody, PageAuth, PageRewriter, has_placeholder, quick_matcher, state_nonce
 from ._tickets import TicketSigner
 from ._tokens import TokenService
 from ._types import ASGIApp, IdentifyCallable, Message, Receive, Scope, Send
@@ -132,9 +119,7 @@ class ReturningAIMiddleware:
         # Process-wide, not per request: the encodings already warned about.
         self._warned_encodings: set[str] = set()
         # Precomputed once: the cheap test that decides whether a body needs scanning.
-        self._quick_match = re.compile(
-            re.escape(b"<" + self.settings.placeholder_tag.encode("ascii")), re.IGNORECASE
-        ).search
+        self._quick_match = quick_matcher(self.settings)
 
     def __repr__(self) -> str:
         return (
@@ -226,32 +211,23 @@ class ReturningAIMiddleware:
 
 
 class _PageResponder:
-    """One response's journey through the middleware.
-
-    A candidate body flows decode -> scan and render -> encode; decode and encode are the
-    identity unless an inner middleware compressed the page with gzip or deflate.
-    """
+    """One response's journey through the middleware: ASGI messages in and out, with a
+    ``PageRewriter`` doing the work on candidate bodies."""
 
     __slots__ = (
-        "_auth",
-        "_codec",
         "_identity",
-        "_info",
         "_middleware",
         "_mode",
-        "_scan_failed",
-        "_scanner",
+        "_rewriter",
         "_scope",
         "_send",
         "_start",
-        "_token_used",
-        "_widgets",
     )
 
     # _mode: what to do with the next message.
     _UNDECIDED = 0  # no start yet
     _HOLDING = 1  # candidate; start held until the first body
-    _STREAMING = 2  # start sent, body passing through the scanner
+    _STREAMING = 2  # start sent, body passing through the rewriter
     _PASSTHROUGH = 3  # not ours: forward as is
     _DONE = 4  # the last body went out
 
@@ -261,14 +237,8 @@ class _PageResponder:
         self._send = send
         self._mode = self._UNDECIDED
         self._start: Message | None = None
-        self._info: ResponseInfo | None = None
-        self._codec: BodyCodec | None = None
-        self._scanner: PlaceholderScanner | None = None
-        self._scan_failed = False
+        self._rewriter: PageRewriter | None = None
         self._identity: Identity | None = _UNRESOLVED
-        self._auth: WidgetMarkup | None = _UNRESOLVED
-        self._widgets = 0
-        self._token_used = False
 
     async def send(self, message: Message) -> None:
         kind = message["type"]
@@ -308,15 +278,20 @@ class _PageResponder:
             if info.skipped_encoding is not None:
                 self._middleware.warn_encoding(info.skipped_encoding)
             return
-        self._info = info
+        middleware = self._middleware
+        self._rewriter = PageRewriter(
+            middleware.settings,
+            info,
+            path=self._scope.get("path", ""),
+            refresh_url=middleware.refresh_url(self._scope),
+            state_nonce=state_nonce(self._scope.get("state")),
+        )
         self._start = message
         self._mode = self._HOLDING
-        if info.content_encoding is not None:
-            self._codec = codec_for(info.content_encoding)
 
     async def finish(self) -> None:
         """After the app returned: release anything a truncated stream left with us."""
-        if self._mode == self._STREAMING and self._scanner is not None:
+        if self._mode == self._STREAMING:
             # The app ended without a final body message; the server will complain, but
             # every byte it gave us goes out first.
             await self._stream_body({"type": "http.response.body", "more_body": True}, flush=True)
@@ -324,22 +299,20 @@ class _PageResponder:
     # -- bodies ----------------------------------------------------------------------
 
     async def _first_body(self, message: Message) -> None:
-        start = self._start
-        assert start is not None
-        more_body = message.get("more_body", False)
-        if not more_body:
-            await self._whole_body(start, message)
+        start, rewriter = self._start, self._rewriter
+        assert start is not None and rewriter is not None
+        if not message.get("more_body", False):
+            await self._whole_body(start, rewriter, message)
             return
         # A stream: headers must go before we know what later chunks hold.
-        self._new_scanner()
         try:
-            out = await self._process(message.get("body", b""), final=False, flush=False)
-            private = self._token_used or (await self._visitor()) is not None
+            out = await self._process(rewriter, message.get("body", b""), final=False)
+            private = rewriter.token_used or (await self._visitor()) is not None
             headers = rewrite_headers(
                 start.get("headers") or [],
                 content_length=None,
                 private=private,
-                rewritten=self._widgets > 0 or self._rewrote_any or private,
+                rewritten=rewriter.widgets > 0 or private,
             )
         except Exception:
             logger.exception("rewriting the page failed; sending it unchanged")
@@ -352,27 +325,25 @@ class _PageResponder:
         if out:
             await self._send({"type": "http.response.body", "body": out, "more_body": True})
 
-    async def _whole_body(self, start: Message, message: Message) -> None:
+    async def _whole_body(self, start: Message, rewriter: PageRewriter, message: Message) -> None:
         """The whole body in one message: exact Content-Length, original headers if unchanged."""
         self._mode = self._DONE
         new_body: bytes | None = None
         try:
-            body = bytes(message.get("body", b""))
-            if self._codec is not None:
-                body = self._codec.decode(body, final=True)
+            body = rewriter.decode(message.get("body", b""), final=True)
             if self._middleware._quick_match(body) is not None:
-                items = self._new_scanner().feed(body) + self._scanner_close()
-                if _has_placeholder(items):
-                    new_body = await self._render(items)
-                    if self._codec is not None:
-                        new_body = self._codec.encode(new_body, final=True)
+                items = rewriter.scan(body, final=True)
+                if has_placeholder(items):
+                    if rewriter.needs_auth(items):
+                        rewriter.provide_auth(await self._page_auth())
+                    new_body = rewriter.render(items, final=True)
                     headers = rewrite_headers(
                         start.get("headers") or [],
                         content_length=len(new_body),
-                        private=self._token_used,
+                        private=rewriter.token_used,
                         rewritten=True,
                     )
-        except Exception:
+        except Exception:  # CorruptBody included: the app's bytes go out as they are
             logger.exception("rewriting the page failed; sending it unchanged")
             new_body = None
         if new_body is None:
@@ -383,10 +354,14 @@ class _PageResponder:
         await self._send({"type": "http.response.body", "body": new_body})
 
     async def _stream_body(self, message: Message, *, flush: bool = False) -> None:
+        rewriter = self._rewriter
+        assert rewriter is not None
         more_body = message.get("more_body", False)
         try:
-            out = await self._process(message.get("body", b""), final=not more_body, flush=flush)
-        except _CorruptBody:
+            out = await self._process(
+                rewriter, message.get("body", b""), final=not more_body, flush=flush
+            )
+        except CorruptBody:
             self._mode = self._DONE
             await self._send({"type": "http.response.body", "body": b"", "more_body": False})
             return
@@ -395,262 +370,36 @@ class _PageResponder:
         if out or not more_body:
             await self._send({"type": "http.response.body", "body": out, "more_body": more_body})
 
-    async def _process(self, chunk: bytes, *, final: bool, flush: bool) -> bytes:
-        """Decode, scan and render, encode one chunk. Our own failures fail open."""
-        codec = self._codec
-        data: bytes = chunk
-        if codec is not None:
-            try:
-                data = codec.decode(bytes(chunk), final=final)
-            except Exception as exc:  # zlib.error, MemoryError...
-                logger.error(
-                    "the app's %s body on %s is corrupt (%s); ending the response",
-                    codec.name,
-                    self._scope.get("path"),
-                    exc,
-                )
-                raise _CorruptBody from None
-        if not self._scan_failed:
-            data = await self._scan(data, final=final or flush)
-        if codec is not None:
-            data = codec.encode(data, final=final)
-        return data
-
-    async def _scan(self, data: bytes, *, final: bool) -> bytes:
-        scanner = self._scanner
-        assert scanner is not None
-        held = scanner.pending
-        items: list[Item] | None = None
-        pending = b""
-        try:
-            items = scanner.feed(data)
-            pending = scanner.pending
-            if final:
-                items = items + self._scanner_close()
-                pending = b""
-            return await self._render(items)
-        except Exception:
-            # Fail open: what we could not render goes out exactly as the app wrote it,
-            # and the rest of the page passes through unscanned.
-            logger.exception("rewriting the page failed; sending the rest unchanged")
-            self._scan_failed = True
-            if items is None:
-                return held + bytes(data)
-            return b"".join(_raw(item) for item in items) + pending
-
-    @property
-    def _rewrote_any(self) -> bool:
-        return self._auth is not _UNRESOLVED or self._widgets > 0
-
-    def _new_scanner(self) -> PlaceholderScanner:
-        settings = self._middleware.settings
-        self._scanner = PlaceholderScanner(
-            settings.placeholder_tag, max_size=settings.max_placeholder_size
-        )
-        return self._scanner
-
-    def _scanner_close(self) -> list[Item]:
-        scanner = self._scanner
-        assert scanner is not None
-        unfinished = scanner.pending
-        items = scanner.close()
-        if scanner.oversized:
-            logger.warning(
-                "%d <%s> element(s) on %s exceeded max_placeholder_size (%d bytes) and were "
-                "sent unchanged",
-                scanner.oversized,
-                self._middleware.settings.placeholder_tag,
-                self._scope.get("path"),
-                self._middleware.settings.max_placeholder_size,
-            )
-        if _has_open_tag(unfinished, self._middleware.settings.placeholder_tag):
-            logger.warning(
-                "an unterminated <%s> on %s was sent unchanged",
-                self._middleware.settings.placeholder_tag,
-                self._scope.get("path"),
-            )
-        return items
-
-    # -- rendering -------------------------------------------------------------------
-
-    async def _render(self, items: list[Item]) -> bytes:
-        if len(items) == 1 and isinstance(items[0], bytes):
-            return items[0]
-        parts: list[bytes] = []
-        for item in items:
-            if isinstance(item, bytes):
-                parts.append(item)
-            else:
-                parts.append(await self._render_placeholder(item))
-        return b"".join(parts)
-
-    async def _render_placeholder(self, placeholder: Placeholder) -> bytes:
-        info = self._info
-        assert info is not None
-        settings = self._middleware.settings
-        attributes = parse_attributes(placeholder.attributes, info.encoding)
-        written, element = widget_attributes(attributes, settings.widgets)
-        if element is None or written is None:
-            self._log_bad_widget(written)
-            return placeholder.inner
-        widget = written.strip().lower()
-        if settings.mode == "access_key":
-            html = await self._render_sdk_widget(element, attributes)
-        else:
-            html = await self._render_legacy_widget(widget, attributes)
-        if html is None:
-            return placeholder.inner
-        return html.encode(info.encoding, "xmlcharrefreplace")
-
-    async def _render_sdk_widget(self, element: str, attributes: list[Attribute]) -> str | None:
-        """Access Key Embed: the SDK's custom element with the token as ``embed-token``."""
-        page = await self._page_auth()
-        if page is None:
-            return None
-        self._widgets += 1
-        self._token_used = True
-        html = render_widget(
-            element,
-            attributes,
-            index=self._widgets,
-            token=page.token,
-            community_id=page.community_id,
-        )
-        if self._widgets == 1:
-            html += render_scripts(page)
-        return html
-
-    async def _render_legacy_widget(self, widget: str, attributes: list[Attribute]) -> str | None:
-        """Modes ``iframe`` and ``attributes``: both address a widget by id and path segment."""
-        settings = self._middleware.settings
-        widget_id = next((value for name, value in attributes if name == "widget-id"), "")
-        segment = settings.iframe_segments.get(widget)
-        if not widget_id.strip() or segment is None:
-            needed = (
-                "a widget-id attribute"
-                if segment is not None
-                else "one of the iframe_segments widgets: " + ", ".join(settings.iframe_segments)
-            )
-            logger.error(
-                "a <%s widget=%r> on %s needs %s in mode=%r; serving its fallback content",
-                settings.placeholder_tag,
-                widget,
-                self._scope.get("path"),
-                needed,
-                settings.mode,
-            )
-            return None
-        if settings.mode == "attributes":
-            identity = await self._visitor()
-            if identity is None:
-                return None
-            self._widgets += 1
-            self._token_used = True  # the identity is in the page: keep it out of shared caches
-            return render_loader(
-                widget=widget,
-                widget_id=widget_id.strip(),
-                container=container_id(self._widgets),
-                attributes=attributes,
-                identifiers=identity.identifiers,
-                loader_url=settings.loader_url,
-                widgets_base_url=settings.widgets_base_url,
-                segment=segment,
-                nonce=self._nonce(),
-            )
-        page = await self._page_auth()
-        if page is None:
-            return None
-        self._widgets += 1
-        self._token_used = True
-        html = render_iframe(settings.widgets_base_url, segment, widget_id.strip(), attributes)
-        if self._widgets == 1:
-            html += render_iframe_auth(
-                IframeAuth(
-                    token=page.token,
-                    expires_in=page.expires_in,
-                    widgets_origin=settings.widgets_origin,
-                    refresh_url=page.refresh_url,
-                    ticket=page.ticket,
-                    nonce=page.nonce,
-                )
-            )
-        return html
-
-    def _log_bad_widget(self, written: str | None) -> None:
-        settings = self._middleware.settings
-        known = ", ".join(sorted(settings.widgets))
-        if written is None:
-            logger.error(
-                "a <%s> on %s has no widget attribute; expected one of %s. "
-                "Serving its fallback content.",
-                settings.placeholder_tag,
-                self._scope.get("path"),
-                known,
-            )
-        else:
-            logger.error(
-                "unknown widget %r in a <%s> on %s; expected one of %s. "
-                "Serving its fallback content.",
-                written,
-                settings.placeholder_tag,
-                self._scope.get("path"),
-                known,
-            )
+    async def _process(
+        self, rewriter: PageRewriter, chunk: bytes, *, final: bool, flush: bool = False
+    ) -> bytes:
+        data = rewriter.decode(chunk, final=final)
+        items = rewriter.scan(data, final=final or flush)
+        if rewriter.needs_auth(items):
+            rewriter.provide_auth(await self._page_auth())
+        return rewriter.render(items, final=final)
 
     async def _visitor(self) -> Identity | None:
         if self._identity is _UNRESOLVED:
             self._identity = await self._middleware.identify_visitor(self._scope)
         return self._identity
 
-    def _nonce(self) -> str | None:
-        """The CSP nonce for scripts we write: the response's policy, else the scope's."""
-        assert self._info is not None
-        nonce = csp_nonce(self._info.csp)
-        if nonce is None:
-            state = self._scope.get("state")
-            if isinstance(state, Mapping):
-                candidate = state.get("csp_nonce")
-                nonce = candidate if isinstance(candidate, str) and candidate else None
-        return nonce
-
-    async def _page_auth(self) -> WidgetMarkup | None:
-        """Token, ticket and scripts for this page: resolved once, on the first real widget."""
-        if self._auth is not _UNRESOLVED:
-            return self._auth
-        self._auth = None
+    async def _page_auth(self) -> PageAuth | None:
+        """Who the page is for and, in token modes, the token: resolved once per page."""
         identity = await self._visitor()
         if identity is None:
             logger.debug("anonymous visitor on %s: serving fallbacks", self._scope.get("path"))
             return None
         middleware = self._middleware
+        if middleware.settings.mode == "attributes":
+            return PageAuth(identity)
         try:
             token = await middleware.tokens.get(identity)
         except TokenError:
-            # TokenService logged it (once per failure, not once per page).
-            return None
-        self._auth = WidgetMarkup(
+            return None  # TokenService logged it (once per failure, not once per page)
+        return PageAuth(
+            identity,
             token=token.value,
             ticket=middleware.tickets.issue(identity.key),
-            community_id=middleware.settings.community_id or "",
-            sdk_url=middleware.settings.sdk_url,
-            refresh_url=middleware.refresh_url(self._scope),
-            nonce=self._nonce(),
             expires_in=int(token.remaining(middleware.tokens.now())),
         )
-        return self._auth
-
-
-class _CorruptBody(Exception):
-    """The app's compressed body cannot be decoded: the response has to end."""
-
-
-def _has_placeholder(items: list[Item]) -> bool:
-    return any(isinstance(item, Placeholder) for item in items)
-
-
-def _raw(item: Item) -> bytes:
-    return item if isinstance(item, bytes) else item.raw
-
-
-def _has_open_tag(data: bytes, tag: str) -> bool:
-    return (b"<" + tag.encode("ascii")) in data.lower()

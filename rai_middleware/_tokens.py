@@ -1,10 +1,13 @@
-"""Mint, cache and share Returning.AI embed tokens. No ASGI here: just an async service.
+"""Mint, cache and share Returning.AI tokens. No ASGI or WSGI here.
+
+``TokenPolicy`` holds what both front ends share: the cache, the expiry rules, the circuit
+breaker and the logging. ``TokenService`` (asyncio) and ``SyncTokenService`` (threads,
+in ``_sync_tokens.py``) only add single flight and I/O with their kind of httpx client.
 
 - One token per identity, reused while it has at least ``min_token_ttl`` seconds left.
-  Expiry is computed locally, from the moment the request was sent plus ``expiresIn``,
+  Expiry is computed locally, from the moment the request was sent plus its lifetime,
   on a monotonic clock: wall-clock jumps cannot make a stale token look fresh.
-- Single flight: concurrent requests for one identity share one upstream call (an
-  ``asyncio`` task, shielded so that a cancelled waiter cannot cancel it for the others).
+- Single flight: concurrent requests for one identity share one upstream call.
 - Failures are not cached. After ``failure_threshold`` failures in a row the service stops
   calling upstream for ``failure_cooldown`` seconds (a circuit breaker), so an outage costs
   pages no latency, and it logs once per cool-down rather than once per request.
@@ -20,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.cookiejar import CookieJar, DefaultCookiePolicy
+from typing import Any
 
 import httpx
 from cachetools import LRUCache
@@ -27,9 +31,9 @@ from cachetools import LRUCache
 from ._config import Settings
 from ._exceptions import TokenError
 from ._identity import Identity
-from ._upstream import request_access_key_token, request_signin_token
+from ._upstream import read_token, token_request
 
-__all__ = ["EmbedToken", "TokenService"]
+__all__ = ["EmbedToken", "TokenPolicy", "TokenService", "client_options"]
 
 logger = logging.getLogger("rai_middleware")
 
@@ -45,8 +49,97 @@ class EmbedToken:
         return self.expires_at - now
 
 
-class TokenService:
-    """Gets a usable token for an identity, from the cache or from Returning.AI."""
+def client_options(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for the httpx client the services create for themselves."""
+    return {
+        "timeout": httpx.Timeout(settings.timeout),
+        "limits": httpx.Limits(max_connections=100, max_keepalive_connections=20),
+        # Nothing upstream sets should be sent back on the next mint.
+        "cookies": CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
+        "follow_redirects": False,
+        "headers": {"Accept": "application/json"},
+    }
+
+
+class TokenPolicy:
+    """The cache and the rules, shared by the async and the sync service."""
+
+    def __init__(self, settings: Settings, *, clock: Callable[[], float]) -> None:
+        self._settings = settings
+        self._clock = clock
+        self._cache: LRUCache[str, EmbedToken] = LRUCache(maxsize=settings.cache_maxsize)
+        self._consecutive_failures = 0
+        self._open_until = -math.inf
+        #: Upstream calls made (successful or not); useful in tests and benchmarks.
+        self.mint_count = 0
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(api={self._settings.token_url!r}, cached={len(self._cache)})"
+
+    def now(self) -> float:
+        """The service's clock (monotonic seconds), against which expiries are kept."""
+        return self._clock()
+
+    def cached(self, identity: Identity) -> EmbedToken | None:
+        """The cached token for ``identity`` if it may still be served."""
+        token = self._cache.get(identity.key)
+        if token is not None and token.remaining(self._clock()) >= self._settings.min_token_ttl:
+            return token
+        return None
+
+    def forget(self, identity: Identity) -> None:
+        """Drop the identity's token (after a logout or a change of permissions)."""
+        self._cache.pop(identity.key, None)
+
+    def _check_breaker(self) -> None:
+        if self._clock() < self._open_until:
+            raise TokenError("not calling Returning.AI during the failure cool-down")
+
+    def _accept(
+        self, identity: Identity, answer: tuple[str, float | None], started: float
+    ) -> EmbedToken:
+        value, lifetime = answer
+        settings = self._settings
+        if lifetime is None:
+            lifetime = settings.default_token_lifetime
+        if lifetime < settings.min_token_ttl or lifetime <= 0:
+            raise TokenError(
+                f"the token lives {lifetime:g} s, less than min_token_ttl "
+                f"({settings.min_token_ttl:g} s)"
+            )
+        token = EmbedToken(value=value, expires_at=started + lifetime)
+        self._cache[identity.key] = token
+        self._consecutive_failures = 0
+        return token
+
+    def _failed(self, exc: TokenError) -> None:
+        self._consecutive_failures += 1
+        settings = self._settings
+        if self._consecutive_failures >= settings.failure_threshold:
+            self._open_until = self._clock() + settings.failure_cooldown
+            self._consecutive_failures = 0
+            logger.warning(
+                "Returning.AI token request failed (%s); %d failures in a row, so widgets fall "
+                "back to their placeholder content and no token is requested for %.0f s",
+                exc,
+                settings.failure_threshold,
+                settings.failure_cooldown,
+            )
+        else:
+            logger.warning(
+                "Returning.AI token request failed (%s); serving the placeholder fallback", exc
+            )
+
+
+def transport_error(exc: Exception, timeout: float) -> TokenError:
+    """The TokenError for an exception raised while talking to Returning.AI."""
+    if isinstance(exc, (httpx.TimeoutException, asyncio.TimeoutError, TimeoutError)):
+        return TokenError(f"timed out after {timeout:g} s")
+    return TokenError(f"{type(exc).__name__}: {exc}"[:300])
+
+
+class TokenService(TokenPolicy):
+    """Gets a usable token for an identity, from the cache or from Returning.AI (asyncio)."""
 
     def __init__(
         self,
@@ -55,24 +148,11 @@ class TokenService:
         http_client: httpx.AsyncClient | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._settings = settings
-        self._clock = clock
+        super().__init__(settings, clock=clock)
         self._client = http_client
         self._owns_client = http_client is None
         self._client_loop: asyncio.AbstractEventLoop | None = None
-        self._flow = request_signin_token if settings.mode == "iframe" else request_access_key_token
-        self._cache: LRUCache[str, EmbedToken] = LRUCache(maxsize=settings.cache_maxsize)
         self._inflight: dict[str, asyncio.Task[EmbedToken]] = {}
-        self._consecutive_failures = 0
-        self._open_until = -math.inf
-        #: Upstream calls made (successful or not); useful in tests and benchmarks.
-        self.mint_count = 0
-
-    def __repr__(self) -> str:
-        return (
-            f"TokenService(api={self._settings.token_url!r}, cached={len(self._cache)}, "
-            f"in_flight={len(self._inflight)})"
-        )
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -98,33 +178,11 @@ class TokenService:
         if self._client is None or (self._owns_client and self._client_loop is not loop):
             # A client's connection pool belongs to the loop it was used on; a new loop
             # (tests, a restarted server) gets a new client.
-            self._client = httpx.AsyncClient(
-                timeout=httpx.Timeout(self._settings.timeout),
-                limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
-                # Nothing upstream sets should be sent back on the next mint.
-                cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
-                follow_redirects=False,
-                headers={"Accept": "application/json"},
-            )
+            self._client = httpx.AsyncClient(**client_options(self._settings))
             self._client_loop = loop
         return self._client
 
-    # -- the cache -------------------------------------------------------------------
-
-    def now(self) -> float:
-        """The service's clock (monotonic seconds), against which expiries are kept."""
-        return self._clock()
-
-    def cached(self, identity: Identity) -> EmbedToken | None:
-        """The cached token for ``identity`` if it may still be served."""
-        token = self._cache.get(identity.key)
-        if token is not None and token.remaining(self._clock()) >= self._settings.min_token_ttl:
-            return token
-        return None
-
-    def forget(self, identity: Identity) -> None:
-        """Drop the identity's token (after a logout or a change of permissions)."""
-        self._cache.pop(identity.key, None)
+    # -- tokens ----------------------------------------------------------------------
 
     async def get(self, identity: Identity) -> EmbedToken:
         """A token with at least ``min_token_ttl`` seconds to live. Raises ``TokenError``."""
@@ -133,70 +191,41 @@ class TokenService:
             return token
         task = self._inflight.get(identity.key)
         if task is None:
-            if self._clock() < self._open_until:
-                raise TokenError("not calling Returning.AI during the failure cool-down")
+            self._check_breaker()
             task = asyncio.get_running_loop().create_task(self._mint(identity))
             self._inflight[identity.key] = task
             task.add_done_callback(lambda done: self._mint_done(identity.key, done))
+        # Shielded: a waiter cancelled (client gone) must not cancel the mint for the others.
         return await asyncio.shield(task)
 
     def _mint_done(self, key: str, task: asyncio.Task[EmbedToken]) -> None:
         if self._inflight.get(key) is task:
             del self._inflight[key]
-        if task.cancelled():
-            return
-        # Retrieve the exception so that a mint nobody awaits any more logs nothing extra.
-        if task.exception() is None:
-            self._cache[key] = task.result()
-
-    # -- upstream --------------------------------------------------------------------
+        if not task.cancelled():
+            task.exception()  # retrieved, so that a mint nobody awaits logs nothing extra
 
     async def _mint(self, identity: Identity) -> EmbedToken:
         self.mint_count += 1
-        try:
-            token = await self._request(identity)
-        except TokenError as exc:
-            self._record_failure(exc)
-            raise
-        self._consecutive_failures = 0
-        return token
-
-    def _record_failure(self, exc: TokenError) -> None:
-        self._consecutive_failures += 1
-        settings = self._settings
-        if self._consecutive_failures >= settings.failure_threshold:
-            self._open_until = self._clock() + settings.failure_cooldown
-            self._consecutive_failures = 0
-            logger.warning(
-                "Returning.AI token request failed (%s); %d failures in a row, so widgets fall "
-                "back to their placeholder content and no token is requested for %.0f s",
-                exc,
-                settings.failure_threshold,
-                settings.failure_cooldown,
-            )
-        else:
-            logger.warning(
-                "Returning.AI token request failed (%s); serving the placeholder fallback", exc
-            )
-
-    async def _request(self, identity: Identity) -> EmbedToken:
         settings = self._settings
         started = self._clock()
         try:
+            request = token_request(settings, identity)
             # httpx's timeout bounds each phase; wait_for bounds the whole exchange, so a
             # server that trickles its answer cannot hold a page longer than ``timeout``.
-            value, lifetime = await asyncio.wait_for(
-                self._flow(self._http_client(), settings, identity), settings.timeout
+            response = await asyncio.wait_for(
+                self._http_client().post(
+                    request.url,
+                    headers=request.headers,
+                    json=request.json,
+                    timeout=settings.timeout,
+                ),
+                settings.timeout,
             )
-        except (httpx.TimeoutException, asyncio.TimeoutError):
-            raise TokenError(f"timed out after {settings.timeout:g} s") from None
-        except httpx.HTTPError as exc:
-            raise TokenError(f"{type(exc).__name__}: {exc}"[:300]) from None
-        if lifetime is None:
-            lifetime = settings.default_token_lifetime
-        if lifetime < settings.min_token_ttl or lifetime <= 0:
-            raise TokenError(
-                f"the token lives {lifetime:g} s, less than min_token_ttl "
-                f"({settings.min_token_ttl:g} s)"
-            )
-        return EmbedToken(value=value, expires_at=started + lifetime)
+            return self._accept(identity, read_token(settings, response), started)
+        except TokenError as exc:
+            self._failed(exc)
+            raise
+        except (httpx.HTTPError, asyncio.TimeoutError) as exc:
+            error = transport_error(exc, settings.timeout)
+            self._failed(error)
+            raise error from None

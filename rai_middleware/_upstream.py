@@ -1,4 +1,4 @@
-"""Talking to Returning.AI: one function per token flow, each returning (token, lifetime).
+"""Talking to Returning.AI, without doing I/O: what to send, and how to read the answer.
 
 - Access Key Embed: ``POST {api_base_url}/v2/api/widget-access-keys/token`` with JSON
   ``{accessId, accessKey, userIdentifiers}``; the token is ``data.embedToken`` and its
@@ -8,8 +8,10 @@
   Its lifetime is read from the JWT's ``exp`` claim when there is one (not verified: it
   only decides how long we reuse the token, the widget verifies it).
 
-Anything else (non-2xx, not JSON, no token, a token that is not a plausible JWT) raises
-``TokenError`` with a message that names the failure and never a credential.
+The async and the sync token services send ``token_request(...)`` with their own httpx
+client and hand the answer to ``read_token(...)``. Anything unusable (non-2xx, not JSON,
+no token, a token that is not plausibly a JWT) raises ``TokenError`` with a message that
+names the failure and never a credential.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import binascii
 import json
 import math
 import time
+from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
 import httpx
@@ -27,22 +30,60 @@ from ._config import Settings
 from ._exceptions import TokenError
 from ._identity import Identity
 
-__all__ = ["request_access_key_token", "request_signin_token"]
+__all__ = ["TokenRequest", "read_token", "token_request"]
 
 _MAX_TOKEN_LENGTH = 16 * 1024
 
 
-async def request_access_key_token(
-    client: httpx.AsyncClient, settings: Settings, identity: Identity
-) -> tuple[str, float | None]:
-    assert settings.access_id is not None and settings.access_key is not None
+@dataclass(frozen=True, slots=True)
+class TokenRequest:
+    """One POST to Returning.AI. The repr shows neither headers nor body: they hold secrets."""
+
+    url: str
+    headers: dict[str, str] = field(repr=False)
+    json: dict[str, Any] | None = field(repr=False)
+
+
+def token_request(settings: Settings, identity: Identity) -> TokenRequest:
+    if settings.mode == "iframe":
+        if settings.widget_api_key is None:  # pragma: no cover - Settings guarantees it
+            raise TokenError("mode='iframe' has no widget_api_key")
+        email = identity.identifiers.get("data-email")
+        if not email:
+            raise TokenError("the visitor has no data-email, which the signin flow needs")
+        headers = {
+            "returningai-api-key": settings.widget_api_key.reveal(),
+            "email": email,
+            "content-type": "application/json",
+        }
+        return TokenRequest(settings.token_url, headers, None)
+    if settings.access_id is None or settings.access_key is None:  # pragma: no cover
+        raise TokenError("mode='access_key' has no access_id/access_key")
     payload = {
         "accessId": settings.access_id.reveal(),
         "accessKey": settings.access_key.reveal(),
         "userIdentifiers": dict(identity.identifiers),
     }
-    response = await client.post(settings.token_url, json=payload, timeout=settings.timeout)
-    body = _json_body(response)
+    return TokenRequest(settings.token_url, {}, payload)
+
+
+def read_token(settings: Settings, response: httpx.Response) -> tuple[str, float | None]:
+    """(token, lifetime in seconds or None when the answer does not say)."""
+    if not response.is_success:
+        raise TokenError(f"HTTP {response.status_code}", status_code=response.status_code)
+    try:
+        body: Any = response.json()
+    except ValueError:
+        raise TokenError(
+            f"HTTP {response.status_code} with a body that is not JSON",
+            status_code=response.status_code,
+        ) from None
+    if settings.mode == "iframe":
+        value = body.get("token") if isinstance(body, dict) else None
+        if not _plausible_token(value):
+            raise TokenError("the answer has no usable token", status_code=response.status_code)
+        exp = _jwt_expiry(value)
+        return value, None if exp is None else exp - time.time()
     data = body.get("data") if isinstance(body, dict) else None
     if not isinstance(data, dict):
         raise TokenError("the answer has no data object", status_code=response.status_code)
@@ -57,39 +98,6 @@ async def request_access_key_token(
     if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw):
         raise TokenError("the answer's data.expiresIn is not a number of seconds")
     return value, float(raw)
-
-
-async def request_signin_token(
-    client: httpx.AsyncClient, settings: Settings, identity: Identity
-) -> tuple[str, float | None]:
-    assert settings.widget_api_key is not None
-    email = identity.identifiers.get("data-email")
-    if not email:  # checked before minting; kept here so this function stands on its own
-        raise TokenError("the visitor has no data-email, which the signin flow needs")
-    headers = {
-        "returningai-api-key": settings.widget_api_key.reveal(),
-        "email": email,
-        "content-type": "application/json",
-    }
-    response = await client.post(settings.token_url, headers=headers, timeout=settings.timeout)
-    body = _json_body(response)
-    value = body.get("token") if isinstance(body, dict) else None
-    if not _plausible_token(value):
-        raise TokenError("the answer has no usable token", status_code=response.status_code)
-    exp = _jwt_expiry(value)
-    return value, None if exp is None else exp - time.time()
-
-
-def _json_body(response: httpx.Response) -> Any:
-    if not response.is_success:
-        raise TokenError(f"HTTP {response.status_code}", status_code=response.status_code)
-    try:
-        return response.json()
-    except ValueError:
-        raise TokenError(
-            f"HTTP {response.status_code} with a body that is not JSON",
-            status_code=response.status_code,
-        ) from None
 
 
 def _plausible_token(value: object) -> TypeGuard[str]:

@@ -342,12 +342,12 @@ async def test_client_disconnect_oserror_propagates(upstream: respx.MockRouter) 
 async def test_rendering_failure_fails_open_with_original_bytes(
     upstream: respx.MockRouter, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import rai_middleware._asgi as asgi
+    import rai_middleware._page as page
 
     def broken(*args: Any, **kwargs: Any) -> str:
         raise ValueError("renderer bug")
 
-    monkeypatch.setattr(asgi, "render_widget", broken)
+    monkeypatch.setattr(page, "render_widget", broken)
     for body in (PAGE, chunked(PAGE, 50), [b"<p>lead</p>", *chunked(PAGE, 50)]):
         with caplog.at_level(logging.ERROR, logger="rai_middleware"):
             messages = await call_asgi(wrap(html_app(body)), http_scope())

@@ -1,0 +1,112 @@
+"""The token service for WSGI: the same cache and rules, single flight across threads."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import httpx
+
+from ._config import Settings
+from ._exceptions import TokenError
+from ._identity import Identity
+from ._tokens import EmbedToken, TokenPolicy, client_options, transport_error
+from ._upstream import read_token, token_request
+
+__all__ = ["SyncTokenService"]
+
+
+class _Flight:
+    """One mint in progress; the threads that want the same token wait on it."""
+
+    __slots__ = ("done", "error", "token")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.token: EmbedToken | None = None
+        self.error: TokenError | None = None
+
+
+class SyncTokenService(TokenPolicy):
+    """Gets a usable token for an identity, from the cache or from Returning.AI (threads)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        http_client: httpx.Client | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(settings, clock=clock)
+        self._client = http_client
+        self._owns_client = http_client is None
+        # Guards the cache, the breaker and the in-flight map; never held during I/O.
+        self._lock = threading.Lock()
+        self._inflight: dict[str, _Flight] = {}
+
+    @property
+    def http_client(self) -> httpx.Client | None:
+        return self._client
+
+    def close(self) -> None:
+        """Close the client if this service created it."""
+        with self._lock:
+            client, self._client = self._client, None
+        if self._owns_client and client is not None:
+            client.close()
+
+    def get(self, identity: Identity) -> EmbedToken:
+        """A token with at least ``min_token_ttl`` seconds to live. Raises ``TokenError``."""
+        with self._lock:
+            token = self.cached(identity)
+            if token is not None:
+                return token
+            flight = self._inflight.get(identity.key)
+            leader = flight is None
+            if flight is None:
+                self._check_breaker()
+                flight = self._inflight[identity.key] = _Flight()
+        if not leader:
+            # The leader's own request is bounded by ``timeout``; wait a little longer.
+            if not flight.done.wait(self._settings.timeout + 1.0):
+                raise TokenError("timed out waiting for another thread's token request")
+            if flight.token is None:
+                raise flight.error or TokenError("another thread's token request failed")
+            return flight.token
+        try:
+            flight.token = self._mint(identity)
+            return flight.token
+        except TokenError as exc:
+            flight.error = exc
+            raise
+        finally:
+            with self._lock:
+                self._inflight.pop(identity.key, None)
+            flight.done.set()
+
+    def _mint(self, identity: Identity) -> EmbedToken:
+        settings = self._settings
+        with self._lock:
+            self.mint_count += 1
+            if self._client is None:
+                self._client = httpx.Client(**client_options(settings))
+            client = self._client
+        started = self._clock()
+        try:
+            request = token_request(settings, identity)
+            response = client.post(
+                request.url, headers=request.headers, json=request.json, timeout=settings.timeout
+            )
+            answer = read_token(settings, response)
+            with self._lock:
+                return self._accept(identity, answer, started)
+        except TokenError as exc:
+            with self._lock:
+                self._failed(exc)
+            raise
+        except httpx.HTTPError as exc:
+            error = transport_error(exc, settings.timeout)
+            with self._lock:
+                self._failed(error)
+            raise error from None
