@@ -15,16 +15,24 @@ from __future__ import annotations
 from ._asgi import ReturningAIMiddleware
 from ._exceptions import ConfigurationError, ReturningAIError, TokenError
 from ._version import __version__
+from ._wsgi import ReturningAIWSGIMiddleware
 
 __all__ = [
     "ConfigurationError",
     "ReturningAIError",
     "ReturningAIMiddleware",
+    "ReturningAIWSGIMiddleware",
     "TokenError",
     "__version__",
 ]
 
 # Show the public path in reprs and tracebacks, as httpx does.
-for _name in ("ConfigurationError", "ReturningAIError", "ReturningAIMiddleware", "TokenError"):
+for _name in (
+    "ConfigurationError",
+    "ReturningAIError",
+    "ReturningAIMiddleware",
+    "ReturningAIWSGIMiddleware",
+    "TokenError",
+):
     globals()[_name].__module__ = "rai_middleware"
 del _name

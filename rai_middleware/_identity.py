@@ -13,13 +13,19 @@ import inspect
 import json
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ._types import IdentifyCallable, Scope
 
-__all__ = ["Identity", "default_identify", "resolve_identity"]
+__all__ = [
+    "Identity",
+    "checked_identity",
+    "default_identify",
+    "resolve_identity",
+    "resolve_identity_sync",
+]
 
 logger = logging.getLogger("rai_middleware")
 
@@ -118,20 +124,48 @@ def _validate(result: object, source: str) -> dict[str, str] | None:
     return identifiers or None
 
 
+def _source(identify: object) -> str:
+    return f"identify ({getattr(identify, '__qualname__', None) or identify!r})"
+
+
+def checked_identity(result: object, identify: object, secret: bytes) -> Identity | None:
+    """What ``identify`` returned, checked and keyed; None (logged) when unusable."""
+    identifiers = _validate(result, _source(identify))
+    if identifiers is None:
+        return None
+    return Identity.create(identifiers, secret)
+
+
 async def resolve_identity(
     identify: IdentifyCallable, scope: Scope, secret: bytes
 ) -> Identity | None:
     """Call ``identify`` (sync or async) and check its answer. Never raises."""
-    source = getattr(identify, "__qualname__", None) or repr(identify)
-    source = f"identify ({source})"
     try:
         result = identify(scope)
         if inspect.isawaitable(result):
             result = await result
     except Exception:
-        logger.exception("%s raised; treating the visitor as anonymous", source)
+        logger.exception("%s raised; treating the visitor as anonymous", _source(identify))
         return None
-    identifiers = _validate(result, source)
-    if identifiers is None:
+    return checked_identity(result, identify, secret)
+
+
+def resolve_identity_sync(
+    identify: Callable[[Any], object], request: object, secret: bytes
+) -> Identity | None:
+    """The same for WSGI and framework adapters: ``identify`` must be a plain function."""
+    try:
+        result = identify(request)
+    except Exception:
+        logger.exception("%s raised; treating the visitor as anonymous", _source(identify))
         return None
-    return Identity.create(identifiers, secret)
+    if inspect.isawaitable(result):
+        if inspect.iscoroutine(result):
+            result.close()  # never awaited: close it so that Python does not warn
+        logger.error(
+            "%s returned an awaitable, but this adapter is synchronous: pass a plain "
+            "function. Treating the visitor as anonymous.",
+            _source(identify),
+        )
+        return None
+    return checked_identity(result, identify, secret)

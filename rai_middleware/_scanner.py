@@ -252,15 +252,18 @@ class PlaceholderScanner:
         return -1
 
     def _inside_tag(self, low: bytes, start: int, end: int) -> bool:
-        """Is ``end`` inside another element's tag, judged by the nearest ``<``/``>``?"""
+        """Is ``end`` inside another element's tag, judged by the nearest ``<``/``>``?
+
+        Inside if a tag opened (``<`` then a letter or ``/``) after the last ``>``; a ``<``
+        that opens nothing (``a < b``, or one in an attribute value) does not decide."""
         gt = low.rfind(b">", start, end)
-        lt = low.rfind(b"<", start, end)
-        if gt < 0 and lt < 0:
-            return self._in_tag
-        if lt > gt:
+        lt = low.find(b"<", max(gt + 1, start), end)
+        while lt >= 0:
             following = low[lt + 1 : lt + 2]
-            return following.isalpha() or following in (b"/", b"")
-        return False
+            if following.isalpha() or following in (b"/", b""):
+                return True
+            lt = low.find(b"<", lt + 1, end)
+        return self._in_tag if gt < 0 else False
 
     def _parse_placeholder(self, buf: bytes, low: bytes, index: int) -> Placeholder | None:
         """The placeholder starting at ``index``, or None if its end has not arrived."""

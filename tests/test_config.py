@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from rai_middleware import ConfigurationError, ReturningAIError, ReturningAIMiddleware, TokenError
-from rai_middleware._config import DEFAULT_SDK_URL, DEFAULT_WIDGETS
+from rai_middleware._config import DEFAULT_SDK_URL, DEFAULT_WIDGETS, Secret
 
 
 async def app(scope: Any, receive: Any, send: Any) -> None:  # pragma: no cover - never called
@@ -52,15 +52,15 @@ def test_credentials_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("RAI_API_BASE_URL", "http://127.0.0.1:9/")
     settings = ReturningAIMiddleware(app).settings
     assert settings.community_id == "env-community"
-    assert settings.access_id.reveal() == "env-id"
-    assert settings.access_key.reveal() == "env-key"
+    assert settings.access_id == Secret("env-id")
+    assert settings.access_key == Secret("env-key")
     assert settings.secret_key.reveal() == "env-secret"
     assert settings.api_base_url == "http://127.0.0.1:9"
 
 
 def test_keyword_wins_over_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RAI_ACCESS_KEY", "env-key")
-    assert ReturningAIMiddleware(app, **FULL).settings.access_key.reveal() == "k"
+    assert ReturningAIMiddleware(app, **FULL).settings.access_key == Secret("k")
 
 
 @pytest.mark.parametrize(
@@ -150,6 +150,7 @@ def test_public_names_are_exported() -> None:
         "ConfigurationError",
         "ReturningAIError",
         "ReturningAIMiddleware",
+        "ReturningAIWSGIMiddleware",
         "TokenError",
         "__version__",
     }
