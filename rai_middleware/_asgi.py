@@ -20,6 +20,7 @@ from ._exceptions import ConfigurationError, TokenError
 from ._http import inspect_response, rewrite_headers
 from ._identity import Identity, default_identify, resolve_identity
 from ._page import CorruptBody, PageAuth, PageRewriter, has_placeholder, quick_matcher, state_nonce
+from ._store import TokenStore
 from ._tickets import TicketSigner
 from ._tokens import TokenService
 from ._types import ASGIApp, IdentifyCallable, Message, Receive, Scope, Send
@@ -68,6 +69,7 @@ class ReturningAIMiddleware:
         min_token_ttl: float = 300,
         cache_maxsize: int = 10_000,
         http_client: httpx.AsyncClient | None = None,
+        token_store: TokenStore | None = None,
         secret_key: str | None = None,
         ticket_max_age: int = 12 * 60 * 60,
         max_placeholder_size: int = 64 * 1024,
@@ -105,7 +107,13 @@ class ReturningAIMiddleware:
             failure_cooldown=failure_cooldown,
         )
         self.identify: IdentifyCallable = identify or default_identify
-        self.tokens = TokenService(self.settings, http_client=http_client, clock=clock)
+        if token_store is not None and not isinstance(token_store, TokenStore):
+            raise ConfigurationError(
+                "token_store must be a token store such as rai_middleware.redis.RedisTokenStore"
+            )
+        self.tokens = TokenService(
+            self.settings, http_client=http_client, clock=clock, store=token_store
+        )
         self.tickets = TicketSigner(
             self.settings.secret_key.reveal(), max_age=self.settings.ticket_max_age
         )

@@ -31,11 +31,15 @@ from cachetools import LRUCache
 from ._config import Settings
 from ._exceptions import TokenError
 from ._identity import Identity
-from ._upstream import read_token, token_request
+from ._store import StoredToken, StoreError, TokenStore
+from ._upstream import plausible_token, read_token, token_request
 
 __all__ = ["EmbedToken", "TokenPolicy", "TokenService", "client_options"]
 
 logger = logging.getLogger("rai_middleware")
+
+# A token read from a shared store claiming to live longer than this is not believed.
+_MAX_STORED_LIFETIME = 24 * 60 * 60
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,12 +151,17 @@ class TokenService(TokenPolicy):
         *,
         http_client: httpx.AsyncClient | None = None,
         clock: Callable[[], float] = time.monotonic,
+        store: TokenStore | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(settings, clock=clock)
         self._client = http_client
         self._owns_client = http_client is None
         self._client_loop: asyncio.AbstractEventLoop | None = None
         self._inflight: dict[str, asyncio.Task[EmbedToken]] = {}
+        self._store = store
+        self._wall = wall_clock
+        self._store_down_until = -math.inf
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -168,6 +177,11 @@ class TokenService(TokenPolicy):
         if self._owns_client and self._client is not None:
             client, self._client = self._client, None
             await client.aclose()
+        if self._store is not None:
+            try:
+                await self._store.aclose()
+            except Exception:  # closing must not fail a shutdown
+                logger.warning("closing the token store failed", exc_info=True)
 
     @property
     def http_client(self) -> httpx.AsyncClient | None:
@@ -205,6 +219,72 @@ class TokenService(TokenPolicy):
             task.exception()  # retrieved, so that a mint nobody awaits logs nothing extra
 
     async def _mint(self, identity: Identity) -> EmbedToken:
+        store = self._store if self._clock() >= self._store_down_until else None
+        if store is None:
+            return await self._mint_upstream(identity)
+        owner: str | None = None
+        try:
+            token = await self._from_store(store, identity)
+            if token is not None:
+                return token
+            owner = await store.acquire(identity.key, self._settings.timeout + 1.0)
+            if owner is None:
+                # Another process is minting: wait for its token, as long as a mint may take.
+                token = await self._wait_for_store(store, identity)
+                if token is not None:
+                    return token
+        except StoreError as exc:
+            self._store_failed(exc)
+            store = None
+        try:
+            token = await self._mint_upstream(identity)
+            if store is not None:
+                await self._to_store(store, identity, token)
+            return token
+        finally:
+            if store is not None and owner is not None:
+                try:
+                    await store.release(identity.key, owner)
+                except StoreError as exc:
+                    self._store_failed(exc)
+
+    async def _from_store(self, store: TokenStore, identity: Identity) -> EmbedToken | None:
+        stored = await store.load(identity.key)
+        if stored is None or not plausible_token(stored.value):
+            return None
+        # Wall-clock expiry from the store, kept locally on our monotonic clock.
+        remaining = stored.expires_at - self._wall()
+        if not self._settings.min_token_ttl <= remaining <= _MAX_STORED_LIFETIME:
+            return None  # too old, or an expiry nobody could have been given: not trusted
+        token = EmbedToken(stored.value, self._clock() + remaining)
+        self._cache[identity.key] = token
+        return token
+
+    async def _wait_for_store(self, store: TokenStore, identity: Identity) -> EmbedToken | None:
+        deadline = self._clock() + self._settings.timeout
+        while self._clock() < deadline:
+            await asyncio.sleep(0.05)
+            token = await self._from_store(store, identity)
+            if token is not None:
+                return token
+        return None
+
+    async def _to_store(self, store: TokenStore, identity: Identity, token: EmbedToken) -> None:
+        expires_at = self._wall() + token.remaining(self._clock())
+        try:
+            await store.save(identity.key, StoredToken(token.value, expires_at))
+        except StoreError as exc:
+            self._store_failed(exc)
+
+    def _store_failed(self, exc: StoreError) -> None:
+        """Mint per process for a cool-down, and say so once, not once per request."""
+        cooldown = self._settings.failure_cooldown
+        self._store_down_until = self._clock() + cooldown
+        logger.warning(
+            "the shared token store failed (%s); minting per process for %.0f s", exc, cooldown
+        )
+
+    async def _mint_upstream(self, identity: Identity) -> EmbedToken:
         self.mint_count += 1
         settings = self._settings
         started = self._clock()

@@ -30,7 +30,7 @@ from ._config import Settings
 from ._exceptions import TokenError
 from ._identity import Identity
 
-__all__ = ["TokenRequest", "read_token", "token_request"]
+__all__ = ["TokenRequest", "plausible_token", "read_token", "token_request"]
 
 _MAX_TOKEN_LENGTH = 16 * 1024
 
@@ -80,7 +80,7 @@ def read_token(settings: Settings, response: httpx.Response) -> tuple[str, float
         ) from None
     if settings.mode == "iframe":
         value = body.get("token") if isinstance(body, dict) else None
-        if not _plausible_token(value):
+        if not plausible_token(value):
             raise TokenError("the answer has no usable token", status_code=response.status_code)
         exp = _jwt_expiry(value)
         return value, None if exp is None else exp - time.time()
@@ -88,7 +88,7 @@ def read_token(settings: Settings, response: httpx.Response) -> tuple[str, float
     if not isinstance(data, dict):
         raise TokenError("the answer has no data object", status_code=response.status_code)
     value = data.get("embedToken")
-    if not _plausible_token(value):
+    if not plausible_token(value):
         raise TokenError(
             "the answer has no usable data.embedToken", status_code=response.status_code
         )
@@ -100,7 +100,7 @@ def read_token(settings: Settings, response: httpx.Response) -> tuple[str, float
     return value, float(raw)
 
 
-def _plausible_token(value: object) -> TypeGuard[str]:
+def plausible_token(value: object) -> TypeGuard[str]:
     return (
         isinstance(value, str)
         and 0 < len(value) <= _MAX_TOKEN_LENGTH

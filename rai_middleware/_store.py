@@ -1,0 +1,47 @@
+"""Shared token stores: where processes and hosts find each other's tokens.
+
+The token service keeps its own small LRU in front of a store, so a hot identity costs no
+store round trip. A store only has to keep tokens (with their absolute expiry, as Unix
+time, since monotonic clocks mean nothing across processes) and a lease-based lock per
+identity key, so that one process mints while the others wait for its token.
+
+A store that cannot answer raises ``StoreError``; the token service then mints on its own
+(per process), logs once per cool-down, and tries the store again after it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+__all__ = ["StoreError", "StoredToken", "TokenStore"]
+
+
+class StoreError(Exception):
+    """The shared store is unavailable, too slow, or answered nonsense."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredToken:
+    value: str = field(repr=False)
+    #: Absolute expiry, Unix time (seconds).
+    expires_at: float
+
+
+@runtime_checkable
+class TokenStore(Protocol):
+    async def load(self, key: str) -> StoredToken | None:
+        """The token stored under ``key``, or None (absent, expired or malformed)."""
+
+    async def save(self, key: str, token: StoredToken) -> None:
+        """Store ``token``; it must disappear on its own once expired."""
+
+    async def acquire(self, key: str, lease: float) -> str | None:
+        """Take the mint lock for ``key`` for ``lease`` seconds: the owner value, or None
+        if another process holds it."""
+
+    async def release(self, key: str, owner: str) -> None:
+        """Release the lock, only if ``owner`` still holds it."""
+
+    async def aclose(self) -> None:
+        """Release connections."""

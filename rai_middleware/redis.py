@@ -1,0 +1,133 @@
+"""A token store on Redis: one mint per identity across every worker process and host.
+
+    from rai_middleware import ReturningAIMiddleware
+    from rai_middleware.redis import RedisTokenStore
+
+    app = ReturningAIMiddleware(app, token_store=RedisTokenStore("redis://localhost:6379/0"))
+
+Install with ``pip install "rai-middleware[redis]"`` (redis-py's asyncio client).
+
+What is stored, under ``{prefix}tok:{key}`` where ``key`` is an HMAC of the visitor's
+identifiers with the secret key (no email or customer id reaches Redis): the token and its
+absolute expiry, as JSON, with a Redis TTL so that expired entries vanish on their own.
+The mint lock is ``{prefix}lock:{key}``, taken with ``SET NX PX`` and a random owner value
+and released only by its owner (a compare-and-delete script); a lock whose owner died
+expires after its lease. Nothing read from Redis is trusted blindly: a malformed value is
+ignored (and overwritten by the next mint).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import secrets
+import time
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+from ._store import StoredToken, StoreError
+
+__all__ = ["RedisTokenStore"]
+
+T = TypeVar("T")
+
+# Delete the lock only if we still own it: a lock that expired and was taken by another
+# process must not be released by us.
+_RELEASE = """
+if redis.call("get", KEYS[1]) == ARGV[1] then
+    return redis.call("del", KEYS[1])
+end
+return 0
+"""
+_MAX_VALUE = 32 * 1024
+
+
+class RedisTokenStore:
+    """``url_or_client``: a ``redis://`` URL, or a ``redis.asyncio.Redis`` you configured.
+
+    ``op_timeout`` bounds every Redis command (seconds): a slow Redis costs pages at most
+    that before the middleware mints on its own.
+    """
+
+    def __init__(
+        self, url_or_client: str | Any, *, prefix: str = "rai:", op_timeout: float = 0.5
+    ) -> None:
+        try:
+            import redis.asyncio as aioredis
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise ImportError(
+                "RedisTokenStore needs redis-py: pip install 'rai-middleware[redis]'"
+            ) from exc
+        if isinstance(url_or_client, str):
+            self._client = aioredis.Redis.from_url(
+                url_or_client, socket_timeout=op_timeout, socket_connect_timeout=op_timeout
+            )
+            self._owns_client = True
+        else:
+            self._client = url_or_client
+            self._owns_client = False
+        if not isinstance(prefix, str):
+            raise TypeError("prefix must be a string")
+        self._prefix = prefix
+        self._op_timeout = op_timeout
+
+    def __repr__(self) -> str:
+        # The URL may carry a password: never shown.
+        return f"RedisTokenStore(prefix={self._prefix!r})"
+
+    async def _run(self, operation: Awaitable[T]) -> T:
+        try:
+            return await asyncio.wait_for(operation, self._op_timeout)
+        except (asyncio.TimeoutError, TimeoutError):
+            raise StoreError(f"Redis did not answer within {self._op_timeout:g} s") from None
+        except Exception as exc:  # redis.RedisError, OSError, ...
+            raise StoreError(f"Redis failed: {type(exc).__name__}") from None
+
+    async def load(self, key: str) -> StoredToken | None:
+        raw = await self._run(self._client.get(self._prefix + "tok:" + key))
+        return _parse(raw)
+
+    async def save(self, key: str, token: StoredToken) -> None:
+        ttl_ms = int((token.expires_at - time.time()) * 1000)
+        if ttl_ms <= 0:
+            return
+        value = json.dumps({"t": token.value, "exp": token.expires_at}, separators=(",", ":"))
+        await self._run(self._client.set(self._prefix + "tok:" + key, value, px=ttl_ms))
+
+    async def acquire(self, key: str, lease: float) -> str | None:
+        owner = secrets.token_hex(16)
+        taken = await self._run(
+            self._client.set(
+                self._prefix + "lock:" + key, owner, nx=True, px=max(1, int(lease * 1000))
+            )
+        )
+        return owner if taken else None
+
+    async def release(self, key: str, owner: str) -> None:
+        await self._run(self._client.eval(_RELEASE, 1, self._prefix + "lock:" + key, owner))
+
+    async def aclose(self) -> None:
+        if self._owns_client:
+            await self._client.aclose()
+
+
+def _parse(raw: object) -> StoredToken | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, (bytes, str)) or len(raw) > _MAX_VALUE:
+        return None
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    value, expires_at = data.get("t"), data.get("exp")
+    if not isinstance(value, str) or not value or not value.isascii() or not value.isprintable():
+        return None
+    if isinstance(expires_at, bool) or not isinstance(expires_at, (int, float)):
+        return None
+    if not math.isfinite(expires_at):
+        return None
+    return StoredToken(value, float(expires_at))

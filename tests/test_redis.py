@@ -1,0 +1,317 @@
+"""The shared token store on a real Redis (started here on a free 127.0.0.1 port)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from rai_middleware import ConfigurationError, ReturningAIMiddleware
+from rai_middleware._store import StoredToken
+from rai_middleware.testing import FakeReturningAI
+from tests.conftest import body_of, call_asgi, free_port, html_app, http_scope
+
+redis = pytest.importorskip("redis", reason="pip install -e '.[dev]' to run the Redis tests")
+
+pytestmark = pytest.mark.server
+
+PAGE = b'<rai-placeholder widget="store">fallback</rai-placeholder>'
+
+
+class RedisServer:
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(host="127.0.0.1", port=self.port)
+        try:
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    client.ping()
+                    return
+                except redis.exceptions.ConnectionError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.02)
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(10)
+            self.process = None
+
+    def sync_client(self) -> Any:
+        return redis.Redis(host="127.0.0.1", port=self.port)
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    if shutil.which("redis-server") is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is missing; .ci/run installs it")
+        pytest.skip("install Debian's redis-server to run the Redis tests")
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fresh_redis(redis_server: RedisServer) -> Iterator[RedisServer]:
+    if redis_server.process is None:
+        redis_server.start()
+    client = redis_server.sync_client()
+    client.flushall()
+    client.close()
+    yield redis_server
+
+
+@pytest.fixture(scope="module")
+def fake_upstream() -> Iterator[tuple[FakeReturningAI, str]]:
+    fake = FakeReturningAI()
+    with fake.run_in_thread() as url:
+        yield fake, url
+
+
+@pytest.fixture
+def upstream(fake_upstream: tuple[FakeReturningAI, str]) -> tuple[FakeReturningAI, str]:
+    fake, url = fake_upstream
+    fake.reset()
+    fake.token_lifetime = 900
+    return fake, url
+
+
+def site(api_base_url: str, redis_url: str, **options: Any) -> ReturningAIMiddleware:
+    from rai_middleware.redis import RedisTokenStore
+
+    options.setdefault("identify", lambda scope: {"data-customer-id": scope["path"].strip("/")})
+    return ReturningAIMiddleware(
+        html_app(PAGE),
+        community_id="c",
+        access_id="demo-access-id",
+        access_key="demo-access-key",
+        secret_key="shared-secret-for-every-process",
+        api_base_url=api_base_url,
+        token_store=RedisTokenStore(redis_url, prefix="test:"),
+        **options,
+    )
+
+
+def _worker(api_base_url: str, redis_url: str, users: list[str], barrier: Any, out: Any) -> None:
+    """One 'worker process': serves each user's page concurrently, after a common start."""
+
+    async def main() -> list[bytes]:
+        middleware = site(api_base_url, redis_url)
+        barrier.wait()
+        try:
+            results = await asyncio.gather(
+                *(call_asgi(middleware, http_scope(f"/{user}")) for user in users)
+            )
+            return [body_of(messages) for messages in results]
+        finally:
+            await middleware.tokens.aclose()
+
+    out.put([body.decode() for body in asyncio.run(main())])
+
+
+def _run_processes(count: int, url: str, redis_url: str, users: list[str]) -> list[list[str]]:
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(count)
+    out = context.Queue()
+    processes = [
+        context.Process(target=_worker, args=(url, redis_url, users, barrier, out))
+        for _ in range(count)
+    ]
+    for process in processes:
+        process.start()
+    results = [out.get(timeout=60) for _ in processes]
+    for process in processes:
+        process.join(30)
+        assert process.exitcode == 0
+    return results
+
+
+@pytest.mark.parametrize("count", [2, 4])
+def test_separate_processes_mint_once_per_user(
+    fresh_redis: RedisServer, upstream: tuple[FakeReturningAI, str], count: int
+) -> None:
+    fake, url = upstream
+    results = _run_processes(count, url, fresh_redis.url, ["alice", "bob", "carol"])
+    assert fake.calls == 3
+    tokens: dict[str, set[str]] = {}
+    for bodies in results:
+        for user, body in zip(["alice", "bob", "carol"], bodies, strict=True):
+            token = body.split('embed-token="')[1].split('"')[0]
+            assert fake.decode(token)["data-customer-id"] == user
+            tokens.setdefault(user, set()).add(token)
+    assert all(len(shared) == 1 for shared in tokens.values())  # one token per user
+
+
+def test_redis_holds_no_identifier_and_expires_entries(
+    fresh_redis: RedisServer, upstream: tuple[FakeReturningAI, str]
+) -> None:
+    _, url = upstream
+    middleware = site(
+        url, fresh_redis.url, identify=lambda s: {"data-email": "secret.person@example.com"}
+    )
+    asyncio.run(_page_then_close(middleware))
+    client = fresh_redis.sync_client()
+    try:
+        keys = client.keys("*")
+        assert len(keys) == 1 and keys[0].startswith(b"test:tok:")
+        value = client.get(keys[0])
+        ttl = client.pttl(keys[0])
+    finally:
+        client.close()
+    assert b"secret.person" not in keys[0] and b"secret.person" not in value
+    assert 800_000 < ttl <= 900_000
+    assert set(json.loads(value)) == {"t", "exp"}
+
+
+async def _page_then_close(middleware: ReturningAIMiddleware, path: str = "/") -> bytes:
+    try:
+        return body_of(await call_asgi(middleware, http_scope(path)))
+    finally:
+        await middleware.tokens.aclose()
+
+
+def test_a_second_process_reuses_the_stored_token_then_remints_after_expiry(
+    fresh_redis: RedisServer, upstream: tuple[FakeReturningAI, str]
+) -> None:
+    fake, url = upstream
+    fake.token_lifetime = 3
+    first = asyncio.run(_page_then_close(site(url, fresh_redis.url, min_token_ttl=1), "/u"))
+    second = asyncio.run(_page_then_close(site(url, fresh_redis.url, min_token_ttl=1), "/u"))
+    assert fake.calls == 1
+    assert first == second
+    time.sleep(2.2)  # now less than min_token_ttl is left
+    third = asyncio.run(_page_then_close(site(url, fresh_redis.url, min_token_ttl=1), "/u"))
+    assert fake.calls == 2
+    assert third != first and b"embed-token" in third
+
+
+def test_malformed_value_is_ignored_and_overwritten(
+    fresh_redis: RedisServer, upstream: tuple[FakeReturningAI, str]
+) -> None:
+    fake, url = upstream
+    middleware = site(url, fresh_redis.url)
+    key = "test:tok:" + _identity_key(middleware, "mallory")
+    client = fresh_redis.sync_client()
+    try:
+        for garbage in (b"not json", b'{"t": 5}', b"[1]", b'{"t": "x y", "exp": 1e99}'):
+            client.set(key, garbage)
+            body = asyncio.run(_page_then_close(site(url, fresh_redis.url), "/mallory"))
+            assert b"embed-token" in body
+            assert json.loads(client.get(key))["t"] in body.decode()
+    finally:
+        client.close()
+    assert fake.calls == 4
+
+
+def test_redis_down_pages_still_served_with_one_warning(
+    fresh_redis: RedisServer,
+    upstream: tuple[FakeReturningAI, str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fake, url = upstream
+    middleware = site(url, fresh_redis.url)
+    fresh_redis.stop()
+
+    async def pages() -> list[bytes]:
+        try:
+            return [body_of(await call_asgi(middleware, http_scope(f"/user{n}"))) for n in range(5)]
+        finally:
+            await middleware.tokens.aclose()
+
+    started = time.monotonic()
+    with caplog.at_level("WARNING", logger="rai_middleware"):
+        bodies = asyncio.run(pages())
+    assert all(b"embed-token" in body for body in bodies)
+    assert fake.calls == 5
+    assert sum("shared token store failed" in r.getMessage() for r in caplog.records) == 1
+    assert time.monotonic() - started < 3
+
+
+def test_lock_of_a_dead_owner_is_taken_over(
+    fresh_redis: RedisServer, upstream: tuple[FakeReturningAI, str]
+) -> None:
+    fake, url = upstream
+    middleware = site(url, fresh_redis.url, timeout=1.0)
+    client = fresh_redis.sync_client()
+    try:  # a process took the lock and died: its lease is 300 ms
+        client.set("test:lock:" + _identity_key(middleware, "zoe"), "dead-owner", px=300)
+    finally:
+        client.close()
+    started = time.monotonic()
+    body = asyncio.run(_page_then_close(middleware, "/zoe"))
+    assert b"embed-token" in body
+    assert fake.calls == 1
+    assert time.monotonic() - started < 2.0
+
+
+def test_store_lock_is_released_only_by_its_owner(fresh_redis: RedisServer) -> None:
+    from rai_middleware.redis import RedisTokenStore
+
+    async def scenario() -> None:
+        store = RedisTokenStore(fresh_redis.url)
+        try:
+            owner = await store.acquire("k", 5)
+            assert owner is not None
+            assert await store.acquire("k", 5) is None
+            await store.release("k", "someone-else")
+            assert await store.acquire("k", 5) is None
+            await store.release("k", owner)
+            assert await store.acquire("k", 5) is not None
+            await store.save("t", StoredToken("tok", time.time() - 1))  # already expired
+            assert await store.load("t") is None
+        finally:
+            await store.aclose()
+
+    asyncio.run(scenario())
+    assert "redis://" not in repr(RedisTokenStore(fresh_redis.url))
+
+
+def test_token_store_option_is_checked() -> None:
+    with pytest.raises(ConfigurationError, match="token_store"):
+        ReturningAIMiddleware(
+            html_app(PAGE),
+            community_id="c",
+            access_id="i",
+            access_key="k",
+            token_store=object(),  # type: ignore[arg-type]
+        )
+
+
+def _identity_key(middleware: ReturningAIMiddleware, user: str) -> str:
+    from rai_middleware._identity import Identity
+
+    secret = middleware.settings.secret_key.reveal().encode()
+    return Identity.create({"data-customer-id": user}, secret).key
