@@ -119,6 +119,7 @@ class Settings:
     widgets: Mapping[str, str] = field(default_factory=lambda: DEFAULT_WIDGETS)
     timeout: float = 3.0
     min_token_ttl: float = 300.0
+    refresh_ahead: float = 120.0
     default_token_lifetime: float = 900.0
     cache_maxsize: int = 10_000
     ticket_max_age: int = 12 * 60 * 60
@@ -168,6 +169,7 @@ class Settings:
         widgets: Mapping[str, str] | None = None,
         timeout: float = 3.0,
         min_token_ttl: float = 300.0,
+        refresh_ahead: float = 120.0,
         cache_maxsize: int = 10_000,
         ticket_max_age: int = 12 * 60 * 60,
         max_placeholder_size: int = 64 * 1024,
@@ -229,6 +231,7 @@ class Settings:
             widgets=_widgets(widgets),
             timeout=_positive("timeout", timeout),
             min_token_ttl=_non_negative("min_token_ttl", min_token_ttl),
+            refresh_ahead=_non_negative("refresh_ahead", refresh_ahead),
             cache_maxsize=_positive_int("cache_maxsize", cache_maxsize),
             ticket_max_age=_positive_int("ticket_max_age", ticket_max_age),
             max_placeholder_size=_positive_int("max_placeholder_size", max_placeholder_size),

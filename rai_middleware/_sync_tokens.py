@@ -60,8 +60,22 @@ class SyncTokenService(TokenPolicy):
         """A token with at least ``min_token_ttl`` seconds to live. Raises ``TokenError``."""
         with self._lock:
             token = self.cached(identity)
-            if token is not None:
-                return token
+            refresh = (
+                token is not None
+                and self._due_for_refresh(token)
+                and identity.key not in self._inflight
+                and self._clock() >= self._open_until
+            )
+            if refresh:
+                self._inflight[identity.key] = _Flight()
+        if token is not None:
+            if refresh:
+                # Refresh ahead of expiry in a thread; this request keeps the valid token.
+                threading.Thread(
+                    target=self._refresh, args=(identity,), name="rai-token-refresh", daemon=True
+                ).start()
+            return token
+        with self._lock:
             flight = self._inflight.get(identity.key)
             leader = flight is None
             if flight is None:
@@ -80,6 +94,18 @@ class SyncTokenService(TokenPolicy):
         except TokenError as exc:
             flight.error = exc
             raise
+        finally:
+            with self._lock:
+                self._inflight.pop(identity.key, None)
+            flight.done.set()
+
+    def _refresh(self, identity: Identity) -> None:
+        with self._lock:
+            flight = self._inflight[identity.key]
+        try:
+            flight.token = self._mint(identity)
+        except TokenError as exc:  # logged by _failed; the cached token serves on
+            flight.error = exc
         finally:
             with self._lock:
                 self._inflight.pop(identity.key, None)

@@ -8,6 +8,9 @@ in ``_sync_tokens.py``) only add single flight and I/O with their kind of httpx 
   Expiry is computed locally, from the moment the request was sent plus its lifetime,
   on a monotonic clock: wall-clock jumps cannot make a stale token look fresh.
 - Single flight: concurrent requests for one identity share one upstream call.
+- Refresh ahead: a token with less than ``min_token_ttl + refresh_ahead`` left is still
+  served while one background mint replaces it, so after its first page no visitor waits
+  for a mint again (as long as Returning.AI answers).
 - Failures are not cached. After ``failure_threshold`` failures in a row the service stops
   calling upstream for ``failure_cooldown`` seconds (a circuit breaker), so an outage costs
   pages no latency, and it logs once per cool-down rather than once per request.
@@ -90,6 +93,10 @@ class TokenPolicy:
         if token is not None and token.remaining(self._clock()) >= self._settings.min_token_ttl:
             return token
         return None
+
+    def _due_for_refresh(self, token: EmbedToken) -> bool:
+        settings = self._settings
+        return token.remaining(self._clock()) < settings.min_token_ttl + settings.refresh_ahead
 
     def forget(self, identity: Identity) -> None:
         """Drop the identity's token (after a logout or a change of permissions)."""
@@ -202,15 +209,27 @@ class TokenService(TokenPolicy):
         """A token with at least ``min_token_ttl`` seconds to live. Raises ``TokenError``."""
         token = self.cached(identity)
         if token is not None:
+            # Refresh ahead of expiry, in the background: this request (and every one until
+            # the new token lands) is served the still-valid token.
+            if (
+                self._due_for_refresh(token)
+                and identity.key not in self._inflight
+                and self._clock() >= self._open_until
+            ):
+                self._start_mint(identity)
             return token
         task = self._inflight.get(identity.key)
         if task is None:
             self._check_breaker()
-            task = asyncio.get_running_loop().create_task(self._mint(identity))
-            self._inflight[identity.key] = task
-            task.add_done_callback(lambda done: self._mint_done(identity.key, done))
+            task = self._start_mint(identity)
         # Shielded: a waiter cancelled (client gone) must not cancel the mint for the others.
         return await asyncio.shield(task)
+
+    def _start_mint(self, identity: Identity) -> asyncio.Task[EmbedToken]:
+        task = asyncio.get_running_loop().create_task(self._mint(identity))
+        self._inflight[identity.key] = task
+        task.add_done_callback(lambda done: self._mint_done(identity.key, done))
+        return task
 
     def _mint_done(self, key: str, task: asyncio.Task[EmbedToken]) -> None:
         if self._inflight.get(key) is task:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import httpx
@@ -189,3 +190,74 @@ def test_service_survives_a_new_event_loop() -> None:
             asyncio.run(run())
         asyncio.run(service.aclose())
     assert clients[0] is not clients[1]
+
+
+@pytest.mark.anyio
+async def test_refresh_ahead_mints_once_in_background_while_serving_the_old_token(
+    upstream: respx.MockRouter,
+) -> None:
+    now = [0.0]
+    release = asyncio.Event()
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        await release.wait()
+        return httpx.Response(200, json={"data": {"embedToken": "new", "expiresIn": 900}})
+
+    service = TokenService(settings(refresh_ahead=120), clock=lambda: now[0])
+    first = await service.get(user(1))  # tok-1, expires at 900
+    upstream["token"].mock(side_effect=slow)
+    now[0] = 481.0  # 419 s left: inside min_token_ttl (300) + refresh_ahead (120)
+    served = await asyncio.gather(*(service.get(user(1)) for _ in range(100)))
+    assert {token.value for token in served} == {first.value}  # nobody waited
+    await asyncio.sleep(0.01)  # let the background refresh reach the upstream
+    assert service.mint_count == 2  # the first mint and one background refresh, in flight  # the first mint and one background refresh
+    release.set()
+    await asyncio.sleep(0.01)
+    assert (await service.get(user(1))).value == "new"
+    assert upstream["token"].call_count == 2
+    await service.aclose()
+
+
+@pytest.mark.anyio
+async def test_failed_background_refresh_keeps_serving_the_valid_token(
+    upstream: respx.MockRouter,
+) -> None:
+    now = [0.0]
+    service = TokenService(settings(), clock=lambda: now[0])
+    first = await service.get(user(1))
+    upstream["token"].mock(return_value=httpx.Response(500))
+    now[0] = 500.0
+    assert (await service.get(user(1))).value == first.value
+    await asyncio.sleep(0.01)
+    assert (await service.get(user(1))).value == first.value
+    await service.aclose()
+
+
+def test_sync_service_refreshes_ahead_in_a_thread() -> None:
+    import threading
+
+    from rai_middleware._sync_tokens import SyncTokenService
+
+    now = [0.0]
+    calls = []
+    gate = threading.Event()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        if len(calls) > 1:
+            gate.wait(5)
+        return httpx.Response(200, json={"data": {"embedToken": f"t{len(calls)}"}})
+
+    client = httpx.Client(transport=httpx.MockTransport(handler))
+    service = SyncTokenService(settings(), http_client=client, clock=lambda: now[0])
+    assert service.get(user(1)).value == "t1"
+    now[0] = 500.0
+    assert [service.get(user(1)).value for _ in range(20)] == ["t1"] * 20
+    gate.set()
+    for _ in range(100):
+        if service.cached(user(1)) and service.cached(user(1)).value == "t2":  # type: ignore[union-attr]
+            break
+        time.sleep(0.01)
+    assert service.get(user(1)).value == "t2"
+    assert len(calls) == 2
+    client.close()
