@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from ._config import DEFAULT_LOADER_URL, DEFAULT_SDK_URL, DEFAULT_TOKEN_PATH, Settings
+from ._config import Options, build_settings
 from ._endpoint import RefreshEndpoint
 from ._exceptions import ConfigurationError, TokenError
 from ._http import inspect_response, rewrite_headers
@@ -24,6 +24,9 @@ from ._store import TokenStore
 from ._tickets import TicketSigner
 from ._tokens import TokenService
 from ._types import ASGIApp, IdentifyCallable, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:  # Unpack is in typing from 3.11; annotations are never evaluated here
+    from typing_extensions import Unpack
 
 __all__ = ["ReturningAIMiddleware"]
 
@@ -50,64 +53,18 @@ class ReturningAIMiddleware:
         self,
         app: ASGIApp,
         *,
-        community_id: str | None = None,
-        access_id: str | None = None,
-        access_key: str | None = None,
         identify: IdentifyCallable | None = None,
-        mode: str | None = None,
-        widget_api_key: str | None = None,
-        api_base_url: str | None = None,
-        token_path: str = DEFAULT_TOKEN_PATH,
-        sdk_url: str = DEFAULT_SDK_URL,
-        widgets_base_url: str | None = None,
-        loader_url: str = DEFAULT_LOADER_URL,
-        iframe_segments: Mapping[str, str] | None = None,
-        endpoint_prefix: str = "/_rai",
-        placeholder_tag: str = "rai-placeholder",
-        widgets: Mapping[str, str] | None = None,
-        timeout: float = 3.0,
-        min_token_ttl: float = 300,
-        refresh_ahead: float = 120,
-        cache_maxsize: int = 10_000,
         http_client: httpx.AsyncClient | None = None,
         token_store: TokenStore | None = None,
-        secret_key: str | None = None,
-        ticket_max_age: int = 12 * 60 * 60,
-        max_placeholder_size: int = 64 * 1024,
-        failure_threshold: int = 5,
-        failure_cooldown: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        **options: Unpack[Options],
     ) -> None:
         if identify is not None and not callable(identify):
             raise ConfigurationError("identify must be a callable taking the ASGI scope")
         if http_client is not None and not isinstance(http_client, httpx.AsyncClient):
             raise ConfigurationError("http_client must be an httpx.AsyncClient")
         self.app = app
-        self.settings = Settings.from_options(
-            mode=mode,
-            community_id=community_id,
-            access_id=access_id,
-            access_key=access_key,
-            widget_api_key=widget_api_key,
-            secret_key=secret_key,
-            api_base_url=api_base_url,
-            token_path=token_path,
-            sdk_url=sdk_url,
-            widgets_base_url=widgets_base_url,
-            loader_url=loader_url,
-            iframe_segments=iframe_segments,
-            endpoint_prefix=endpoint_prefix,
-            placeholder_tag=placeholder_tag,
-            widgets=widgets,
-            timeout=timeout,
-            min_token_ttl=min_token_ttl,
-            refresh_ahead=refresh_ahead,
-            cache_maxsize=cache_maxsize,
-            ticket_max_age=ticket_max_age,
-            max_placeholder_size=max_placeholder_size,
-            failure_threshold=failure_threshold,
-            failure_cooldown=failure_cooldown,
-        )
+        self.settings = build_settings(options)
         self.identify: IdentifyCallable = identify or default_identify
         if token_store is not None and not isinstance(token_store, TokenStore):
             raise ConfigurationError(

@@ -16,6 +16,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any, TypedDict
 from urllib.parse import urlsplit
 
 from ._exceptions import ConfigurationError
@@ -29,8 +30,10 @@ __all__ = [
     "DEFAULT_WIDGETS",
     "DEFAULT_WIDGETS_BASE_URL",
     "MODES",
+    "Options",
     "Secret",
     "Settings",
+    "build_settings",
 ]
 
 DEFAULT_API_BASE_URL = "https://api-v2.returning.ai"
@@ -96,6 +99,47 @@ DEFAULT_IFRAME_SEGMENTS: Mapping[str, str] = MappingProxyType(
         "custom": "custom-widget",
     }
 )
+
+
+class Options(TypedDict, total=False):
+    """Every option the middlewares share, by keyword (the README documents each)."""
+
+    mode: str | None
+    community_id: str | None
+    access_id: str | None
+    access_key: str | None
+    widget_api_key: str | None
+    secret_key: str | None
+    api_base_url: str | None
+    token_path: str
+    sdk_url: str
+    widgets_base_url: str | None
+    loader_url: str
+    iframe_segments: Mapping[str, str] | None
+    endpoint_prefix: str
+    placeholder_tag: str
+    widgets: Mapping[str, str] | None
+    timeout: float
+    min_token_ttl: float
+    refresh_ahead: float
+    cache_maxsize: int
+    ticket_max_age: int
+    max_placeholder_size: int
+    failure_threshold: int
+    failure_cooldown: float
+
+
+def build_settings(
+    options: Mapping[str, Any], environ: Mapping[str, str] | None = None
+) -> Settings:
+    """``Settings`` from keyword options, with a ConfigurationError for an unknown one."""
+    unknown = sorted(set(options) - Options.__optional_keys__)
+    if unknown:
+        raise ConfigurationError(
+            f"unknown option {unknown[0]!r}; the options are: "
+            + ", ".join(sorted(Options.__optional_keys__))
+        )
+    return Settings.from_options(**options, environ=environ)
 
 
 @dataclass(frozen=True)

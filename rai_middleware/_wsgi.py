@@ -13,11 +13,11 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import TracebackType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 
-from ._config import DEFAULT_LOADER_URL, DEFAULT_SDK_URL, DEFAULT_TOKEN_PATH, Settings
+from ._config import Options, build_settings
 from ._endpoint import (
     NOT_SIGNED_IN,
     UNAVAILABLE,
@@ -32,6 +32,9 @@ from ._identity import Identity, resolve_identity_sync
 from ._page import CorruptBody, PageAuth, PageRewriter, has_placeholder, quick_matcher
 from ._sync_tokens import SyncTokenService
 from ._tickets import TicketSigner
+
+if TYPE_CHECKING:  # Unpack is in typing from 3.11; annotations are never evaluated here
+    from typing_extensions import Unpack
 
 __all__ = ["ReturningAIWSGIMiddleware", "default_wsgi_identify"]
 
@@ -72,60 +75,14 @@ class ReturningAIWSGIMiddleware:
         identify: Callable[[Environ], Mapping[str, str] | None] | None = None,
         http_client: httpx.Client | None = None,
         clock: Callable[[], float] = time.monotonic,
-        community_id: str | None = None,
-        access_id: str | None = None,
-        access_key: str | None = None,
-        mode: str | None = None,
-        widget_api_key: str | None = None,
-        api_base_url: str | None = None,
-        token_path: str = DEFAULT_TOKEN_PATH,
-        sdk_url: str = DEFAULT_SDK_URL,
-        widgets_base_url: str | None = None,
-        loader_url: str = DEFAULT_LOADER_URL,
-        iframe_segments: Mapping[str, str] | None = None,
-        endpoint_prefix: str = "/_rai",
-        placeholder_tag: str = "rai-placeholder",
-        widgets: Mapping[str, str] | None = None,
-        timeout: float = 3.0,
-        min_token_ttl: float = 300,
-        refresh_ahead: float = 120,
-        cache_maxsize: int = 10_000,
-        secret_key: str | None = None,
-        ticket_max_age: int = 12 * 60 * 60,
-        max_placeholder_size: int = 64 * 1024,
-        failure_threshold: int = 5,
-        failure_cooldown: float = 30.0,
+        **options: Unpack[Options],
     ) -> None:
         if identify is not None and not callable(identify):
             raise ConfigurationError("identify must be a callable taking the WSGI environ")
         if http_client is not None and not isinstance(http_client, httpx.Client):
             raise ConfigurationError("http_client must be an httpx.Client")
         self.app = app
-        self.settings = Settings.from_options(
-            mode=mode,
-            community_id=community_id,
-            access_id=access_id,
-            access_key=access_key,
-            widget_api_key=widget_api_key,
-            secret_key=secret_key,
-            api_base_url=api_base_url,
-            token_path=token_path,
-            sdk_url=sdk_url,
-            widgets_base_url=widgets_base_url,
-            loader_url=loader_url,
-            iframe_segments=iframe_segments,
-            endpoint_prefix=endpoint_prefix,
-            placeholder_tag=placeholder_tag,
-            widgets=widgets,
-            timeout=timeout,
-            min_token_ttl=min_token_ttl,
-            refresh_ahead=refresh_ahead,
-            cache_maxsize=cache_maxsize,
-            ticket_max_age=ticket_max_age,
-            max_placeholder_size=max_placeholder_size,
-            failure_threshold=failure_threshold,
-            failure_cooldown=failure_cooldown,
-        )
+        self.settings = build_settings(options)
         self.identify = identify or default_wsgi_identify
         self.tokens = SyncTokenService(self.settings, http_client=http_client, clock=clock)
         self.tickets = TicketSigner(

@@ -155,3 +155,8 @@ def test_public_names_are_exported() -> None:
         "__version__",
     }
     assert ReturningAIMiddleware.__module__ == "rai_middleware"
+
+
+def test_unknown_option_is_a_configuration_error_listing_the_options() -> None:
+    with pytest.raises(ConfigurationError, match="unknown option 'acess_key'.*access_key"):
+        ReturningAIMiddleware(app, **FULL, acess_key="typo")
