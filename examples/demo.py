@@ -5,15 +5,23 @@ Run it from the repository root::
     pip install -e ".[demo]"
     python examples/demo.py            # then open http://127.0.0.1:8000/
     python examples/demo.py --port 9000 --host 0.0.0.0
+    python examples/demo.py --mode iframe        # or --mode attributes
 
-Two modes:
+``--mode`` picks the middleware's auth flow: ``access_key`` (the default: the widget SDK's
+elements with an embed token), ``iframe`` (widget pages in iframes, which get their token from
+the page by ``postMessage``) or ``attributes`` (the widget loader script, with the identity in
+its ``data-*`` attributes and no token).
+
+Offline or real:
 
 * **Offline** (the default): no account and no network needed. The demo starts
   :class:`rai_middleware.testing.FakeReturningAI` in a background thread and points the
-  middleware at it; the fake mints real (HS256) tokens and serves a stand-in widget SDK whose
-  elements simply print the claims of their token.
-* **Real**: set ``RAI_COMMUNITY_ID``, ``RAI_ACCESS_ID`` and ``RAI_ACCESS_KEY`` (all three) and
-  the middleware talks to Returning.AI and loads the real widget SDK.
+  middleware at it; the fake mints real (HS256) tokens and serves stand-ins for the widget SDK,
+  the widget pages and the loader, which simply show whose token (or identity) they got.
+* **Real**: set the mode's variables (``REAL_MODE_VARS``): ``RAI_COMMUNITY_ID``,
+  ``RAI_ACCESS_ID`` and ``RAI_ACCESS_KEY`` for ``access_key``; ``RAI_COMMUNITY_ID`` and
+  ``RAI_WIDGET_API_KEY`` for ``iframe``; ``RAI_WIDGETS_BASE_URL`` for ``attributes`` (which has
+  no secret). The middleware then talks to Returning.AI and loads its real scripts.
 
 Sign in with any email (there is no password: it is a demo) and the placeholders on the home
 page become widgets; sign out and their fallback content comes back.
@@ -50,21 +58,33 @@ from starlette.routing import Route
 from rai_middleware import ReturningAIMiddleware
 from rai_middleware.testing import FakeReturningAI
 
-__all__ = ["DemoAuthBackend", "DemoUser", "build_app", "main", "real_mode"]
+__all__ = ["MODES", "DemoAuthBackend", "DemoUser", "build_app", "main", "real_mode"]
 
-#: The environment variables that switch the demo to the real Returning.AI.
+#: The middleware's auth flows, for ``--mode``; the first is the default.
+MODES = ("access_key", "iframe", "attributes")
+
+#: The environment variables that switch the demo to the real Returning.AI (Access Key mode).
 CREDENTIAL_VARS = ("RAI_COMMUNITY_ID", "RAI_ACCESS_ID", "RAI_ACCESS_KEY")
+#: The same, for every mode: all of them set means real, otherwise offline.
+REAL_MODE_VARS: dict[str, tuple[str, ...]] = {
+    "access_key": CREDENTIAL_VARS,
+    "iframe": ("RAI_COMMUNITY_ID", "RAI_WIDGET_API_KEY"),
+    # Attribute Auth has no secret: the widgets host is what makes it real.
+    "attributes": ("RAI_WIDGETS_BASE_URL",),
+}
 
 # Offline credentials: the ones FakeReturningAI accepts by default.
 DEMO_COMMUNITY_ID = "demo-community"
 DEMO_ACCESS_ID = "demo-access-id"
 DEMO_ACCESS_KEY = "demo-access-key"
+DEMO_WIDGET_API_KEY = "demo-widget-api-key"
 FAKE_SDK_PATH = "/sdk/rai-widget.iife.js"
+FAKE_LOADER_PATH = "/widget-loader.js"
 
 
-def real_mode() -> bool:
-    """True when all three Returning.AI credentials are in the environment."""
-    return all(os.environ.get(name, "").strip() for name in CREDENTIAL_VARS)
+def real_mode(mode: str = "access_key") -> bool:
+    """True when all of ``mode``'s Returning.AI variables are in the environment."""
+    return all(os.environ.get(name, "").strip() for name in REAL_MODE_VARS[mode])
 
 
 # -- who is signed in -----------------------------------------------------------------------
@@ -142,13 +162,14 @@ PAGE = """<!doctype html>
 
 HOME = """<h2>Community chat</h2>
 <section>
-<rai-placeholder widget="channel" channel-id="general" theme="dark" height="600px">
+<rai-placeholder widget="channel" widget-id="demo-channel" channel-id="general" theme="dark"
+  height="600px">
   <p><a href="/login">Sign in</a> to join the chat.</p>
 </rai-placeholder>
 </section>
 <h2>Rewards store</h2>
 <section>
-<rai-placeholder widget="store">
+<rai-placeholder widget="store" widget-id="demo-store">
   <p><a href="/login">Sign in</a> to spend your points in the rewards store.</p>
 </rai-placeholder>
 </section>
@@ -221,44 +242,72 @@ async def health(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
+async def favicon(request: Request) -> Response:
+    # Browsers ask for one; "no content" keeps a 404 out of their console.
+    return Response(status_code=204)
+
+
 # -- the application ------------------------------------------------------------------------
 
 
 def build_app(
     *,
+    mode: str = "access_key",
     api_base_url: str | None = None,
     sdk_url: str | None = None,
+    widgets_base_url: str | None = None,
+    loader_url: str | None = None,
     http_client: httpx.AsyncClient | None = None,
 ) -> Starlette:
-    """The demo site.
+    """The demo site, with the middleware in ``mode`` (one of :data:`MODES`).
 
-    With ``RAI_COMMUNITY_ID``, ``RAI_ACCESS_ID`` and ``RAI_ACCESS_KEY`` set, the middleware
-    reads them and talks to Returning.AI. Otherwise it uses the demo credentials that
+    With the mode's variables set (:data:`REAL_MODE_VARS`), the middleware reads them and talks
+    to Returning.AI. Otherwise it uses the demo credentials that
     :class:`~rai_middleware.testing.FakeReturningAI` accepts: pass the fake's URL as
-    ``api_base_url`` (its SDK stand-in then becomes ``sdk_url``), or an ``http_client`` wired to
-    the fake (``fake.client()``).
+    ``api_base_url`` (its SDK stand-in then becomes ``sdk_url``, and in the ``iframe`` and
+    ``attributes`` modes the fake also serves the widgets: ``widgets_base_url`` defaults to it,
+    ``loader_url`` to its loader), or an ``http_client`` wired to the fake (``fake.client()``).
     """
-    rai_options: dict[str, Any] = {"http_client": http_client}
-    if real_mode():
-        # The middleware reads the three RAI_* variables itself.
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    rai_options: dict[str, Any] = {"mode": mode, "http_client": http_client}
+    if real_mode(mode):
+        # The middleware reads the RAI_* variables itself.
         notice = ""
     else:
-        rai_options.update(
-            community_id=DEMO_COMMUNITY_ID,
-            access_id=DEMO_ACCESS_ID,
-            access_key=DEMO_ACCESS_KEY,
-        )
-        if sdk_url is None and api_base_url is not None:
-            sdk_url = api_base_url.rstrip("/") + FAKE_SDK_PATH
+        if mode == "access_key":
+            rai_options.update(
+                community_id=DEMO_COMMUNITY_ID,
+                access_id=DEMO_ACCESS_ID,
+                access_key=DEMO_ACCESS_KEY,
+            )
+        elif mode == "iframe":
+            rai_options.update(community_id=DEMO_COMMUNITY_ID, widget_api_key=DEMO_WIDGET_API_KEY)
+        fake_url = api_base_url.rstrip("/") if api_base_url is not None else None
+        if sdk_url is None and fake_url is not None:
+            sdk_url = fake_url + FAKE_SDK_PATH
+        if widgets_base_url is None:
+            widgets_base_url = fake_url
+        if loader_url is None and widgets_base_url is not None:
+            loader_url = widgets_base_url.rstrip("/") + FAKE_LOADER_PATH
+        shows = {
+            "access_key": "whose widgets just show the claims of their token",
+            "iframe": "whose widget pages just show whose token they were given",
+            "attributes": "whose widget pages just show the identity they were given",
+        }[mode]
+        variables = ", ".join(REAL_MODE_VARS[mode])
         notice = (
-            '<p class="note">Offline mode: tokens come from a fake Returning.AI, whose widgets '
-            "just show the claims of their token. Set RAI_COMMUNITY_ID, RAI_ACCESS_ID and "
-            "RAI_ACCESS_KEY to use the real service.</p>"
+            f'<p class="note">Offline mode ({mode}): a fake Returning.AI, {shows}. '
+            f"Set {variables} to use the real service.</p>"
         )
     if api_base_url is not None:
         rai_options["api_base_url"] = api_base_url
     if sdk_url is not None:
         rai_options["sdk_url"] = sdk_url
+    if widgets_base_url is not None:
+        rai_options["widgets_base_url"] = widgets_base_url
+    if loader_url is not None:
+        rai_options["loader_url"] = loader_url
 
     session_secret = os.environ.get("DEMO_SESSION_SECRET") or secrets.token_urlsafe(32)
     app = Starlette(
@@ -268,10 +317,12 @@ def build_app(
             Route("/login", login, methods=["POST"]),
             Route("/logout", logout, methods=["POST"]),
             Route("/health", health),
+            Route("/favicon.ico", favicon),
         ],
         middleware=[
             # Outermost first. ReturningAIMiddleware must come after (inside) the other two,
-            # so that scope["user"] exists when it renders a page or answers /_rai/embed-token.
+            # so that scope["user"] exists when it renders a page or answers /_rai/embed-token
+            # (/_rai/signin in iframe mode).
             Middleware(SessionMiddleware, secret_key=session_secret),
             Middleware(AuthenticationMiddleware, backend=DemoAuthBackend()),
             Middleware(ReturningAIMiddleware, **rai_options),
@@ -293,6 +344,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Run the rai-middleware demo site.")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (8000)")
+    parser.add_argument(
+        "--mode",
+        choices=MODES,
+        default=MODES[0],
+        help="the middleware's auth flow (access_key)",
+    )
     args = parser.parse_args(argv)
 
     try:
@@ -302,17 +359,23 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     site_url = f"http://{_url_host(args.host)}:{args.port}/"
     with contextlib.ExitStack() as stack:
-        if real_mode():
-            app = build_app()
-            mode = f"Returning.AI community {os.environ['RAI_COMMUNITY_ID'].strip()}"
+        variables = REAL_MODE_VARS[args.mode]
+        if real_mode(args.mode):
+            app = build_app(mode=args.mode)
+            where = ", ".join(f"{name}={os.environ[name].strip()}" for name in variables)
+            if "RAI_COMMUNITY_ID" in variables:
+                where = f"Returning.AI community {os.environ['RAI_COMMUNITY_ID'].strip()}"
+            description = f"{args.mode}, {where}"
         else:
-            missing = [name for name in CREDENTIAL_VARS if not os.environ.get(name, "").strip()]
-            if len(missing) < len(CREDENTIAL_VARS):
+            missing = [name for name in variables if not os.environ.get(name, "").strip()]
+            if len(missing) < len(variables):
                 print(f"note: {', '.join(missing)} not set; running offline", file=sys.stderr)
             fake_url = stack.enter_context(FakeReturningAI().run_in_thread())
-            app = build_app(api_base_url=fake_url)
-            mode = f"offline, fake Returning.AI at {fake_url}"
-        print(f"rai-middleware demo ({mode}): open {site_url}", flush=True)
+            app = build_app(mode=args.mode, api_base_url=fake_url)
+            description = f"offline, fake Returning.AI at {fake_url}"
+            if args.mode != MODES[0]:
+                description = f"{args.mode}, {description}"
+        print(f"rai-middleware demo ({description}): open {site_url}", flush=True)
         uvicorn.run(app, host=args.host, port=args.port)
 
 

@@ -35,15 +35,17 @@ _RESERVED = frozenset({"widget", "embed-token"})
 # The token-refresh half of the docs' recipe for sessions longer than a token's life:
 # on ``rai-error`` ask our endpoint for a token (POST, same origin, ticket in a header),
 # set every widget's ``embed-token`` and reload. The token lives only in the DOM attribute
-# the SDK reads; never in a URL or in storage. At most one refresh is in flight, and a
-# failing endpoint is not hammered: errors seen within 10 s of a refresh are ignored.
+# the SDK reads; never in a URL or in storage. One refresh at a time; a failed refresh is
+# retried with backoff (5 s doubling to 60 s), and so is an error that comes back within
+# 30 s of a refresh (a token the widget keeps refusing must not become a request loop).
 REFRESH_SCRIPT = (
     "(function(s){"
     "if(!s||window.__raiRefresh)return;window.__raiRefresh=1;"
     'var ticket=s.getAttribute("data-rai-ticket"),url=s.getAttribute("data-rai-endpoint"),'
-    "busy=false,last=0;"
-    'document.addEventListener("rai-error",function(){'
-    "var now=Date.now();if(busy||now-last<10000)return;busy=true;last=now;"
+    "busy=false,retry=null,lastOk=0,delay=5000;"
+    "function later(){retry=setTimeout(refresh,delay);delay=Math.min(delay*2,60000);}"
+    "function refresh(){"
+    "retry=null;busy=true;"
     'fetch(url,{method:"POST",credentials:"same-origin",cache:"no-store",'
     'headers:{"X-RAI-Ticket":ticket}})'
     '.then(function(r){if(!r.ok)throw new Error("token refresh failed: "+r.status);'
@@ -52,10 +54,13 @@ REFRESH_SCRIPT = (
     'if(!d||typeof d.embedToken!=="string")throw new Error("token refresh: no token");'
     'var els=document.querySelectorAll("[embed-token]");'
     'for(var i=0;i<els.length;i++)els[i].setAttribute("embed-token",d.embedToken);'
-    "var W=window.ReturningAIWidget;"
+    "lastOk=Date.now();var W=window.ReturningAIWidget;"
     'if(W&&typeof W.reload==="function")W.reload();})'
-    '.catch(function(e){if(window.console)console.warn("rai-middleware:",e.message);})'
-    ".then(function(){busy=false;});"
+    '.catch(function(e){if(window.console)console.warn("rai-middleware:",e.message);later();})'
+    ".then(function(){busy=false;});}"
+    'document.addEventListener("rai-error",function(){'
+    "if(busy||retry)return;"
+    "if(Date.now()-lastOk<30000)later();else{delay=5000;refresh();}"
     "},true);"
     "})(document.currentScript);"
 )

@@ -7,8 +7,19 @@ told to misbehave, so that the whole token flow can be exercised without network
 * ``POST /v2/api/widget-access-keys/token`` - mint an embed token (the current API);
 * ``POST /widget/{community_id}/signin`` - the legacy widget sign-in flow;
 * ``GET /sdk/rai-widget.iife.js`` - a tiny stand-in for the widget SDK script, whose custom
-  elements simply print the claims of their ``embed-token``;
+  elements simply print the claims of their ``embed-token`` and dispatch ``rai-error`` once it
+  has expired (re-checked every 500 ms);
+* ``GET /{segment}/{widget_id}`` (``/channel-widget/general``, ``/store-widget/1``...: every
+  segment of ``DEFAULT_IFRAME_SEGMENTS``) - a stand-in for a widget page, for the ``iframe``
+  and ``attributes`` modes: framed by your page, it asks its parent for a token by
+  ``postMessage`` and shows whose it is (or, when the loader passed ``?email=``, shows that
+  identity);
+* ``GET /widget-loader.js`` - a stand-in for the Attribute Auth loader script: it frames the
+  widget page above, passing the ``data-email`` and ``data-customer-id`` of its script tag;
 * ``GET /healthz`` - liveness probe.
+
+The scripts and pages are what a browser test (e.g. Playwright) needs to run the whole flow
+offline, with the fake as the third-party origin.
 
 In-process, with httpx (no socket involved)::
 
@@ -54,11 +65,12 @@ import hashlib
 import hmac
 import json
 import math
+import re
 import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal, cast, get_args
 
@@ -66,9 +78,11 @@ import anyio
 import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
+
+from ._config import DEFAULT_IFRAME_SEGMENTS
 
 __all__ = ["FailureMode", "FakeReturningAI", "InjectedDisconnect"]
 
@@ -79,7 +93,9 @@ _FAILURE_MODES: Final[frozenset[str]] = frozenset(get_args(FailureMode))
 _TOKEN_PATH: Final = "/v2/api/widget-access-keys/token"
 _SIGNIN_PATH: Final = "/widget/{community_id}/signin"
 _SDK_PATH: Final = "/sdk/rai-widget.iife.js"
+_LOADER_PATH: Final = "/widget-loader.js"
 _JWT_HEADER: Final[dict[str, str]] = {"alg": "HS256", "typ": "JWT"}
+_SEGMENT: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._~-]*\Z")
 
 
 class InjectedDisconnect(Exception):
@@ -185,7 +201,11 @@ class FakeReturningAI:
     ``signing_key``
         the HS256 key tokens are signed with;
     ``clock``
-        wall clock, in seconds since the epoch, used for ``iat`` and ``exp``.
+        wall clock, in seconds since the epoch, used for ``iat`` and ``exp``;
+    ``widget_segments``
+        the path segments under which fake widget pages are served (``/{segment}/{id}``);
+        by default every value of ``DEFAULT_IFRAME_SEGMENTS`` (pass your ``iframe_segments``
+        values if you changed them).
 
     Inspection attributes: :attr:`calls`, :attr:`requests`, :attr:`signin_calls`,
     :attr:`signin_requests`. Fault injection: :meth:`fail_next`, :meth:`fail_always`,
@@ -207,6 +227,7 @@ class FakeReturningAI:
         latency: float = 0.0,
         signing_key: bytes = b"fake-returning-ai-signing-key",
         clock: Callable[[], float] = time.time,
+        widget_segments: Iterable[str] | None = None,
     ) -> None:
         if latency < 0:
             raise ValueError("latency must be >= 0")
@@ -232,12 +253,25 @@ class FakeReturningAI:
         self._always: _Injection | None = None
         self._hang_epoch = 0  # bumped to release requests stuck in an injected hang
 
+        segments = list(
+            DEFAULT_IFRAME_SEGMENTS.values() if widget_segments is None else widget_segments
+        )
+        for segment in segments:
+            if not isinstance(segment, str) or not _SEGMENT.match(segment):
+                raise ValueError(f"widget segment {segment!r} is not a plain URL path segment")
+        #: The path segments that serve a fake widget page (``/{segment}/{widget_id}``).
+        self.widget_segments: tuple[str, ...] = tuple(dict.fromkeys(segments))
         self._app = Starlette(
             routes=[
                 Route(_TOKEN_PATH, self._token_endpoint, methods=["POST"]),
                 Route(_SIGNIN_PATH, self._signin_endpoint, methods=["POST"]),
                 Route(_SDK_PATH, self._sdk_endpoint, methods=["GET"]),
+                Route(_LOADER_PATH, self._loader_endpoint, methods=["GET"]),
                 Route("/healthz", self._healthz_endpoint, methods=["GET"]),
+                *(
+                    Route(f"/{segment}/{{widget_id}}", self._widget_page, methods=["GET"])
+                    for segment in self.widget_segments
+                ),
             ]
         )
 
@@ -470,6 +504,19 @@ class FakeReturningAI:
             headers={"cache-control": "no-cache"},
         )
 
+    async def _loader_endpoint(self, request: Request) -> Response:
+        return Response(
+            _LOADER_SCRIPT,
+            media_type="application/javascript",
+            headers={"cache-control": "no-cache"},
+        )
+
+    async def _widget_page(self, request: Request) -> Response:
+        # The same static page for every widget: its script reads what it needs from its own
+        # URL, so nothing from the request is echoed into the HTML. No Content-Security-Policy
+        # and no X-Frame-Options: this is the third-party page that sites frame.
+        return HTMLResponse(_WIDGET_PAGE, headers={"cache-control": "no-cache"})
+
     async def _healthz_endpoint(self, request: Request) -> Response:
         return JSONResponse({"ok": True})
 
@@ -580,22 +627,31 @@ _SDK_SCRIPT: Final = """\
     }
   }
 
-  function fail(el, reason) {
+  /* rai-error, at most once per token value: the page's refresh script answers it by setting a
+     new embed-token, and a token that stays bad must not make the widget nag forever. */
+  function fail(el, token, reason) {
+    if (el._fakeRaiFailed === token) return;
+    el._fakeRaiFailed = token;
     el.dispatchEvent(new CustomEvent("rai-error",
       {bubbles: true, composed: true, detail: {reason: reason}}));
   }
 
+  function expired(claims) {
+    return typeof claims.exp === "number" && claims.exp * 1000 <= Date.now();
+  }
+
   function render(el) {
     var tag = el.tagName.toLowerCase();
-    var claims = claimsOf(el.getAttribute("embed-token"));
+    var token = el.getAttribute("embed-token");
+    var claims = claimsOf(token);
     if (!claims) {
       el.setAttribute("data-fake-state", "invalid");
       el.textContent = "Fake " + tag + ": missing or invalid token";
-      fail(el, "invalid_token");
-    } else if (typeof claims.exp === "number" && claims.exp * 1000 <= Date.now()) {
+      fail(el, token, "invalid_token");
+    } else if (expired(claims)) {
       el.setAttribute("data-fake-state", "expired");
       el.textContent = "Fake " + tag + ": expired";
-      fail(el, "token_expired");
+      fail(el, token, "token_expired");
     } else {
       el.setAttribute("data-fake-state", "ok");
       el.textContent = "Fake " + tag + " for " + JSON.stringify(claims);
@@ -612,12 +668,143 @@ _SDK_SCRIPT: Final = """\
   });
 
   if (!window.ReturningAIWidget) {
+    var all = function () { return document.querySelectorAll(TAGS.join(",")); };
     window.ReturningAIWidget = {
       reload: function () {
-        var els = document.querySelectorAll(TAGS.join(","));
+        var els = all();
         for (var i = 0; i < els.length; i++) render(els[i]);
       }
     };
+    /* Like the real SDK, notice on its own when a shown token runs out. */
+    setInterval(function () {
+      var els = all();
+      for (var i = 0; i < els.length; i++) {
+        var claims = claimsOf(els[i].getAttribute("embed-token"));
+        if (els[i].getAttribute("data-fake-state") === "ok" && claims && expired(claims)) {
+          render(els[i]);
+        }
+      }
+    }, 500);
   }
 })();
+"""
+
+_LOADER_SCRIPT: Final = """\
+/* Fake Returning.AI widget loader (Attribute Auth), served by FakeReturningAI. Like the real
+   one, it reads its own script tag's data-* attributes and frames the widget page inside the
+   data-container element, passing the visitor's identity in the frame's URL. */
+(function (script) {
+  "use strict";
+  if (!script) return;
+  var d = script.dataset;
+  var container = document.getElementById(d.container || "");
+  var base = String(d.widgetUrl || "");
+  if (!container || !/^https?:\\/\\//i.test(base) || !d.widgetId) {
+    script.setAttribute("data-fake-state", "misconfigured");
+    return;
+  }
+  var query = new URLSearchParams();
+  if (d.email) query.set("email", d.email);
+  if (d.customerId) query.set("customerId", d.customerId);
+  var frame = document.createElement("iframe");
+  frame.src = base.replace(/\\/+$/, "") + "/" + encodeURIComponent(d.widgetId) +
+    (String(query) ? "?" + query : "");
+  frame.title = "Fake Returning.AI " + (d.widgetType || "") + " widget";
+  frame.setAttribute("allow", "clipboard-write");
+  frame.setAttribute("data-widget-type", d.widgetType || "");
+  container.appendChild(frame);
+  script.setAttribute("data-fake-state", "loaded");
+})(document.currentScript);
+"""
+
+_WIDGET_PAGE: Final = """\
+<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>Fake Returning.AI widget</title>
+<style>body { font: 14px system-ui, sans-serif; margin: 8px; }</style>
+</head>
+<body data-state="waiting" data-token="" data-email="" data-requests="0" data-received="0">
+<p id="status">Fake widget: waiting for a token</p>
+<script>
+/* A stand-in for a Returning.AI widget page (FakeReturningAI). State for tests is on
+   document.body.dataset: state (waiting, ok, expired, invalid, identified, standalone), token,
+   email, customerId, exp, requests (token requests sent) and received (tokens received). */
+(function () {
+  "use strict";
+  var params = new URLSearchParams(location.search);
+  var body = document.body, status = document.getElementById("status");
+  var parts = location.pathname.split("/");
+  body.dataset.widget = decodeURIComponent(parts[1] || "") + "/" +
+    decodeURIComponent(parts[2] || "");
+  function show(state, text) {
+    body.dataset.state = state;
+    status.textContent = text;
+  }
+  if (params.has("email") || params.has("customerId")) {
+    /* Attribute Auth: the loader passed the identity in our URL; no token involved. */
+    body.dataset.email = params.get("email") || "";
+    body.dataset.customerId = params.get("customerId") || "";
+    show("identified", "identity " + body.dataset.email);
+    return;
+  }
+  if (window.parent === window) {
+    show("standalone", "Fake widget: not framed, so nobody to ask for a token");
+    return;
+  }
+  /* ?legacy=1: ask with the older message type, which the same page script must answer. */
+  var REQUEST = params.get("legacy") === "1" ?
+    "RETURNINGAI_WIDGET_TOKEN" : "RETURNINGAI_WIDGET_REQUEST_TOKEN";
+  var exp = null; /* the current token's expiry in ms; null until one arrives */
+  function claimsOf(token) {
+    try {
+      var b64 = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+      while (b64.length % 4) b64 += "=";
+      var bin = atob(b64), bytes = new Uint8Array(bin.length);
+      for (var i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
+      var claims = JSON.parse(new TextDecoder().decode(bytes));
+      return claims && typeof claims === "object" ? claims : null;
+    } catch (e) {
+      return null;
+    }
+  }
+  function ask() {
+    body.dataset.requests = String(Number(body.dataset.requests) + 1);
+    /* Target origin "*" is fine for the request, and only for it: it carries no secret, and
+       the widget cannot know its embedder's origin (the referrer may be stripped). The secret
+       travels the other way, and the page answers with targetOrigin = this widget's origin. */
+    window.parent.postMessage({type: REQUEST}, "*");
+  }
+  window.addEventListener("message", function (event) {
+    if (event.source !== window.parent) return;
+    var m = event.data;
+    if (!m || typeof m !== "object" || m.type !== "RETURNINGAI_WIDGET_TOKEN") return;
+    if (typeof m.value !== "string") return; /* e.g. a sibling's legacy-style request */
+    body.dataset.received = String(Number(body.dataset.received) + 1);
+    var claims = claimsOf(m.value);
+    if (!claims) {
+      exp = 0;
+      show("invalid", "Fake widget: invalid token");
+      return;
+    }
+    var email = String(claims.email || claims["data-email"] || "");
+    exp = typeof claims.exp === "number" ? claims.exp * 1000 : Infinity;
+    body.dataset.token = m.value;
+    body.dataset.email = email;
+    body.dataset.exp = String(claims.exp);
+    if (exp <= Date.now()) show("expired", "Fake widget: expired token");
+    else show("ok", "token for " + email);
+  });
+  ask();
+  /* Every second: no token yet, or the token ran out? Ask (again). */
+  setInterval(function () {
+    if (exp !== null && exp > Date.now()) return;
+    if (exp !== null) show("expired", "Fake widget: token expired, asking again");
+    ask();
+  }, 1000);
+})();
+</script>
+</body>
+</html>
 """

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import html
+import json
 import os
 import queue
 import re
@@ -22,7 +23,15 @@ import pytest
 import uvicorn
 from starlette.applications import Starlette
 
-from examples.demo import DEMO_ACCESS_KEY, build_app, customer_id_for
+from examples.demo import (
+    DEMO_ACCESS_KEY,
+    DEMO_WIDGET_API_KEY,
+    MODES,
+    REAL_MODE_VARS,
+    build_app,
+    customer_id_for,
+    main,
+)
 from rai_middleware.testing import FakeReturningAI
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,13 +41,26 @@ EMAIL = "ada@example.com"
 NAME = "Ada <Lovelace>"
 LOGIN = {"email": EMAIL, "name": NAME}
 CHANNEL_WIDGET = re.compile(
-    r'<rai-channel-widget community-id="demo-community" channel-id="general" theme="dark" '
-    r'height="600px" embed-token="([^"]+)"></rai-channel-widget>'
+    r'<rai-channel-widget community-id="demo-community" widget-id="demo-channel" '
+    r'channel-id="general" theme="dark" height="600px" embed-token="([^"]+)"></rai-channel-widget>'
 )
 STORE_WIDGET = re.compile(
-    r'<rai-store-widget community-id="demo-community" embed-token="([^"]+)"></rai-store-widget>'
+    r'<rai-store-widget community-id="demo-community" widget-id="demo-store" '
+    r'embed-token="([^"]+)"></rai-store-widget>'
 )
 TICKET = re.compile(r'data-rai-ticket="([^"]+)"')
+
+
+WIDGETS = "https://widgets.test"
+AUTH_DATA = re.compile(r'<script type="application/json">([^<]*)</script>')
+
+
+@pytest.fixture(autouse=True)
+def _offline_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """conftest clears the Access Key variables; the other modes' variables too."""
+    for variables in REAL_MODE_VARS.values():
+        for name in variables:
+            monkeypatch.delenv(name, raising=False)
 
 
 def the_token(page: str) -> str:
@@ -174,6 +196,13 @@ async def test_health_is_left_alone(site: tuple[FakeReturningAI, httpx.AsyncClie
 
 
 @pytest.mark.anyio
+async def test_favicon_is_no_content(site: tuple[FakeReturningAI, httpx.AsyncClient]) -> None:
+    _, client = site
+    response = await client.get("/favicon.ico")  # so that browsers log no 404
+    assert (response.status_code, response.content) == (204, b"")
+
+
+@pytest.mark.anyio
 async def test_real_mode_reads_the_credentials_from_the_environment(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -189,7 +218,7 @@ async def test_real_mode_reads_the_credentials_from_the_environment(
         ) as client:
             await client.post("/login", data=LOGIN)
             page = (await client.get("/")).text
-    assert '<rai-channel-widget community-id="env-community" channel-id="general"' in page
+    assert '<rai-channel-widget community-id="env-community" widget-id="demo-channel"' in page
     assert '<script src="https://unpkg.com/@returningai/widget-sdk@' in page
     assert "Offline mode" not in page
     assert fake.calls == 1
@@ -208,6 +237,174 @@ async def test_incomplete_credentials_mean_offline(monkeypatch: pytest.MonkeyPat
             page = (await client.get("/")).text
     assert "Offline mode" in page
     assert_signed_in_claims(fake, the_token(page))
+
+
+# -- --mode: every mode renders -----------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def signed_in(app: Starlette) -> AsyncIterator[tuple[str, httpx.AsyncClient]]:
+    """The home page of ``app`` once signed in (anonymous visitors get the fallbacks), and the
+    signed-in client."""
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://testserver"
+    ) as client:
+        anonymous = (await client.get("/")).text
+        assert FALLBACK in anonymous
+        assert "rai-placeholder" not in anonymous
+        assert "<iframe" not in anonymous
+        assert "<script" not in anonymous
+        assert (await client.post("/login", data=LOGIN)).status_code == 303
+        yield (await client.get("/")).text, client
+
+
+@pytest.mark.anyio
+async def test_mode_access_key_renders_sdk_elements() -> None:
+    fake = FakeReturningAI()
+    async with fake.client() as upstream:
+        app = build_app(mode="access_key", api_base_url=fake.base_url, http_client=upstream)
+        async with signed_in(app) as (page, _):
+            pass
+    token = the_token(page)
+    assert_signed_in_claims(fake, token)
+    store = STORE_WIDGET.search(page)
+    assert store is not None and html.unescape(store.group(1)) == token
+    assert f'<script src="{fake.base_url}/sdk/rai-widget.iife.js"></script>' in page
+    assert 'data-rai-endpoint="/_rai/embed-token"' in page
+    assert "Offline mode (access_key)" in page
+    assert "<iframe" not in page
+
+
+@pytest.mark.anyio
+async def test_mode_iframe_renders_iframes_and_the_auth_script() -> None:
+    fake = FakeReturningAI()
+    async with fake.client() as upstream:
+        app = build_app(mode="iframe", widgets_base_url=WIDGETS, http_client=upstream)
+        async with signed_in(app) as (page, client):
+            data = AUTH_DATA.search(page)
+            assert data is not None, page
+            auth = json.loads(data.group(1))
+            refresh = await client.post("/_rai/signin", headers={"X-RAI-Ticket": auth["ticket"]})
+            no_ticket = await client.post("/_rai/signin")
+
+    assert FALLBACK not in page
+    assert "rai-placeholder" not in page
+    channel = f'<iframe src="{WIDGETS}/channel-widget/demo-channel" allow="clipboard-write" '
+    store = f'<iframe src="{WIDGETS}/store-widget/demo-store" allow="clipboard-write">'
+    assert channel + 'height="600px"></iframe>' in page
+    assert store + "</iframe>" in page
+    assert page.count('<script type="application/json">') == 1
+    assert page.count("RETURNINGAI_WIDGET_REQUEST_TOKEN") == 1
+    assert auth["origin"] == WIDGETS
+    assert auth["endpoint"] == "/_rai/signin"
+    assert fake.decode(auth["token"])["email"] == EMAIL
+    assert fake.signin_requests == [{"community": "demo-community", "email": EMAIL}]
+    assert "embed-token" not in page
+    assert DEMO_WIDGET_API_KEY not in page
+    assert "Offline mode (iframe)" in page
+    assert refresh.status_code == 200, refresh.text
+    assert refresh.json()["token"] == auth["token"]
+    assert no_ticket.status_code == 403
+    assert fake.signin_calls == 1
+
+
+@pytest.mark.anyio
+async def test_mode_attributes_renders_the_loader_with_the_identity() -> None:
+    app = build_app(mode="attributes", widgets_base_url=WIDGETS)
+    async with signed_in(app) as (page, client):
+        no_endpoint = await client.post("/_rai/embed-token")
+
+    customer = customer_id_for(EMAIL)
+    identity = f'data-customer-id="{customer}" data-email="{EMAIL}"'
+    assert (
+        '<div id="returning-ai-widget-1"></div>'
+        f'<script src="{WIDGETS}/widget-loader.js" data-widget-id="demo-channel" '
+        'data-widget-type="channel" data-container="returning-ai-widget-1" '
+        f'data-api-url="{WIDGETS}" data-widget-url="{WIDGETS}/channel-widget" '
+        f'data-channel-id="general" data-theme="dark" data-height="600px" {identity}></script>'
+    ) in page
+    assert (
+        '<div id="returning-ai-widget-2"></div>'
+        f'<script src="{WIDGETS}/widget-loader.js" data-widget-id="demo-store" '
+        'data-widget-type="store" data-container="returning-ai-widget-2" '
+        f'data-api-url="{WIDGETS}" data-widget-url="{WIDGETS}/store-widget" {identity}></script>'
+    ) in page
+    assert FALLBACK not in page
+    assert "embed-token" not in page
+    assert "data-rai-ticket" not in page
+    assert "Offline mode (attributes)" in page
+    assert no_endpoint.status_code == 404  # this mode has no token endpoint
+
+
+@pytest.mark.anyio
+async def test_offline_modes_default_to_the_fake_for_the_widgets() -> None:
+    fake_url = "http://127.0.0.1:9"
+    app = build_app(mode="attributes", api_base_url=fake_url + "/")
+    async with signed_in(app) as (page, _):
+        pass
+    assert f'<script src="{fake_url}/widget-loader.js" data-widget-id="demo-channel"' in page
+    assert f'data-widget-url="{fake_url}/channel-widget"' in page
+
+
+def test_unknown_mode_is_refused() -> None:
+    with pytest.raises(ValueError, match="mode must be one of"):
+        build_app(mode="bogus")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--mode", "bogus"])
+    assert exit_info.value.code == 2
+
+
+@pytest.mark.anyio
+async def test_real_iframe_mode_reads_its_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAI_COMMUNITY_ID", "env-community")
+    monkeypatch.setenv("RAI_WIDGET_API_KEY", "env-widget-key")
+    fake = FakeReturningAI(widget_api_key="env-widget-key")
+    async with (
+        fake.client() as upstream,
+        signed_in(build_app(mode="iframe", http_client=upstream)) as (page, _),
+    ):
+        pass
+    assert '<iframe src="https://prod-widgets.returning.ai/channel-widget/demo-channel"' in page
+    assert fake.signin_requests == [{"community": "env-community", "email": EMAIL}]
+    assert "Offline mode" not in page
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("mode", MODES)
+def test_main_runs_the_chosen_mode_against_the_fake(
+    mode: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``main(["--mode", ...])`` up to ``uvicorn.run``, which instead checks the app it got."""
+    seen: list[str] = []
+
+    def run(app: Starlette, *, host: str, port: int) -> None:
+        assert (host, port) == ("127.0.0.1", 8123)
+        with serve(app) as base_url, httpx.Client(base_url=base_url, timeout=10) as client:
+            client.post("/login", data=LOGIN)
+            page = client.get("/").text
+            seen.append(page)
+            # Whatever the page points at is really served, by the fake started by main().
+            urls = re.findall(r'(?:src|data-widget-url)="(http://127\.0\.0\.1:[^"]+)"', page)
+            assert urls, page
+            for url in urls:
+                target = url + "/demo-channel" if url.endswith("-widget") else url
+                assert httpx.get(target, timeout=10).status_code == 200, target
+
+    monkeypatch.setattr(uvicorn, "run", run)
+    main(["--mode", mode, "--port", "8123"])
+
+    (page,) = seen
+    banner = capsys.readouterr().out
+    described = "offline" if mode == "access_key" else f"{mode}, offline"
+    assert banner.startswith(f"rai-middleware demo ({described}, fake Returning.AI at http://")
+    assert "open http://127.0.0.1:8123/" in banner
+    marker = {
+        "access_key": "<rai-channel-widget ",
+        "iframe": '<script type="application/json">',
+        "attributes": 'data-widget-type="channel"',
+    }[mode]
+    assert marker in page
+    assert FALLBACK not in page
 
 
 # -- over real sockets -----------------------------------------------------------------------

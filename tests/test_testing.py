@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import shutil
 import subprocess
 import threading
@@ -14,7 +15,14 @@ import anyio
 import httpx
 import pytest
 
-from rai_middleware.testing import _SDK_SCRIPT, FakeReturningAI, InjectedDisconnect
+from rai_middleware._config import DEFAULT_IFRAME_SEGMENTS
+from rai_middleware.testing import (
+    _LOADER_SCRIPT,
+    _SDK_SCRIPT,
+    _WIDGET_PAGE,
+    FakeReturningAI,
+    InjectedDisconnect,
+)
 
 TOKEN_PATH = "/v2/api/widget-access-keys/token"
 GOOD_BODY: dict[str, Any] = {
@@ -519,6 +527,11 @@ _DOM_SHIM = """
 const events = [];
 const registry = new Map();
 const connected = [];
+const timers = [];
+let now = Date.now();
+Date.now = () => now;
+globalThis.setInterval = (fn, ms) => { timers.push({fn, ms}); return timers.length; };
+function tick() { timers.forEach((t) => t.fn()); }
 globalThis.window = globalThis;
 class HTMLElement {
   constructor() { this.attrs = new Map(); this.isConnected = false; this.textContent = ""; }
@@ -554,16 +567,23 @@ function make(tag, token) {
 """
 
 
+def run_node(program: str) -> Any:
+    result = subprocess.run(
+        ["node", "-e", program], capture_output=True, text=True, timeout=30, check=True
+    )
+    return json.loads(result.stdout)
+
+
 @pytest.mark.skipif(shutil.which("node") is None, reason="needs node")
 def test_sdk_script_renders_claims_and_reports_expiry_under_node() -> None:
     fake = FakeReturningAI()
     fresh = fake.encode({"data-customer-id": "c-42", "exp": time.time() + 600})
     stale = fake.encode({"data-customer-id": "c-7", "exp": time.time() - 5})
 
-    program = (
+    out = run_node(
         _DOM_SHIM
         + _SDK_SCRIPT
-        + _SDK_SCRIPT  # loading twice must not redefine the elements
+        + _SDK_SCRIPT  # loading twice must not redefine the elements, nor add a second timer
         + f"""
 const a = make("rai-channel-widget", {json.dumps(fresh)});
 const b = make("rai-store-widget", {json.dumps(stale)});
@@ -571,13 +591,11 @@ const first = [a.textContent, b.textContent, a.getAttribute("data-fake-state")];
 a.setAttribute("embed-token", {json.dumps(stale)});
 const afterChange = a.textContent;
 window.ReturningAIWidget.reload();
-console.log(JSON.stringify({{first, afterChange, events, tags: [...registry.keys()]}}));
+tick();
+console.log(JSON.stringify({{first, afterChange, events, tags: [...registry.keys()],
+  timers: timers.map((t) => t.ms)}}));
 """
     )
-    result = subprocess.run(
-        ["node", "-e", program], capture_output=True, text=True, timeout=30, check=True
-    )
-    out = json.loads(result.stdout)
 
     claims_json = json.dumps(fake.decode(fresh), separators=(",", ":"))
     assert out["first"] == [
@@ -594,10 +612,275 @@ console.log(JSON.stringify({{first, afterChange, events, tags: [...registry.keys
         "composed": True,
     }
     assert out["events"][0] == expired_event
-    # b on connect, a on attribute change, then both again on reload()
-    assert len(out["events"]) == 4
+    # b on connect, a on attribute change; not again on reload() nor on the periodic check:
+    # at most one rai-error per token value.
+    assert [e["tag"] for e in out["events"]] == ["RAI-STORE-WIDGET", "RAI-CHANNEL-WIDGET"]
     assert {e["detail"]["reason"] for e in out["events"]} == {"token_expired"}
     assert len(out["tags"]) == 7
+    assert out["timers"] == [500]
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs node")
+def test_sdk_script_notices_expiry_by_itself_once_per_token_under_node() -> None:
+    fake = FakeReturningAI()
+    soon = fake.encode({"data-email": "a@b.c", "exp": time.time() + 60})
+    later = fake.encode({"data-email": "a@b.c", "exp": time.time() + 600})
+
+    out = run_node(
+        _DOM_SHIM
+        + _SDK_SCRIPT
+        + f"""
+const a = make("rai-social-widget", {json.dumps(soon)});
+const b = make("rai-custom-widget", "not-a-token");
+const states = [a.getAttribute("data-fake-state")];
+tick();
+states.push(a.getAttribute("data-fake-state"), events.length);
+now += 120 * 1000;  // the first token runs out
+tick(); tick(); tick();
+states.push(a.getAttribute("data-fake-state"), events.length);
+a.setAttribute("embed-token", {json.dumps(later)});  // what the page's refresh script does
+window.ReturningAIWidget.reload();
+states.push(a.getAttribute("data-fake-state"), events.length);
+now += 1200 * 1000;
+tick(); tick();
+states.push(a.getAttribute("data-fake-state"), events.length);
+console.log(JSON.stringify({{states, reasons: events.map((e) => e.detail.reason)}}));
+"""
+    )
+
+    assert out["states"] == ["ok", "ok", 1, "expired", 2, "ok", 2, "expired", 3]
+    assert out["reasons"] == ["invalid_token", "token_expired", "token_expired"]
+
+
+_LOADER_SHIM = """
+const made = [];
+const containers = {"returning-ai-widget-1": {children: [],
+  appendChild(child) { this.children.push(child); }}};
+function script(data) {
+  return {dataset: data, attrs: {}, setAttribute(n, v) { this.attrs[n] = String(v); }};
+}
+globalThis.document = {
+  currentScript: null,
+  getElementById: (id) => containers[id] || null,
+  createElement: (tag) => {
+    const el = {tag, attrs: {}, setAttribute(n, v) { this.attrs[n] = String(v); }};
+    made.push(el);
+    return el;
+  },
+};
+function load(data) {
+  const s = script(data);
+  document.currentScript = s;
+  eval(LOADER);
+  return s.attrs["data-fake-state"];
+}
+"""
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs node")
+def test_loader_frames_the_widget_page_with_the_identity_under_node() -> None:
+    base = {
+        "widgetId": "w 1/2",
+        "widgetType": "store",
+        "container": "returning-ai-widget-1",
+        "widgetUrl": "https://widgets.test/store-widget/",
+        "email": "ann+x@example.com",
+        "customerId": "c&42",
+    }
+    out = run_node(
+        f"const LOADER = {json.dumps(_LOADER_SCRIPT)};\n"
+        + _LOADER_SHIM
+        + f"""
+const base = {json.dumps(base)};
+const states = [
+  load(base),
+  load({{...base, container: "missing"}}),
+  load({{...base, widgetUrl: "javascript:alert(1)//"}}),
+  load({{...base, widgetId: ""}}),
+  load({{...base, email: "", customerId: ""}}),
+];
+document.currentScript = null;
+eval(LOADER);
+const frames = containers["returning-ai-widget-1"].children;
+console.log(JSON.stringify({{states, made: made.length,
+  frames: frames.map((f) => ({{src: f.src, title: f.title, attrs: f.attrs}}))}}));
+"""
+    )
+
+    assert out["states"] == ["loaded", "misconfigured", "misconfigured", "misconfigured", "loaded"]
+    assert out["made"] == 2
+    assert out["frames"] == [
+        {
+            "src": "https://widgets.test/store-widget/w%201%2F2"
+            "?email=ann%2Bx%40example.com&customerId=c%2642",
+            "title": "Fake Returning.AI store widget",
+            "attrs": {"allow": "clipboard-write", "data-widget-type": "store"},
+        },
+        {
+            "src": "https://widgets.test/store-widget/w%201%2F2",
+            "title": "Fake Returning.AI store widget",
+            "attrs": {"allow": "clipboard-write", "data-widget-type": "store"},
+        },
+    ]
+
+
+def _widget_page_script() -> str:
+    start = _WIDGET_PAGE.index("<script>") + len("<script>")
+    return _WIDGET_PAGE[start : _WIDGET_PAGE.index("</script>")]
+
+
+_WIDGET_SHIM = """
+const posted = [];
+const listeners = [];
+const timers = [];
+let now = Date.now();
+Date.now = () => now;
+const parent = {postMessage: (data, target) => posted.push({data, target})};
+globalThis.window = {
+  parent,
+  addEventListener: (type, fn) => { if (type === "message") listeners.push(fn); },
+};
+globalThis.setInterval = (fn) => timers.push(fn);
+globalThis.location = {search: SEARCH, pathname: "/store-widget/w%201"};
+const status = {textContent: ""};
+globalThis.document = {body: {dataset: {...BODY_DATA}}, getElementById: () => status};
+function deliver(data, source) { listeners.forEach((fn) => fn({data, source})); }
+function tick() { timers.forEach((fn) => fn()); }
+function snapshot() {
+  return {...document.body.dataset, text: status.textContent, posted: posted.length};
+}
+"""
+
+
+def _run_widget_page(search: str, steps: str) -> Any:
+    # The body's data-* attributes as the page's HTML sets them.
+    body_tag = re.search(r"<body([^>]*)>", _WIDGET_PAGE)
+    assert body_tag is not None
+    body_data = {
+        re.sub(r"-([a-z])", lambda m: m.group(1).upper(), name): value
+        for name, value in re.findall(r'data-([a-z-]+)="([^"]*)"', body_tag.group(1))
+    }
+    return run_node(
+        f"const SEARCH = {json.dumps(search)};\n"
+        f"const BODY_DATA = {json.dumps(body_data)};\n"
+        + _WIDGET_SHIM
+        + _widget_page_script()
+        + "\nconst out = [];\n"
+        + steps
+        + "\nconsole.log(JSON.stringify({out, posted}));"
+    )
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs node")
+def test_widget_page_asks_its_parent_and_asks_again_after_expiry_under_node() -> None:
+    fake = FakeReturningAI()
+    first = fake.encode({"email": "ann@example.com", "exp": time.time() + 60})
+    second = fake.encode({"email": "ann@example.com", "exp": time.time() + 600})
+    steps = f"""
+out.push(snapshot());
+tick();  // no token yet: ask again
+deliver({{type: "RETURNINGAI_WIDGET_TOKEN", value: "x"}}, {{}});  // not from the parent
+deliver({{type: "RETURNINGAI_WIDGET_TOKEN"}}, parent);  // no value
+deliver("RETURNINGAI_WIDGET_TOKEN", parent);
+out.push(snapshot());
+deliver({{type: "RETURNINGAI_WIDGET_TOKEN", value: {json.dumps(first)}}}, parent);
+tick();  // a live token: no request
+out.push(snapshot());
+now += 120 * 1000;
+tick();
+out.push(snapshot());
+deliver({{type: "RETURNINGAI_WIDGET_TOKEN", value: {json.dumps(second)}}}, parent);
+out.push(snapshot());
+deliver({{type: "RETURNINGAI_WIDGET_TOKEN", value: "garbage"}}, parent);
+out.push(snapshot());
+"""
+    result = _run_widget_page("", steps)
+    out = result["out"]
+
+    request = {"data": {"type": "RETURNINGAI_WIDGET_REQUEST_TOKEN"}, "target": "*"}
+    assert result["posted"] == [request] * 3
+    assert out[0]["widget"] == "store-widget/w 1"
+    assert [(o["state"], o["requests"], o["received"]) for o in out] == [
+        ("waiting", "1", "0"),
+        ("waiting", "2", "0"),
+        ("ok", "2", "1"),
+        ("expired", "3", "1"),
+        ("ok", "3", "2"),
+        ("invalid", "3", "3"),
+    ]
+    assert out[2]["token"] == first
+    assert out[2]["email"] == "ann@example.com"
+    assert out[2]["text"] == "token for ann@example.com"
+    assert out[4]["token"] == second
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs node")
+def test_widget_page_legacy_request_and_loader_identity_under_node() -> None:
+    legacy = _run_widget_page("?legacy=1", "out.push(snapshot());")
+    assert legacy["posted"] == [{"data": {"type": "RETURNINGAI_WIDGET_TOKEN"}, "target": "*"}]
+
+    identified = _run_widget_page(
+        "?email=ann%40example.com&customerId=c-42", "tick(); out.push(snapshot());"
+    )
+    assert identified["posted"] == []
+    (state,) = identified["out"]
+    assert (state["state"], state["email"], state["customerId"], state["text"]) == (
+        "identified",
+        "ann@example.com",
+        "c-42",
+        "identity ann@example.com",
+    )
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("segment", list(DEFAULT_IFRAME_SEGMENTS.values()))
+async def test_widget_pages_are_served_for_every_default_segment(segment: str) -> None:
+    fake = FakeReturningAI()
+    async with fake.client() as client:
+        response = await client.get(f"/{segment}/some-widget?legacy=1")
+
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "text/html; charset=utf-8"
+    # The third-party page: frameable, and no policy of its own in the way.
+    for header in ("content-security-policy", "x-frame-options"):
+        assert header not in response.headers
+    page = response.text
+    assert page == _WIDGET_PAGE
+    assert "some-widget" not in page  # nothing from the request is echoed
+    assert 'postMessage({type: REQUEST}, "*")' in page
+    assert "event.source !== window.parent" in page
+    assert (fake.calls, fake.signin_calls) == (0, 0)
+
+
+@pytest.mark.anyio
+async def test_widget_pages_only_under_known_segments() -> None:
+    fake = FakeReturningAI(widget_segments=["my-store", "my-store"])
+    assert fake.widget_segments == ("my-store",)
+    async with fake.client() as client:
+        assert (await client.get("/my-store/1")).status_code == 200
+        assert (await client.get("/store-widget/1")).status_code == 404
+        assert (await client.get("/my-store/1/extra")).status_code == 404
+        assert (await client.post("/my-store/1")).status_code == 405
+        # The SDK and the loader are not mistaken for widget pages.
+        assert (await client.get("/sdk/rai-widget.iife.js")).text == _SDK_SCRIPT
+
+
+@pytest.mark.parametrize("segment", ["", "a/b", "../x", "-x", 3])
+def test_widget_segments_must_be_path_segments(segment: Any) -> None:
+    with pytest.raises(ValueError, match="widget segment"):
+        FakeReturningAI(widget_segments=[segment])
+
+
+@pytest.mark.anyio
+async def test_loader_script_is_served_as_javascript() -> None:
+    fake = FakeReturningAI()
+    async with fake.client() as client:
+        response = await client.get("/widget-loader.js")
+
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/javascript")
+    assert response.text == _LOADER_SCRIPT
+    assert "document.currentScript" in response.text
 
 
 @pytest.mark.anyio

@@ -210,7 +210,7 @@ async def test_refresh_ahead_mints_once_in_background_while_serving_the_old_toke
     served = await asyncio.gather(*(service.get(user(1)) for _ in range(100)))
     assert {token.value for token in served} == {first.value}  # nobody waited
     await asyncio.sleep(0.01)  # let the background refresh reach the upstream
-    assert service.mint_count == 2  # the first mint and one background refresh, in flight  # the first mint and one background refresh
+    assert service.mint_count == 2  # the first mint and one background refresh, in flight
     release.set()
     await asyncio.sleep(0.01)
     assert (await service.get(user(1))).value == "new"
