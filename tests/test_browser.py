@@ -462,6 +462,34 @@ def test_access_key_refreshes_an_expired_token_without_a_reload(
     watch.assert_clean()
 
 
+def test_access_key_retries_a_failed_refresh_with_backoff(
+    fake: tuple[FakeReturningAI, str],
+    site: Callable[..., str],
+    page: tuple[Page, Watch],
+) -> None:
+    browser_page, watch = page
+    service, fake_url = fake
+    service.token_lifetime = 3
+    url = site("access_key", min_token_ttl=1)
+    browser_page.goto(f"{url}/?user=alice")
+    first = expect_signed_in_widgets(browser_page, "access_key", service, fake_url, "alice")[0]
+    service.fail_next(1, status=503)  # the refresh's mint fails once: the endpoint says 503
+
+    # The SDK reports the expiry once per token; the script must not wait for another report.
+    browser_page.wait_for_function(
+        """(first) => [...document.querySelectorAll("rai-channel-widget, rai-store-widget")]
+             .every((el) => el.getAttribute("embed-token") !== first
+                            && el.dataset.fakeState === "ok")""",
+        arg=first,
+        timeout=TIMEOUT_MS + 10_000,
+    )
+    assert watch.posts("/_rai/embed-token") == 2  # the failed refresh, then one retry
+    assert service.calls == 3
+    # The failure was reported (the 503 and the script's warning), and nothing else went wrong.
+    assert [e for e in watch.errors if "503" not in e and "rai-middleware" not in e] == []
+    assert watch.violations() == []
+
+
 def test_iframe_tokens_reach_only_the_widgets_and_are_refreshed(
     fake: tuple[FakeReturningAI, str],
     site: Callable[..., str],
