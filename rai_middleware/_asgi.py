@@ -83,6 +83,10 @@ class ReturningAIMiddleware:
             identify=self.identify_visitor,
             token_field="token" if self.settings.mode == "iframe" else "embedToken",
         )
+        # Precomputed, so that a request that is not ours costs a few comparisons.
+        self._refresh_path = self.settings.refresh_path
+        self._tag = self.settings.placeholder_tag
+        self._mark = (self._tag,)
         # Process-wide, not per request: the encodings already warned about.
         self._warned_encodings: set[str] = set()
         # Precomputed once: the cheap test that decides whether a body needs scanning.
@@ -115,34 +119,46 @@ class ReturningAIMiddleware:
         return identity
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        scope_type = scope["type"]
-        if scope_type == "lifespan":
-            await self._lifespan(scope, receive, send)
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await self._lifespan(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
             return
-        if scope_type != "http":
-            await self.app(scope, receive, send)
-            return
-        refresh_path = self.settings.refresh_path
-        if refresh_path is not None:
-            path = scope.get("path", "")
+        refresh_path = self._refresh_path
+        if refresh_path is not None and scope["path"].endswith(refresh_path):
+            path = scope["path"]
             if path == refresh_path or path == scope.get("root_path", "") + refresh_path:
                 await self._endpoint(scope, receive, send)
                 return
-        tag = self.settings.placeholder_tag
         handled = scope.get(_SCOPE_MARK)
-        if scope.get("method") == "HEAD" or (handled is not None and tag in handled):
+        if scope["method"] == "HEAD" or (handled is not None and self._tag in handled):
             await self.app(scope, receive, send)
             return
-        scope[_SCOPE_MARK] = (*(handled or ()), tag)
+        scope[_SCOPE_MARK] = self._mark if handled is None else (*handled, self._tag)
         extensions = scope.get("extensions")
         if extensions and any(name in extensions for name in _BODYLESS_EXTENSIONS):
             scope = dict(scope)
             scope["extensions"] = {
                 key: value for key, value in extensions.items() if key not in _BODYLESS_EXTENSIONS
             }
-        responder = _PageResponder(self, scope, send)
-        await self.app(scope, receive, responder.send)
-        await responder.finish()
+        responder: _PageResponder | None = None
+
+        async def send_html_to_responder(message: Message) -> None:
+            # Decided from the start message alone: anything but a 200 HTML page goes
+            # straight through, and costs no more than this check.
+            nonlocal responder
+            if responder is not None:
+                await responder.send(message)
+            elif message["type"] == "http.response.start" and _may_be_page(message):
+                responder = _PageResponder(self, scope, send)
+                await responder.send(message)
+            else:
+                await send(message)
+
+        await self.app(scope, receive, send_html_to_responder)
+        if responder is not None:
+            await responder.finish()
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def lifespan_receive() -> Message:
@@ -370,3 +386,22 @@ class _PageResponder:
             ticket=middleware.tickets.issue(identity.key),
             expires_in=int(token.remaining(middleware.tokens.now())),
         )
+
+
+_PAGE_TYPES = (b"text/html", b"application/xhtml+xml")
+
+
+def _may_be_page(start: Message) -> bool:
+    """A 200 response whose Content-Type starts like HTML; ``inspect_response`` decides."""
+    if start.get("status", 200) != 200:
+        return False
+    headers = start.get("headers")
+    if headers is None:
+        return False
+    if not isinstance(headers, (list, tuple)):
+        headers = list(headers)  # a generator: read it once, keep it
+        start["headers"] = headers
+    for name, value in headers:
+        if len(name) == 12 and name.lower() == b"content-type":
+            return value.lstrip()[:21].lower().startswith(_PAGE_TYPES)
+    return False

@@ -24,6 +24,7 @@ the input: nothing is lost, whatever the input.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -64,8 +65,10 @@ class PlaceholderScanner:
         "_close",
         "_in_tag",
         "_max_size",
+        "_needle_numbers",
         "_needles",
         "_open",
+        "_pattern",
         "_pending",
         "_rawtext_end",
         "_state",
@@ -83,6 +86,8 @@ class PlaceholderScanner:
             *((b"<" + element, _RAWTEXT, True) for element in _RAWTEXT_ELEMENTS),
             (self._open, -1, True),
         )
+        self._pattern = _construct_pattern(tuple(needle for needle, _, _ in self._needles))
+        self._needle_numbers = {needle: i for i, (needle, _, _) in enumerate(self._needles)}
         self._pending = b""
         self._state = _TEXT
         self._rawtext_end = b""
@@ -120,9 +125,6 @@ class PlaceholderScanner:
         emitted = 0  # everything before this has been put in ``out``
         text_start = 0  # where the current run of plain text began, for ``_inside_tag``
         hold = n  # from here on, bytes go back to ``_pending``
-        # Next known position of each needle, so a page dense in tags is searched once per
-        # needle rather than once per construct.
-        nexts = [-2] * len(self._needles)
         while pos < n:
             if self._state == _COMMENT:
                 end = low.find(b"-->", pos)
@@ -149,7 +151,7 @@ class PlaceholderScanner:
                 self._state = _TEXT
                 self._in_tag = True
                 continue
-            found = self._next_construct(low, pos, n, nexts)
+            found = self._next_construct(low, pos, n)
             if found is None:
                 if not final:
                     # Hold a tail that may be the start of a needle cut by the chunk end.
@@ -203,37 +205,25 @@ class PlaceholderScanner:
             out.append(buf[emitted:hold])
         self._pending = buf[hold:] if hold < n else b""
 
-    def _next_construct(
-        self, low: bytes, pos: int, n: int, nexts: list[int]
-    ) -> tuple[int, int] | None:
+    def _next_construct(self, low: bytes, pos: int, n: int) -> tuple[int, int] | None:
         """Earliest needle at or after ``pos``: (index, needle number).
 
         An index below zero, ``-(index + 1)``, means a needle whose delimiter byte has not
         arrived yet."""
-        best = -1
-        best_number = -1
-        for number, (needle, _, delimited) in enumerate(self._needles):
-            at = nexts[number]
-            if at == -1:
-                continue
-            if at < pos:
-                at = low.find(needle, pos)
-                while at >= 0 and delimited:
-                    after = at + len(needle)
-                    if after >= n or low[after] in _TAG_DELIMITERS:
-                        break
-                    at = low.find(needle, at + 1)
-                nexts[number] = at
-                if at == -1:
-                    continue
-            if best == -1 or at < best:
-                best, best_number = at, number
-        if best == -1:
-            return None
-        needle, _, delimited = self._needles[best_number]
-        if delimited and best + len(needle) >= n:
-            return -best - 1, best_number
-        return best, best_number
+        search = self._pattern.search
+        while (match := search(low, pos)) is not None:
+            needle = match.group()
+            number = self._needle_numbers[needle]
+            index = match.start()
+            if number == 0:  # <!-- needs no delimiter
+                return index, 0
+            after = match.end()
+            if after == n:
+                return -index - 1, number
+            if low[after] in _TAG_DELIMITERS:
+                return index, number
+            pos = index + 1  # ``<scripts``, ``<rai-placeholderx``: not ours
+        return None
 
     def _could_start_needle(self, tail: bytes) -> bool:
         return any(needle.startswith(tail) for needle, _, _ in self._needles)
@@ -290,6 +280,16 @@ class PlaceholderScanner:
         if close_end < 0:
             return None
         return Placeholder(buf[index : close_end + 1], attributes, buf[tag_end:close_at], False)
+
+
+@functools.lru_cache(maxsize=16)
+def _construct_pattern(needles: tuple[bytes, ...]) -> re.Pattern[bytes]:
+    """All needles in one pass, searched on the lowered buffer. A plain alternation of
+    literals (no groups, no lookahead) keeps ``re``'s fast path that jumps from '<' to '<'
+    in C; which needle matched, and whether a delimiter follows, is checked in Python for
+    the few matches. Longest first, so that a tag name that begins like another wins."""
+    ordered = sorted((needle[1:] for needle in needles), key=len, reverse=True)
+    return re.compile(b"<(?:" + b"|".join(re.escape(name) for name in ordered) + b")")
 
 
 def scan(data: bytes, tag: str = "rai-placeholder", *, max_size: int = 64 * 1024) -> list[Item]:
