@@ -17,7 +17,7 @@ import httpx
 from ._config import Options, build_settings
 from ._endpoint import RefreshEndpoint
 from ._exceptions import ConfigurationError, TokenError
-from ._http import inspect_response, rewrite_headers
+from ._http import ResponseInfo, inspect_response, rewrite_headers
 from ._identity import Identity, default_identify, resolve_identity
 from ._page import CorruptBody, PageAuth, PageRewriter, has_placeholder, quick_matcher, state_nonce
 from ._store import TokenStore
@@ -199,6 +199,7 @@ class _PageResponder:
 
     __slots__ = (
         "_identity",
+        "_info",
         "_middleware",
         "_mode",
         "_rewriter",
@@ -221,6 +222,7 @@ class _PageResponder:
         self._mode = self._UNDECIDED
         self._start: Message | None = None
         self._rewriter: PageRewriter | None = None
+        self._info: ResponseInfo | None = None
         self._identity: Identity | None = _UNRESOLVED
 
     async def send(self, message: Message) -> None:
@@ -261,6 +263,12 @@ class _PageResponder:
             if info.skipped_encoding is not None:
                 self._middleware.warn_encoding(info.skipped_encoding)
             return
+        self._info = info
+        self._start = message
+        self._mode = self._HOLDING
+
+    def _new_rewriter(self, info: ResponseInfo) -> PageRewriter:
+        # Made only for a page that needs it: a whole page without a placeholder never does.
         middleware = self._middleware
         self._rewriter = PageRewriter(
             middleware.settings,
@@ -269,8 +277,7 @@ class _PageResponder:
             refresh_url=middleware.refresh_url(self._scope),
             state_nonce=state_nonce(self._scope.get("state")),
         )
-        self._start = message
-        self._mode = self._HOLDING
+        return self._rewriter
 
     async def finish(self) -> None:
         """After the app returned: release anything a truncated stream left with us."""
@@ -282,13 +289,14 @@ class _PageResponder:
     # -- bodies ----------------------------------------------------------------------
 
     async def _first_body(self, message: Message) -> None:
-        start, rewriter = self._start, self._rewriter
-        assert start is not None and rewriter is not None
+        start, info = self._start, self._info
+        assert start is not None and info is not None
         if not message.get("more_body", False):
-            await self._whole_body(start, rewriter, message)
+            await self._whole_body(start, info, message)
             return
         # A stream: headers must go before we know what later chunks hold.
         try:
+            rewriter = self._new_rewriter(info)
             out = await self._process(rewriter, message.get("body", b""), final=False)
             private = rewriter.token_used or (await self._visitor()) is not None
             headers = rewrite_headers(
@@ -308,13 +316,21 @@ class _PageResponder:
         if out:
             await self._send({"type": "http.response.body", "body": out, "more_body": True})
 
-    async def _whole_body(self, start: Message, rewriter: PageRewriter, message: Message) -> None:
+    async def _whole_body(self, start: Message, info: ResponseInfo, message: Message) -> None:
         """The whole body in one message: exact Content-Length, original headers if unchanged."""
         self._mode = self._DONE
+        quick_match = self._middleware._quick_match
+        body = message.get("body", b"")
+        if info.content_encoding is None and quick_match(body) is None:
+            # The common case, kept to one search: no placeholder, nothing to do.
+            await self._send(start)
+            await self._send(message)
+            return
         new_body: bytes | None = None
         try:
-            body = rewriter.decode(message.get("body", b""), final=True)
-            if self._middleware._quick_match(body) is not None:
+            rewriter = self._new_rewriter(info)
+            body = rewriter.decode(body, final=True)
+            if quick_match(body) is not None:
                 items = rewriter.scan(body, final=True)
                 if has_placeholder(items):
                     if rewriter.needs_auth(items):
@@ -403,5 +419,6 @@ def _may_be_page(start: Message) -> bool:
         start["headers"] = headers
     for name, value in headers:
         if len(name) == 12 and name.lower() == b"content-type":
-            return value.lstrip()[:21].lower().startswith(_PAGE_TYPES)
+            media_type: bytes = value.lstrip()[:21].lower()
+            return media_type.startswith(_PAGE_TYPES)
     return False

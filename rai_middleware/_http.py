@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -61,23 +62,33 @@ def inspect_response(status: int, headers: Iterable[tuple[bytes, bytes]]) -> Res
             csp = value.decode("latin-1")
     if content_type is None:
         return ResponseInfo(False)
-    media_type = content_type.split(b";", 1)[0].strip().lower()
-    if media_type not in _HTML_TYPES:
+    encoding = _page_encoding(content_type)
+    if encoding is None:
         return ResponseInfo(False)
     if content_encoding is not None and content_encoding not in _DECODABLE:
         return ResponseInfo(False, skipped_encoding=content_encoding)
-    encoding = "utf-8"
-    match = _CHARSET.search(content_type)
-    if match is not None:
-        try:
-            encoding = codecs.lookup(match.group(1).decode("latin-1")).name
-        except LookupError:
-            # Unknown to Python: read tag bytes as ASCII, write only ASCII (char refs).
-            encoding = "ascii"
-        if encoding.startswith(("utf-16", "utf-32")):
-            # Tags are not ASCII bytes in these; leave such pages alone.
-            return ResponseInfo(False)
     return ResponseInfo(True, encoding, csp, content_encoding)
+
+
+@functools.lru_cache(maxsize=64)
+def _page_encoding(content_type: bytes) -> str | None:
+    """The charset of an HTML Content-Type we can rewrite, or None if it is not one.
+
+    Sites send a handful of distinct values, so the answer is cached."""
+    media_type = content_type.split(b";", 1)[0].strip().lower()
+    if media_type not in _HTML_TYPES:
+        return None
+    match = _CHARSET.search(content_type)
+    if match is None:
+        return "utf-8"
+    try:
+        encoding = codecs.lookup(match.group(1).decode("latin-1")).name
+    except LookupError:
+        # Unknown to Python: read tag bytes as ASCII, write only ASCII (char refs).
+        return "ascii"
+    if encoding.startswith(("utf-16", "utf-32")):
+        return None  # tags are not ASCII bytes in these: leave such pages alone
+    return encoding
 
 
 def csp_nonce(policy: str | None) -> str | None:
