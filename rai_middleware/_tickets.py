@@ -8,26 +8,41 @@ than ``max_age``. The payload is the identity key alone: no identifiers, no secr
 from __future__ import annotations
 
 import hmac
+import threading
 
+from cachetools import TTLCache
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 __all__ = ["TicketSigner"]
 
 _SALT = "rai-middleware.refresh-ticket.v1"
+_REUSE_SECONDS = 60
 
 
 class TicketSigner:
-    __slots__ = ("_max_age", "_serializer")
+    __slots__ = ("_issued", "_lock", "_max_age", "_serializer")
 
     def __init__(self, secret: str, *, max_age: int) -> None:
         self._serializer = URLSafeTimedSerializer(secret, salt=_SALT)
         self._max_age = max_age
+        # Signing costs more than the rest of a page's bookkeeping, and a ticket is good for
+        # hours: one visitor's pages share a ticket for up to a minute.
+        self._issued: TTLCache[str, str] = TTLCache(
+            maxsize=10_000, ttl=min(_REUSE_SECONDS, max_age / 2)
+        )
+        self._lock = threading.Lock()  # the WSGI side calls from many threads
 
     def __repr__(self) -> str:
         return f"TicketSigner(max_age={self._max_age})"
 
     def issue(self, identity_key: str) -> str:
-        return self._serializer.dumps({"i": identity_key})
+        with self._lock:
+            ticket = self._issued.get(identity_key)
+        if ticket is None:
+            ticket = self._serializer.dumps({"i": identity_key})
+            with self._lock:
+                self._issued[identity_key] = ticket
+        return ticket
 
     def verify(self, ticket: str | None, identity_key: str) -> bool:
         """True if ``ticket`` is genuine, fresh, and was issued for ``identity_key``."""
