@@ -198,6 +198,7 @@ class _PageResponder:
     ``PageRewriter`` doing the work on candidate bodies."""
 
     __slots__ = (
+        "_held",
         "_identity",
         "_info",
         "_middleware",
@@ -214,6 +215,7 @@ class _PageResponder:
     _STREAMING = 2  # start sent, body passing through the rewriter
     _PASSTHROUGH = 3  # not ours: forward as is
     _DONE = 4  # the last body went out
+    _HELD_FIRST = 5  # the first body said more_body: held until the next message
 
     def __init__(self, middleware: ReturningAIMiddleware, scope: Scope, send: Send) -> None:
         self._middleware = middleware
@@ -223,6 +225,7 @@ class _PageResponder:
         self._start: Message | None = None
         self._rewriter: PageRewriter | None = None
         self._info: ResponseInfo | None = None
+        self._held: Message | None = None
         self._identity: Identity | None = _UNRESOLVED
 
     async def send(self, message: Message) -> None:
@@ -233,6 +236,8 @@ class _PageResponder:
                 await self._stream_body(message)
             elif mode == self._HOLDING:
                 await self._first_body(message)
+            elif mode == self._HELD_FIRST:
+                await self._second_body(message)
             elif mode == self._DONE and self._start is not None:
                 # Our stream ended early (a corrupt compressed body); nothing may follow.
                 return
@@ -250,6 +255,8 @@ class _PageResponder:
             self._mode = self._PASSTHROUGH
             assert self._start is not None
             await self._send(self._start)
+        elif mode == self._HELD_FIRST:
+            await self._start_stream()
         await self._send(message)
 
     def _on_start(self, message: Message) -> None:
@@ -281,6 +288,8 @@ class _PageResponder:
 
     async def finish(self) -> None:
         """After the app returned: release anything a truncated stream left with us."""
+        if self._mode == self._HELD_FIRST:
+            await self._start_stream()
         if self._mode == self._STREAMING:
             # The app ended without a final body message; the server will complain, but
             # every byte it gave us goes out first.
@@ -292,12 +301,32 @@ class _PageResponder:
         start, info = self._start, self._info
         assert start is not None and info is not None
         if not message.get("more_body", False):
-            await self._whole_body(start, info, message)
+            await self._whole_body(start, info, message.get("body", b""), [message])
             return
-        # A stream: headers must go before we know what later chunks hold.
+        # Django's ASGI handler and Quart send a whole page as its body then an empty last
+        # message: hold the first message until the next one tells which it is.
+        self._held = message
+        self._mode = self._HELD_FIRST
+
+    async def _second_body(self, message: Message) -> None:
+        held, start, info = self._held, self._start, self._info
+        assert held is not None and start is not None and info is not None
+        if not message.get("more_body", False):
+            self._held = None
+            body = bytes(held.get("body", b"")) + bytes(message.get("body", b""))
+            await self._whole_body(start, info, body, [held, message])
+            return
+        await self._start_stream()
+        await self._stream_body(message)
+
+    async def _start_stream(self) -> None:
+        """A stream: headers must go before we know what later chunks hold."""
+        held, start, info = self._held, self._start, self._info
+        assert held is not None and start is not None and info is not None
+        self._held = None
         try:
             rewriter = self._new_rewriter(info)
-            out = await self._process(rewriter, message.get("body", b""), final=False)
+            out = await self._process(rewriter, held.get("body", b""), final=False)
             private = rewriter.token_used or (await self._visitor()) is not None
             headers = rewrite_headers(
                 start.get("headers") or [],
@@ -309,22 +338,25 @@ class _PageResponder:
             logger.exception("rewriting the page failed; sending it unchanged")
             self._mode = self._PASSTHROUGH
             await self._send(start)
-            await self._send(message)
+            await self._send(held)
             return
         self._mode = self._STREAMING
         await self._send({**start, "headers": headers})
         if out:
             await self._send({"type": "http.response.body", "body": out, "more_body": True})
 
-    async def _whole_body(self, start: Message, info: ResponseInfo, message: Message) -> None:
-        """The whole body in one message: exact Content-Length, original headers if unchanged."""
+    async def _whole_body(
+        self, start: Message, info: ResponseInfo, body: bytes, originals: list[Message]
+    ) -> None:
+        """The whole body is known: exact Content-Length, and the app's own messages and
+        headers when nothing changes."""
         self._mode = self._DONE
         quick_match = self._middleware._quick_match
-        body = message.get("body", b"")
         if info.content_encoding is None and quick_match(body) is None:
             # The common case, kept to one search: no placeholder, nothing to do.
             await self._send(start)
-            await self._send(message)
+            for message in originals:
+                await self._send(message)
             return
         new_body: bytes | None = None
         try:
@@ -347,7 +379,8 @@ class _PageResponder:
             new_body = None
         if new_body is None:
             await self._send(start)
-            await self._send(message)
+            for message in originals:
+                await self._send(message)
             return
         await self._send({**start, "headers": headers})
         await self._send({"type": "http.response.body", "body": new_body})

@@ -62,7 +62,10 @@ async def test_streamed_page_equals_one_message_page(upstream: respx.MockRouter,
 async def test_streamed_page_drops_content_length_and_is_private_for_signed_in(
     upstream: respx.MockRouter,
 ) -> None:
-    app = html_app([b"<p>no placeholder in the first chunk</p>", PAGE], headers=[(b"etag", b"x")])
+    app = html_app(
+        [b"<p>no placeholder in the first chunk</p>", PAGE, b"<p>tail</p>"],
+        headers=[(b"etag", b"x")],
+    )
     headers = headers_of(await call_asgi(wrap(app), http_scope()))
     names = [name for name, _ in headers]
     assert b"content-length" not in names
@@ -74,10 +77,10 @@ async def test_streamed_page_drops_content_length_and_is_private_for_signed_in(
 async def test_streamed_page_for_anonymous_keeps_headers_but_content_length(
     upstream: respx.MockRouter,
 ) -> None:
-    app = html_app([b"<p>first</p>", b"<p>second</p>"], headers=[(b"etag", b"x")])
+    app = html_app([b"<p>first</p>", b"<p>second</p>", b"<p>third</p>"], headers=[(b"etag", b"x")])
     messages = await call_asgi(wrap(app, identify=lambda s: None), http_scope())
     assert headers_of(messages) == [(b"content-type", b"text/html; charset=utf-8"), (b"etag", b"x")]
-    assert body_of(messages) == b"<p>first</p><p>second</p>"
+    assert body_of(messages) == b"<p>first</p><p>second</p><p>third</p>"
 
 
 async def test_first_bytes_of_a_stream_leave_before_the_app_finishes(
@@ -95,6 +98,7 @@ async def test_first_bytes_of_a_stream_leave_before_the_app_finishes(
             }
         )
         await send({"type": "http.response.body", "body": b"<p>head</p>", "more_body": True})
+        await send({"type": "http.response.body", "body": b"<p>more</p>", "more_body": True})
         await release.wait()
         await send({"type": "http.response.body", "body": b"<p>tail</p>"})
 
@@ -106,14 +110,37 @@ async def test_first_bytes_of_a_stream_leave_before_the_app_finishes(
 
     task = asyncio.create_task(wrap(app)(http_scope(), receive, send))
     for _ in range(100):
-        if len(sent) >= 2:
+        if len(sent) >= 3:
             break
         await asyncio.sleep(0.001)
-    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
-    assert sent[1]["body"] == b"<p>head</p>"
+    # The first message waits for the second (is it a whole page sent in two?), no longer.
+    assert [m["type"] for m in sent] == [
+        "http.response.start",
+        "http.response.body",
+        "http.response.body",
+    ]
+    assert body_of(sent) == b"<p>head</p><p>more</p>"
     release.set()
     await task
-    assert body_of(sent) == b"<p>head</p><p>tail</p>"
+    assert body_of(sent) == b"<p>head</p><p>more</p><p>tail</p>"
+
+
+@pytest.mark.parametrize("page", [PAGE, b"<p>no placeholder</p>"])
+async def test_body_then_empty_last_message_is_handled_as_a_whole_page(
+    upstream: respx.MockRouter, page: bytes
+) -> None:
+    """Django's ASGI handler and Quart send a whole page as [body, more] + [b"", last]."""
+    app = html_app([page, b""], headers=[(b"etag", b'"v1"'), (b"cache-control", b"max-age=60")])
+    messages = await call_asgi(
+        wrap(app, identify=lambda s: {"data-customer-id": "c"}), http_scope()
+    )
+    body = body_of(messages)
+    lengths = [value for name, value in headers_of(messages) if name == b"content-length"]
+    assert lengths == [str(len(body)).encode()]
+    if page == PAGE:
+        assert b"embed-token" in body
+    else:
+        assert messages == await call_asgi(app, http_scope())  # untouched, message for message
 
 
 async def test_token_is_minted_once_per_response_and_never_without_placeholder(
