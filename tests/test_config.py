@@ -159,4 +159,4 @@ def test_public_names_are_exported() -> None:
 
 def test_unknown_option_is_a_configuration_error_listing_the_options() -> None:
     with pytest.raises(ConfigurationError, match=r"unknown option 'acess_key'.*access_key"):
-        ReturningAIMiddleware(app, **FULL, acess_key="typo")
+        ReturningAIMiddleware(app, **FULL, acess_key="typo")  # type: ignore[call-arg]
