@@ -66,7 +66,8 @@ async def _profile(case: str, requests: int, top: int, tree: bool) -> str:
         profiler.start()
         await wrapped.batch(requests)
         profiler.stop()
-        return header + profiler.output_text(unicode=True, color=False, show_all=False)
+        text: str = profiler.output_text(unicode=True, color=False, show_all=False)
+        return header + text
 
     profile = cProfile.Profile()
     profile.enable()
