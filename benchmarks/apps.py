@@ -175,9 +175,15 @@ def wrap(
     api_base_url: str,
     http_client: httpx.AsyncClient | None = None,
     clock: Callable[[], float] | None = None,
+    keep_warm: float = 0.0,
 ) -> ReturningAIMiddleware:
-    """``app`` behind ReturningAIMiddleware, the visitor read from ``x-bench-user``."""
-    options: dict[str, Any] = {}
+    """``app`` behind ReturningAIMiddleware, the visitor read from ``x-bench-user``.
+
+    With ``keep_warm``, tokens are renewed by the periodic check alone (``refresh_ahead=0``):
+    renewing on requests as well would only add calls."""
+    options: dict[str, Any] = {"keep_warm": keep_warm}
+    if keep_warm:
+        options["refresh_ahead"] = 0
     if clock is not None:
         options["clock"] = clock
     return ReturningAIMiddleware(

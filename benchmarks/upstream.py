@@ -38,6 +38,10 @@ WINDOW = TOKEN_LIFETIME - MIN_TOKEN_TTL
 #: that waited for a mint from one that did not, short enough to replay an hour quickly.
 SIM_LATENCY = 0.005
 SIM_START = 1_000.0
+#: The middleware's keep-warm check interval (``rai_middleware._tokens._WARM_INTERVAL``).
+WARM_INTERVAL = 5.0
+#: ``keep_warm=`` for the second replay of the hour: identities stay warm for an hour.
+KEEP_WARM = 3600.0
 
 
 @dataclass
@@ -99,21 +103,29 @@ class Hour:
     shortest_gap: float  # seconds between two calls for one identity (inf: never twice)
 
 
-async def _simulated_hour(plan: Plan) -> Hour:
+async def _simulated_hour(plan: Plan, keep_warm: float = 0.0) -> Hour:
     """Replay the schedule on the fake clock. The fake answers after ``SIM_LATENCY`` real
     seconds, so a request that waited for a mint is one that took that long while a call
     was made; a request that only started a background refresh (if the middleware does
-    that) returns at once."""
+    that) returns at once. With ``keep_warm``, the middleware's periodic check (every
+    ``WARM_INTERVAL`` seconds of its clock) is replayed on the fake clock too."""
     requests = schedule(plan)
     clock = FakeClock()
     fake = FakeReturningAI(token_lifetime=TOKEN_LIFETIME, latency=SIM_LATENCY)
     stamps: list[tuple[str, float]] = []  # (identity, simulated second) of each call
     async with fake.client() as http:
         app = wrap(
-            build_app(), api_base_url=FakeReturningAI.base_url, http_client=http, clock=clock
+            build_app(),
+            api_base_url=FakeReturningAI.base_url,
+            http_client=http,
+            clock=clock,
+            keep_warm=keep_warm,
         )
         waited = 0
+        grid = [SIM_START + WARM_INTERVAL]
         for at, user in requests:
+            if keep_warm:
+                await _replay_warm_checks(app, clock, grid, SIM_START + at)
             clock.now = SIM_START + at
             before = fake.calls
             started = time.perf_counter()
@@ -137,6 +149,19 @@ async def _simulated_hour(plan: Plan) -> Hour:
         users=len({user for _, user in requests}),
         shortest_gap=shortest,
     )
+
+
+async def _replay_warm_checks(app: Any, clock: FakeClock, grid: list[float], until: float) -> None:
+    """The keep-warm task's checks up to ``until``, on its fixed grid of the fake clock
+    (``grid[0]`` is the next check's time)."""
+    while grid[0] < until:
+        clock.now = grid[0]
+        if app.tokens.refresh_due():
+            # Let those mints land at this moment of the fake clock, as they would in the
+            # few milliseconds they take in real time.
+            while app.tokens._inflight:
+                await asyncio.sleep(SIM_LATENCY)
+        grid[0] += WARM_INTERVAL
 
 
 def _identity(body: dict[str, Any]) -> str:
@@ -191,6 +216,28 @@ async def measure(plan: Plan) -> list[Figure]:
             "count",
             UPSTREAM,
             detail=f"of {plan.sim_requests}; at least {hour.users} (each user's first page)",
+        ),
+    ]
+    warm = await _simulated_hour(plan, keep_warm=KEEP_WARM)
+    figures += [
+        Figure(
+            "4",
+            f"hour, keep_warm={KEEP_WARM:g} s: upstream calls",
+            warm.calls,
+            "count",
+            UPSTREAM,
+            Target("<=", bound),
+            detail=f"shortest gap between two calls for one identity: "
+            f"{warm.shortest_gap / 60:.1f} min",
+        ),
+        Figure(
+            "4",
+            f"hour, keep_warm={KEEP_WARM:g} s: requests that waited for a mint",
+            warm.waited,
+            "count",
+            UPSTREAM,
+            Target("<=", warm.users),
+            detail=f"of {plan.sim_requests}; each user's first page must wait, no other",
         ),
     ]
     return figures

@@ -122,6 +122,7 @@ class Options(TypedDict, total=False):
     timeout: float
     min_token_ttl: float
     refresh_ahead: float
+    keep_warm: float
     cache_maxsize: int
     ticket_max_age: int
     max_placeholder_size: int
@@ -164,6 +165,7 @@ class Settings:
     timeout: float = 3.0
     min_token_ttl: float = 300.0
     refresh_ahead: float = 120.0
+    keep_warm: float = 0.0
     default_token_lifetime: float = 900.0
     cache_maxsize: int = 10_000
     ticket_max_age: int = 12 * 60 * 60
@@ -214,6 +216,7 @@ class Settings:
         timeout: float = 3.0,
         min_token_ttl: float = 300.0,
         refresh_ahead: float = 120.0,
+        keep_warm: float = 0.0,
         cache_maxsize: int = 10_000,
         ticket_max_age: int = 12 * 60 * 60,
         max_placeholder_size: int = 64 * 1024,
@@ -276,6 +279,7 @@ class Settings:
             timeout=_positive("timeout", timeout),
             min_token_ttl=_non_negative("min_token_ttl", min_token_ttl),
             refresh_ahead=_non_negative("refresh_ahead", refresh_ahead),
+            keep_warm=_non_negative("keep_warm", keep_warm),
             cache_maxsize=_positive_int("cache_maxsize", cache_maxsize),
             ticket_max_age=_positive_int("ticket_max_age", ticket_max_age),
             max_placeholder_size=_positive_int("max_placeholder_size", max_placeholder_size),

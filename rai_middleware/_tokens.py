@@ -41,6 +41,8 @@ __all__ = ["EmbedToken", "TokenPolicy", "TokenService", "client_options"]
 
 logger = logging.getLogger("rai_middleware")
 
+# How often keep_warm looks for tokens about to stop being servable (seconds).
+_WARM_INTERVAL = 5.0
 # A token read from a shared store claiming to live longer than this is not believed.
 _MAX_STORED_LIFETIME = 24 * 60 * 60
 
@@ -169,6 +171,10 @@ class TokenService(TokenPolicy):
         self._store = store
         self._wall = wall_clock
         self._store_down_until = -math.inf
+        # keep_warm: identities seen lately (key -> identity, when last seen), and the task
+        # that refreshes their tokens before they stop being servable.
+        self._warm: LRUCache[str, tuple[Identity, float]] = LRUCache(settings.cache_maxsize)
+        self._warmer: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -178,6 +184,9 @@ class TokenService(TokenPolicy):
 
     async def aclose(self) -> None:
         """Cancel in-flight mints and close the client if this service created it."""
+        if self._warmer is not None:
+            self._warmer.cancel()
+            self._warmer = None
         for task in list(self._inflight.values()):
             task.cancel()
         self._inflight.clear()
@@ -207,6 +216,8 @@ class TokenService(TokenPolicy):
 
     async def get(self, identity: Identity) -> EmbedToken:
         """A token with at least ``min_token_ttl`` seconds to live. Raises ``TokenError``."""
+        if self._settings.keep_warm > 0:
+            self._seen(identity)
         token = self.cached(identity)
         if token is not None:
             # Refresh ahead of expiry, in the background: this request (and every one until
@@ -224,6 +235,42 @@ class TokenService(TokenPolicy):
             task = self._start_mint(identity)
         # Shielded: a waiter cancelled (client gone) must not cancel the mint for the others.
         return await asyncio.shield(task)
+
+    # -- keep warm -------------------------------------------------------------------
+
+    def _seen(self, identity: Identity) -> None:
+        self._warm[identity.key] = (identity, self._clock())
+        if self._warmer is None or self._warmer.done():
+            self._warmer = asyncio.get_running_loop().create_task(self._keep_warm())
+
+    async def _keep_warm(self) -> None:
+        while True:
+            await asyncio.sleep(_WARM_INTERVAL)
+            self.refresh_due()
+
+    def refresh_due(self) -> int:
+        """Start a background mint for every identity seen within ``keep_warm`` seconds
+        whose token would stop being servable before the next check. Runs every few
+        seconds on its own (``keep_warm`` > 0); returns how many mints it started."""
+        settings = self._settings
+        now = self._clock()
+        if now < self._open_until:
+            return 0
+        # Refresh while the old token is still servable, with room for a slow mint.
+        horizon = settings.min_token_ttl + 2 * _WARM_INTERVAL + settings.timeout
+        started = 0
+        for key, (identity, last_seen) in list(self._warm.items()):
+            if now - last_seen > settings.keep_warm:
+                del self._warm[key]  # gone quiet: let its token lapse
+                continue
+            token = self._cache.get(key)
+            if key in self._inflight or (token is not None and token.remaining(now) >= horizon):
+                continue
+            if token is None and last_seen < now - _WARM_INTERVAL:
+                continue  # nothing to keep warm: its last mint failed, the next page retries
+            self._start_mint(identity)
+            started += 1
+        return started
 
     def _start_mint(self, identity: Identity) -> asyncio.Task[EmbedToken]:
         task = asyncio.get_running_loop().create_task(self._mint(identity))

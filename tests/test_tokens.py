@@ -261,3 +261,42 @@ def test_sync_service_refreshes_ahead_in_a_thread() -> None:
     assert service.get(user(1)).value == "t2"
     assert len(calls) == 2
     client.close()
+
+
+@pytest.mark.anyio
+async def test_keep_warm_refreshes_active_identities_before_their_token_lapses(
+    upstream: respx.MockRouter,
+) -> None:
+    now = [0.0]
+    service = TokenService(settings(keep_warm=900, refresh_ahead=0), clock=lambda: now[0])
+    first = await service.get(user(1))
+    now[0] = 100.0
+    assert service.refresh_due() == 0  # 800 s left: nothing to do
+    now[0] = 590.0  # 310 s left: within the horizon, the token would lapse before long
+    assert service.refresh_due() == 1
+    assert service.refresh_due() == 0  # already in flight: not twice
+    await asyncio.sleep(0.01)
+    second = await service.get(user(1))  # no wait: the fresh token is there
+    assert (first.value, second.value) == ("tok-1", "tok-2")
+    assert upstream["token"].call_count == 2
+    now[0] = 590.0 + 901  # quiet for longer than keep_warm: its token is let go
+    assert service.refresh_due() == 0
+    assert upstream["token"].call_count == 2
+    await service.aclose()
+
+
+@pytest.mark.anyio
+async def test_keep_warm_off_by_default_and_its_task_stops_on_aclose(
+    upstream: respx.MockRouter,
+) -> None:
+    service = TokenService(settings())
+    await service.get(user(1))
+    assert service._warmer is None
+    warm = TokenService(settings(keep_warm=60))
+    await warm.get(user(1))
+    task = warm._warmer
+    assert task is not None and not task.done()
+    await warm.aclose()
+    await asyncio.sleep(0)
+    assert task.cancelled()
+    await service.aclose()
