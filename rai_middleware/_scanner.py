@@ -38,6 +38,8 @@ _RAWTEXT = 2
 _TAG_DELIMITERS = frozenset(b" \t\n\r\f/>")
 _QUOTE_OR_END = re.compile(rb"[>\"']")
 _RAWTEXT_ELEMENTS = (b"script", b"style", b"textarea")
+# Bytes scanned at a time (see ``feed``).
+_WINDOW = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,12 +104,22 @@ class PlaceholderScanner:
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Item]:
         """Scan the next chunk; return what can be released now, in order."""
+        out: list[Item] = []
+        if len(data) <= _WINDOW:
+            self._feed_window(data, out)
+        else:
+            # A big chunk is scanned a window at a time, so that the lowered copy and the
+            # pieces it is cut into stay small whatever the app sends at once.
+            view = memoryview(data)
+            for start in range(0, len(view), _WINDOW):
+                self._feed_window(view[start : start + _WINDOW], out)
+        return out
+
+    def _feed_window(self, data: bytes | bytearray | memoryview, out: list[Item]) -> None:
         buf = self._pending + data if self._pending else bytes(data)
         self._pending = b""
-        out: list[Item] = []
         if buf:
             self._scan(buf, out, final=False)
-        return out
 
     def close(self) -> list[Item]:
         """End of the body: release everything still held (an unfinished placeholder

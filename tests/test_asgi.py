@@ -233,6 +233,10 @@ async def test_page_without_placeholder_is_byte_identical_with_its_headers(
         (404, b"text/html", []),
         (500, b"text/html", []),
         (304, b"text/html", []),
+        (204, b"text/html", []),
+        (206, b"text/html", [(b"content-range", b"bytes 0-9/100")]),
+        (301, b"text/html", [(b"location", b"/elsewhere")]),
+        (101, b"text/html", []),
         (200, b"image/png", []),
         (200, b"text/html", [(b"content-encoding", b"br")]),
         (200, b"text/html", [(b"content-disposition", b"attachment; filename=a.html")]),
@@ -254,6 +258,13 @@ async def test_head_request_passes_through_and_mints_nothing(upstream: respx.Moc
     bare = await call_asgi(app, http_scope(method="HEAD"))
     wrapped = await call_asgi(wrap(app), http_scope(method="HEAD"))
     assert wrapped == bare
+    assert upstream["token"].call_count == 0
+
+
+async def test_range_request_answered_with_206_is_untouched(upstream: respx.MockRouter) -> None:
+    app = html_app(PAGE[:40], status=206, headers=[(b"content-range", b"bytes 0-39/500")])
+    scope = http_scope(headers=[(b"host", b"testserver"), (b"range", b"bytes=0-39")])
+    assert await call_asgi(wrap(app), scope) == await call_asgi(app, scope)
     assert upstream["token"].call_count == 0
 
 
