@@ -14,7 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-__all__ = ["StoreError", "StoredToken", "TokenStore"]
+__all__ = ["STORE_POLL", "StoreError", "StoredToken", "SyncTokenStore", "TokenStore"]
+
+#: How often a process waiting for another's mint looks in the shared store (seconds).
+STORE_POLL = 0.05
 
 
 class StoreError(Exception):
@@ -45,3 +48,18 @@ class TokenStore(Protocol):
 
     async def aclose(self) -> None:
         """Release connections."""
+
+
+@runtime_checkable
+class SyncTokenStore(Protocol):
+    """The same, for the WSGI side (threads)."""
+
+    def load(self, key: str) -> StoredToken | None: ...
+
+    def save(self, key: str, token: StoredToken) -> None: ...
+
+    def acquire(self, key: str, lease: float) -> str | None: ...
+
+    def release(self, key: str, owner: str) -> None: ...
+
+    def close(self) -> None: ...

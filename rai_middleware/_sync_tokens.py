@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -11,10 +12,13 @@ import httpx
 from ._config import Settings
 from ._exceptions import TokenError
 from ._identity import Identity
+from ._store import STORE_POLL, StoreError, SyncTokenStore
 from ._tokens import EmbedToken, TokenPolicy, client_options, transport_error
 from ._upstream import read_token, token_request
 
 __all__ = ["SyncTokenService"]
+
+logger = logging.getLogger("rai_middleware")
 
 
 class _Flight:
@@ -37,8 +41,11 @@ class SyncTokenService(TokenPolicy):
         *,
         http_client: httpx.Client | None = None,
         clock: Callable[[], float] = time.monotonic,
+        store: SyncTokenStore | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        super().__init__(settings, clock=clock)
+        super().__init__(settings, clock=clock, wall_clock=wall_clock)
+        self._store = store
         self._client = http_client
         self._owns_client = http_client is None
         # Guards the cache, the breaker and the in-flight map; never held during I/O.
@@ -50,11 +57,16 @@ class SyncTokenService(TokenPolicy):
         return self._client
 
     def close(self) -> None:
-        """Close the client if this service created it."""
+        """Close the client if this service created it, and the store."""
         with self._lock:
             client, self._client = self._client, None
         if self._owns_client and client is not None:
             client.close()
+        if self._store is not None:
+            try:
+                self._store.close()
+            except Exception:  # closing must not fail a shutdown
+                logger.warning("closing the token store failed", exc_info=True)
 
     def get(self, identity: Identity) -> EmbedToken:
         """A token with at least ``min_token_ttl`` seconds to live. Raises ``TokenError``."""
@@ -112,6 +124,52 @@ class SyncTokenService(TokenPolicy):
             flight.done.set()
 
     def _mint(self, identity: Identity) -> EmbedToken:
+        """One mint for this process; with a shared store, one for all processes."""
+        with self._lock:
+            store = self._store if self._store_in_use() else None
+        if store is None:
+            return self._mint_upstream(identity)
+        owner: str | None = None
+        try:
+            token = self._from_store(store, identity)
+            if token is not None:
+                return token
+            owner = store.acquire(identity.key, self._settings.timeout + 1.0)
+            if owner is None:
+                # Another process is minting: wait for its token, as long as a mint may take.
+                deadline = self._clock() + self._settings.timeout
+                while self._clock() < deadline:
+                    time.sleep(STORE_POLL)
+                    token = self._from_store(store, identity)
+                    if token is not None:
+                        return token
+        except StoreError as exc:
+            with self._lock:
+                self._store_failed(exc)
+            store = None
+        try:
+            token = self._mint_upstream(identity)
+            if store is not None:
+                try:
+                    store.save(identity.key, self._stored(token))
+                except StoreError as exc:
+                    with self._lock:
+                        self._store_failed(exc)
+            return token
+        finally:
+            if store is not None and owner is not None:
+                try:
+                    store.release(identity.key, owner)
+                except StoreError as exc:
+                    with self._lock:
+                        self._store_failed(exc)
+
+    def _from_store(self, store: SyncTokenStore, identity: Identity) -> EmbedToken | None:
+        stored = store.load(identity.key)
+        with self._lock:
+            return self._adopt(identity, stored)
+
+    def _mint_upstream(self, identity: Identity) -> EmbedToken:
         settings = self._settings
         with self._lock:
             self.mint_count += 1

@@ -34,7 +34,7 @@ from cachetools import LRUCache
 from ._config import Settings
 from ._exceptions import TokenError
 from ._identity import Identity
-from ._store import StoredToken, StoreError, TokenStore
+from ._store import STORE_POLL, StoredToken, StoreError, TokenStore
 from ._upstream import plausible_token, read_token, token_request
 
 __all__ = ["EmbedToken", "TokenPolicy", "TokenService", "client_options"]
@@ -73,9 +73,17 @@ def client_options(settings: Settings) -> dict[str, Any]:
 class TokenPolicy:
     """The cache and the rules, shared by the async and the sync service."""
 
-    def __init__(self, settings: Settings, *, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Callable[[], float],
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
         self._settings = settings
         self._clock = clock
+        self._wall = wall_clock
+        self._store_down_until = -math.inf
         self._cache: LRUCache[str, EmbedToken] = LRUCache(maxsize=settings.cache_maxsize)
         self._consecutive_failures = 0
         self._open_until = -math.inf
@@ -125,6 +133,34 @@ class TokenPolicy:
         self._consecutive_failures = 0
         return token
 
+    # -- shared store ----------------------------------------------------------------
+
+    def _store_in_use(self) -> bool:
+        return self._clock() >= self._store_down_until
+
+    def _adopt(self, identity: Identity, stored: StoredToken | None) -> EmbedToken | None:
+        """A token read from the shared store, if it is believable and still servable."""
+        if stored is None or not plausible_token(stored.value):
+            return None
+        # Wall-clock expiry from the store, kept locally on our monotonic clock.
+        remaining = stored.expires_at - self._wall()
+        if not self._settings.min_token_ttl <= remaining <= _MAX_STORED_LIFETIME:
+            return None  # too old, or an expiry nobody could have been given: not trusted
+        token = EmbedToken(stored.value, self._clock() + remaining)
+        self._cache[identity.key] = token
+        return token
+
+    def _stored(self, token: EmbedToken) -> StoredToken:
+        return StoredToken(token.value, self._wall() + token.remaining(self._clock()))
+
+    def _store_failed(self, exc: StoreError) -> None:
+        """Mint per process for a cool-down, and say so once, not once per request."""
+        cooldown = self._settings.failure_cooldown
+        self._store_down_until = self._clock() + cooldown
+        logger.warning(
+            "the shared token store failed (%s); minting per process for %.0f s", exc, cooldown
+        )
+
     def _failed(self, exc: TokenError) -> None:
         self._consecutive_failures += 1
         settings = self._settings
@@ -163,14 +199,12 @@ class TokenService(TokenPolicy):
         store: TokenStore | None = None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        super().__init__(settings, clock=clock)
+        super().__init__(settings, clock=clock, wall_clock=wall_clock)
         self._client = http_client
         self._owns_client = http_client is None
         self._client_loop: asyncio.AbstractEventLoop | None = None
         self._inflight: dict[str, asyncio.Task[EmbedToken]] = {}
         self._store = store
-        self._wall = wall_clock
-        self._store_down_until = -math.inf
         # keep_warm: identities seen lately (key -> identity, when last seen), and the task
         # that refreshes their tokens before they stop being servable.
         self._warm: LRUCache[str, tuple[Identity, float]] = LRUCache(settings.cache_maxsize)
@@ -285,7 +319,7 @@ class TokenService(TokenPolicy):
             task.exception()  # retrieved, so that a mint nobody awaits logs nothing extra
 
     async def _mint(self, identity: Identity) -> EmbedToken:
-        store = self._store if self._clock() >= self._store_down_until else None
+        store = self._store if self._store_in_use() else None
         if store is None:
             return await self._mint_upstream(identity)
         owner: str | None = None
@@ -315,40 +349,22 @@ class TokenService(TokenPolicy):
                     self._store_failed(exc)
 
     async def _from_store(self, store: TokenStore, identity: Identity) -> EmbedToken | None:
-        stored = await store.load(identity.key)
-        if stored is None or not plausible_token(stored.value):
-            return None
-        # Wall-clock expiry from the store, kept locally on our monotonic clock.
-        remaining = stored.expires_at - self._wall()
-        if not self._settings.min_token_ttl <= remaining <= _MAX_STORED_LIFETIME:
-            return None  # too old, or an expiry nobody could have been given: not trusted
-        token = EmbedToken(stored.value, self._clock() + remaining)
-        self._cache[identity.key] = token
-        return token
+        return self._adopt(identity, await store.load(identity.key))
 
     async def _wait_for_store(self, store: TokenStore, identity: Identity) -> EmbedToken | None:
         deadline = self._clock() + self._settings.timeout
         while self._clock() < deadline:
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(STORE_POLL)
             token = await self._from_store(store, identity)
             if token is not None:
                 return token
         return None
 
     async def _to_store(self, store: TokenStore, identity: Identity, token: EmbedToken) -> None:
-        expires_at = self._wall() + token.remaining(self._clock())
         try:
-            await store.save(identity.key, StoredToken(token.value, expires_at))
+            await store.save(identity.key, self._stored(token))
         except StoreError as exc:
             self._store_failed(exc)
-
-    def _store_failed(self, exc: StoreError) -> None:
-        """Mint per process for a cool-down, and say so once, not once per request."""
-        cooldown = self._settings.failure_cooldown
-        self._store_down_until = self._clock() + cooldown
-        logger.warning(
-            "the shared token store failed (%s); minting per process for %.0f s", exc, cooldown
-        )
 
     async def _mint_upstream(self, identity: Identity) -> EmbedToken:
         self.mint_count += 1

@@ -8,6 +8,7 @@ shared services.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 import time
@@ -30,13 +31,14 @@ from ._exceptions import ConfigurationError, TokenError
 from ._http import inspect_response, rewrite_headers
 from ._identity import Identity, resolve_identity_sync
 from ._page import CorruptBody, PageAuth, PageRewriter, has_placeholder, quick_matcher
+from ._store import SyncTokenStore
 from ._sync_tokens import SyncTokenService
 from ._tickets import TicketSigner
 
 if TYPE_CHECKING:  # Unpack is in typing from 3.11; annotations are never evaluated here
     from typing_extensions import Unpack
 
-__all__ = ["ReturningAIWSGIMiddleware", "default_wsgi_identify"]
+__all__ = ["ReturningAIWSGIMiddleware", "default_wsgi_identify", "option_names"]
 
 logger = logging.getLogger("rai_middleware")
 
@@ -53,6 +55,15 @@ class StartResponse(Protocol):
 
 
 WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
+
+
+def option_names() -> frozenset[str]:
+    """Every keyword ``ReturningAIWSGIMiddleware`` takes: the shared options and its own
+    (``identify``, ``http_client``, ``token_store``, ``clock``). The Django and Flask
+    adapters accept exactly these, so a new option works there at once."""
+    parameters = inspect.signature(ReturningAIWSGIMiddleware.__init__).parameters
+    own = {name for name, p in parameters.items() if p.kind is p.KEYWORD_ONLY}
+    return frozenset(own | Options.__optional_keys__)
 
 
 def default_wsgi_identify(environ: Environ) -> dict[str, str] | None:
@@ -72,8 +83,9 @@ class ReturningAIWSGIMiddleware:
         self,
         app: WSGIApp,
         *,
-        identify: Callable[[Environ], Mapping[str, str] | None] | None = None,
+        identify: Callable[[Any], Mapping[str, str] | None] | None = None,
         http_client: httpx.Client | None = None,
+        token_store: SyncTokenStore | None = None,
         clock: Callable[[], float] = time.monotonic,
         **options: Unpack[Options],
     ) -> None:
@@ -84,7 +96,14 @@ class ReturningAIWSGIMiddleware:
         self.app = app
         self.settings = build_settings(options)
         self.identify = identify or default_wsgi_identify
-        self.tokens = SyncTokenService(self.settings, http_client=http_client, clock=clock)
+        if token_store is not None and not isinstance(token_store, SyncTokenStore):
+            raise ConfigurationError(
+                "token_store must be a synchronous token store such as "
+                "rai_middleware.redis.SyncRedisTokenStore"
+            )
+        self.tokens = SyncTokenService(
+            self.settings, http_client=http_client, clock=clock, store=token_store
+        )
         self.tickets = TicketSigner(
             self.settings.secret_key.reveal(), max_age=self.settings.ticket_max_age
         )

@@ -25,7 +25,6 @@ only; all per-response state lives in local variables and in the iterators it bu
 from __future__ import annotations
 
 import importlib
-import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any, cast
@@ -35,14 +34,13 @@ from django.conf import settings as django_settings
 from django.http import HttpResponse
 from django.utils.module_loading import import_string
 
-from ._config import Options
 from ._endpoint import Reply
 from ._exceptions import ConfigurationError
 from ._http import ResponseInfo, inspect_response, rewrite_headers
 from ._identity import Identity
 from ._page import CorruptBody, PageAuth, PageRewriter, has_placeholder, quick_matcher
 from ._scanner import Item
-from ._wsgi import Environ, ReturningAIWSGIMiddleware
+from ._wsgi import Environ, ReturningAIWSGIMiddleware, option_names
 
 __all__ = ["ReturningAIMiddleware", "default_identify"]
 
@@ -71,18 +69,8 @@ GetResponse = Callable[[Request], Any]
 _IdentifyFn = Callable[[Environ], "Mapping[str, str] | None"]
 
 
-def _option_names() -> frozenset[str]:
-    """Every keyword the WSGI core takes (its shared options and its own, such as
-    ``identify``, ``http_client`` and ``clock``): new ones work here at once."""
-    parameters = inspect.signature(ReturningAIWSGIMiddleware.__init__).parameters
-    own = {
-        name for name, parameter in parameters.items() if parameter.kind is parameter.KEYWORD_ONLY
-    }
-    return frozenset(own | Options.__optional_keys__)
-
-
 #: The keys ``RETURNING_AI`` may have.
-OPTION_NAMES = _option_names()
+OPTION_NAMES = option_names()
 
 
 def default_identify(request: Request) -> dict[str, str] | None:

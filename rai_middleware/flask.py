@@ -18,7 +18,6 @@ refresh endpoint's answers are the WSGI middleware's core (``identify_visitor``,
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -27,13 +26,12 @@ from typing import Any, cast
 from flask import Flask, Response, current_app, g, request
 from werkzeug.utils import import_string
 
-from ._config import Options
 from ._endpoint import Reply
 from ._exceptions import ConfigurationError
 from ._http import ResponseInfo, inspect_response, rewrite_headers
 from ._identity import Identity
 from ._page import CorruptBody, PageAuth, PageRewriter, has_placeholder, quick_matcher
-from ._wsgi import Environ, ReturningAIWSGIMiddleware, default_wsgi_identify
+from ._wsgi import Environ, ReturningAIWSGIMiddleware, default_wsgi_identify, option_names
 
 __all__ = ["ReturningAI", "config_key", "default_identify"]
 
@@ -43,18 +41,8 @@ logger = logging.getLogger("rai_middleware")
 EXTENSION = "rai_middleware"
 
 
-def _option_names() -> frozenset[str]:
-    """Every keyword the WSGI core takes (its shared options and its own, such as
-    ``identify``, ``http_client`` and ``clock``): new ones work here at once."""
-    parameters = inspect.signature(ReturningAIWSGIMiddleware.__init__).parameters
-    own = {
-        name for name, parameter in parameters.items() if parameter.kind is parameter.KEYWORD_ONLY
-    }
-    return frozenset(own | Options.__optional_keys__)
-
-
 #: Every option, by keyword; each is also an ``app.config`` key (see :func:`config_key`).
-OPTION_NAMES = _option_names()
+OPTION_NAMES = option_names()
 
 IdentifyCallable = Callable[[Any], "Mapping[str, str] | None"]
 

@@ -23,12 +23,12 @@ import json
 import math
 import secrets
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from ._store import StoredToken, StoreError
 
-__all__ = ["RedisTokenStore"]
+__all__ = ["RedisTokenStore", "SyncRedisTokenStore"]
 
 T = TypeVar("T")
 
@@ -85,23 +85,19 @@ class RedisTokenStore:
             raise StoreError(f"Redis failed: {type(exc).__name__}") from None
 
     async def load(self, key: str) -> StoredToken | None:
-        raw = await self._run(self._client.get(self._prefix + "tok:" + key))
-        return _parse(raw)
+        return _parse(await self._run(self._client.get(self._prefix + "tok:" + key)))
 
     async def save(self, key: str, token: StoredToken) -> None:
-        ttl_ms = int((token.expires_at - time.time()) * 1000)
-        if ttl_ms <= 0:
-            return
-        value = json.dumps({"t": token.value, "exp": token.expires_at}, separators=(",", ":"))
-        await self._run(self._client.set(self._prefix + "tok:" + key, value, px=ttl_ms))
+        ttl_ms = _ttl_ms(token)
+        if ttl_ms > 0:
+            await self._run(
+                self._client.set(self._prefix + "tok:" + key, _serialize(token), px=ttl_ms)
+            )
 
     async def acquire(self, key: str, lease: float) -> str | None:
         owner = secrets.token_hex(16)
-        taken = await self._run(
-            self._client.set(
-                self._prefix + "lock:" + key, owner, nx=True, px=max(1, int(lease * 1000))
-            )
-        )
+        lock = self._prefix + "lock:" + key
+        taken = await self._run(self._client.set(lock, owner, nx=True, px=_lease_ms(lease)))
         return owner if taken else None
 
     async def release(self, key: str, owner: str) -> None:
@@ -110,6 +106,78 @@ class RedisTokenStore:
     async def aclose(self) -> None:
         if self._owns_client:
             await self._client.aclose()
+
+
+class SyncRedisTokenStore:
+    """The same store for ``ReturningAIWSGIMiddleware`` and the Django and Flask adapters,
+    on redis-py's synchronous client (thread-safe through its connection pool)."""
+
+    def __init__(
+        self, url_or_client: str | Any, *, prefix: str = "rai:", op_timeout: float = 0.5
+    ) -> None:
+        try:
+            import redis as syncredis
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise ImportError(
+                "SyncRedisTokenStore needs redis-py: pip install 'rai-middleware[redis]'"
+            ) from exc
+        if isinstance(url_or_client, str):
+            # The socket timeouts bound every command: the sync client has no wait_for.
+            self._client = syncredis.Redis.from_url(
+                url_or_client, socket_timeout=op_timeout, socket_connect_timeout=op_timeout
+            )
+            self._owns_client = True
+        else:
+            self._client = url_or_client
+            self._owns_client = False
+        if not isinstance(prefix, str):
+            raise TypeError("prefix must be a string")
+        self._prefix = prefix
+
+    def __repr__(self) -> str:
+        return f"SyncRedisTokenStore(prefix={self._prefix!r})"
+
+    def _run(self, operation: Callable[[], T]) -> T:
+        try:
+            return operation()
+        except Exception as exc:  # redis.RedisError (timeouts included), OSError, ...
+            raise StoreError(f"Redis failed: {type(exc).__name__}") from None
+
+    def load(self, key: str) -> StoredToken | None:
+        return _parse(self._run(lambda: self._client.get(self._prefix + "tok:" + key)))
+
+    def save(self, key: str, token: StoredToken) -> None:
+        ttl_ms = _ttl_ms(token)
+        if ttl_ms > 0:
+            name, value = self._prefix + "tok:" + key, _serialize(token)
+            self._run(lambda: self._client.set(name, value, px=ttl_ms))
+
+    def acquire(self, key: str, lease: float) -> str | None:
+        owner = secrets.token_hex(16)
+        lock = self._prefix + "lock:" + key
+        taken = self._run(lambda: self._client.set(lock, owner, nx=True, px=_lease_ms(lease)))
+        return owner if taken else None
+
+    def release(self, key: str, owner: str) -> None:
+        lock = self._prefix + "lock:" + key
+        self._run(lambda: self._client.eval(_RELEASE, 1, lock, owner))
+
+    def close(self) -> None:
+        if self._owns_client:
+            self._client.close()
+
+
+def _serialize(token: StoredToken) -> str:
+    return json.dumps({"t": token.value, "exp": token.expires_at}, separators=(",", ":"))
+
+
+def _ttl_ms(token: StoredToken) -> int:
+    """Milliseconds until the token expires: the Redis TTL that makes it vanish on time."""
+    return int((token.expires_at - time.time()) * 1000)
+
+
+def _lease_ms(lease: float) -> int:
+    return max(1, int(lease * 1000))
 
 
 def _parse(raw: object) -> StoredToken | None:

@@ -315,3 +315,76 @@ def _identity_key(middleware: ReturningAIMiddleware, user: str) -> str:
 
     secret = middleware.settings.secret_key.reveal().encode()
     return Identity.create({"data-customer-id": user}, secret).key
+
+
+def _wsgi_site(api_base_url: str, redis_url: str, **options: Any) -> Any:
+    from rai_middleware import ReturningAIWSGIMiddleware
+    from rai_middleware.redis import SyncRedisTokenStore
+    from tests.test_wsgi import wsgi_page
+
+    options.setdefault(
+        "identify", lambda environ: {"data-customer-id": environ["PATH_INFO"].strip("/")}
+    )
+    return ReturningAIWSGIMiddleware(
+        wsgi_page(PAGE),
+        community_id="c",
+        access_id="demo-access-id",
+        access_key="demo-access-key",
+        secret_key="shared-secret-for-every-process",
+        api_base_url=api_base_url,
+        token_store=SyncRedisTokenStore(redis_url, prefix="test:"),
+        **options,
+    )
+
+
+def test_wsgi_instances_share_one_mint_per_user(
+    fresh_redis: RedisServer, upstream: tuple[FakeReturningAI, str]
+) -> None:
+    import threading
+
+    from tests.test_wsgi import call
+
+    fake, url = upstream
+    sites = [_wsgi_site(url, fresh_redis.url) for _ in range(4)]  # four "processes"
+    barrier = threading.Barrier(12)
+    bodies: dict[str, set[bytes]] = {}
+    lock = threading.Lock()
+
+    def serve(site: Any, user: str) -> None:
+        barrier.wait()
+        body = call(site, f"/{user}")[2]
+        with lock:
+            bodies.setdefault(user, set()).add(body)
+
+    threads = [
+        threading.Thread(target=serve, args=(site, user))
+        for site in sites[:4]
+        for user in ("ann", "ben", "cat")
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    for site in sites:
+        site.close()
+    assert fake.calls == 3
+    assert {user: len(found) for user, found in bodies.items()} == {"ann": 1, "ben": 1, "cat": 1}
+    assert all(b"embed-token" in body for found in bodies.values() for body in found)
+
+
+def test_wsgi_redis_down_pages_still_served(
+    fresh_redis: RedisServer,
+    upstream: tuple[FakeReturningAI, str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from tests.test_wsgi import call
+
+    fake, url = upstream
+    site = _wsgi_site(url, fresh_redis.url)
+    fresh_redis.stop()
+    with caplog.at_level("WARNING", logger="rai_middleware"):
+        bodies = [call(site, f"/u{n}")[2] for n in range(3)]
+    site.close()
+    assert all(b"embed-token" in body for body in bodies)
+    assert fake.calls == 3
+    assert sum("shared token store failed" in r.getMessage() for r in caplog.records) == 1
