@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from starlette.applications import Starlette
@@ -29,6 +29,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from rai_middleware import ReturningAIMiddleware
 
 from .pages import CHUNK_SIZE, generate_page, page_context, render_page, static_page
+
+if TYPE_CHECKING:
+    from rai_middleware._store import TokenStore
 
 __all__ = [
     "ACCESS_ID",
@@ -176,16 +179,23 @@ def wrap(
     http_client: httpx.AsyncClient | None = None,
     clock: Callable[[], float] | None = None,
     keep_warm: float = 0.0,
+    token_store: TokenStore | None = None,
+    secret_key: str | None = None,
 ) -> ReturningAIMiddleware:
     """``app`` behind ReturningAIMiddleware, the visitor read from ``x-bench-user``.
 
     With ``keep_warm``, tokens are renewed by the periodic check alone (``refresh_ahead=0``):
-    renewing on requests as well would only add calls."""
+    renewing on requests as well would only add calls. Instances that share a
+    ``token_store`` need the same ``secret_key``: it keys the identities in the store."""
     options: dict[str, Any] = {"keep_warm": keep_warm}
     if keep_warm:
         options["refresh_ahead"] = 0
     if clock is not None:
         options["clock"] = clock
+    if token_store is not None:
+        options["token_store"] = token_store
+    if secret_key is not None:
+        options["secret_key"] = secret_key
     return ReturningAIMiddleware(
         app,
         community_id=COMMUNITY_ID,

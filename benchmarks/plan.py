@@ -25,6 +25,9 @@ class Plan:
     sim_users: int = 100
     sim_requests: int = 1000
     sim_minutes: float = 60.0
+    #: Shared-store case (5): worker processes, and the users each of them serves at once.
+    store_processes: int = 4
+    store_users: int = 20
 
 
 FULL = Plan(
@@ -46,4 +49,6 @@ QUICK = Plan(
     burst=10,
     sim_users=10,
     sim_requests=100,
+    store_processes=2,
+    store_users=5,
 )

@@ -17,6 +17,7 @@ __all__ = [
     "SCAN",
     "SERVER",
     "SERVER_CALLS",
+    "SHARED_STORE",
     "UPSTREAM",
     "Figure",
     "Panel",
@@ -27,7 +28,8 @@ __all__ = [
     "write_atomically",
 ]
 
-Status = Literal["pass", "miss", "info"]
+Status = Literal["pass", "miss", "info", "skipped"]
+Unit = Literal["ratio", "count", "µs"]
 
 
 @dataclass(frozen=True)
@@ -66,20 +68,26 @@ class Figure:
     """One measured ratio or count, with what it is compared to.
 
     ``detail`` holds absolute times and other context: printed for information only.
+    A figure in µs (case 5) is for information only too: it never has a target.
+    ``skipped``: the case could not be measured here (a missing optional dependency);
+    ``value`` is NaN and ``detail`` says why.
     """
 
     case: str
     name: str
     value: float
-    unit: Literal["ratio", "count"]
+    unit: Unit
     panel: Panel
     target: Target | None = None
     detail: str = ""
     #: Raw per-round values and the like, kept in the JSON only.
     extra: dict[str, list[float] | float] = field(default_factory=dict)
+    skipped: bool = False
 
     @property
     def status(self) -> Status:
+        if self.skipped:
+            return "skipped"
         if self.target is None:
             return "info"
         return "pass" if self.target.met(self.value) else "miss"
@@ -92,6 +100,7 @@ SCAN = Panel("2. Speed as a fraction of one bytes.find pass (higher is better)")
 SERVER = Panel("3. Real server on loopback: ratios between the three variants")
 SERVER_CALLS = Panel("3. Upstream calls during the server case", bars=False)
 UPSTREAM = Panel("4. Upstream calls", bars=False)
+SHARED_STORE = Panel("5. Shared token store on Redis: hit times and upstream calls", bars=False)
 
 
 def _number(value: float) -> str:
@@ -148,7 +157,7 @@ def to_json(figures: Sequence[Figure], meta: dict[str, Any]) -> str:
         items.append(_finite(item))
     summary = {
         status: sum(1 for figure in figures if figure.status == status)
-        for status in ("pass", "miss", "info")
+        for status in ("pass", "miss", "info", "skipped")
     }
     document = {"meta": meta, "summary": summary, "figures": items}
     return json.dumps(document, indent=2, allow_nan=False) + "\n"
@@ -170,7 +179,7 @@ def _finite(value: Any) -> Any:
 _ROW = 22
 _CHAR = 6.8  # average glyph width at font-size 12, for laying out labels
 _BAR_WIDTH = 330
-_COLORS = {"pass": "#2e7d32", "miss": "#c62828", "info": "#78909c"}
+_COLORS = {"pass": "#2e7d32", "miss": "#c62828", "info": "#78909c", "skipped": "#d5d9db"}
 
 
 def _label(figure: Figure) -> str:
@@ -178,6 +187,8 @@ def _label(figure: Figure) -> str:
 
 
 def _value_text(figure: Figure) -> str:
+    if figure.skipped:
+        return "skipped"
     text = _number(figure.value)
     if figure.target is not None:
         text += f"   target {figure.target}: {figure.status}"
@@ -250,8 +261,8 @@ def to_svg(figures: Sequence[Figure], *, title: str, subtitle: str) -> str:
         y += 20
     out.append(
         f'<text x="16" y="{height - 12}" fill="#777">Green: target met. Red: target missed. '
-        f"Grey: for information. Dashed tick: the target. Each panel has its own axis."
-        f"</text>"
+        f"Grey: for information (light grey: skipped). Dashed tick: the target. "
+        f"Each panel has its own axis.</text>"
     )
     out.append("</svg>")
     return "\n".join(out) + "\n"

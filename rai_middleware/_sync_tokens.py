@@ -135,7 +135,12 @@ class SyncTokenService(TokenPolicy):
             if token is not None:
                 return token
             owner = store.acquire(identity.key, self._settings.timeout + 1.0)
-            if owner is None:
+            if owner is not None:
+                # Another process may have minted, saved and unlocked since we looked.
+                token = self._from_store(store, identity)
+                if token is not None:
+                    return token
+            else:
                 # Another process is minting: wait for its token, as long as a mint may take.
                 deadline = self._clock() + self._settings.timeout
                 while self._clock() < deadline:

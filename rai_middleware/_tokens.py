@@ -331,8 +331,11 @@ class TokenService(TokenPolicy):
             if owner is None:
                 # Another process is minting: wait for its token, as long as a mint may take.
                 token = await self._wait_for_store(store, identity)
-                if token is not None:
-                    return token
+            else:
+                # Another process may have minted, saved and unlocked since we looked.
+                token = await self._from_store(store, identity)
+            if token is not None:
+                return token
         except StoreError as exc:
             self._store_failed(exc)
             store = None
