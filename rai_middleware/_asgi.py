@@ -429,6 +429,9 @@ class _PageResponder:
             token = await middleware.tokens.get(identity)
         except TokenError:
             return None  # TokenService logged it (once per failure, not once per page)
+        except Exception:  # a bug, or a user-supplied client that is closed: fail open
+            logger.exception("getting a token failed; serving the placeholder fallback")
+            return None
         return PageAuth(
             identity,
             token=token.value,

@@ -135,7 +135,11 @@ class RefreshEndpoint:
         try:
             token = await self._tokens.get(identity)
         except TokenError as exc:
-            logger.warning("token refresh failed: %s", exc)
+            # The token service logged the failure itself, once per failure or cool-down.
+            logger.debug("token refresh failed: %s", exc)
+            return UNAVAILABLE
+        except Exception:
+            logger.exception("token refresh failed")
             return UNAVAILABLE
         return token_reply(self._token_field, token, self._tokens.now())
 

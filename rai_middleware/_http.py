@@ -25,6 +25,12 @@ _NONCE = re.compile(r"'nonce-([A-Za-z0-9+/=_-]+)'")
 _PRIVATE_CACHE_CONTROL = (b"cache-control", b"private, no-store")
 # Headers that describe the body the app wrote, and are wrong for the one we send.
 _VALIDATORS = frozenset({b"etag", b"last-modified", b"content-md5", b"digest"})
+# What tells a cache (the browser's, a proxy's, a CDN's) to keep a page. A page with a
+# token must not be kept by any shared cache: CDNs obey Surrogate-Control and
+# (Cloudflare-)CDN-Cache-Control *instead of* Cache-Control (RFC 9213), so those go too.
+_SHARED_CACHE_HEADERS = frozenset(
+    {b"cache-control", b"expires", b"pragma", b"surrogate-control", b"surrogate-key"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +134,7 @@ def rewrite_headers(
             continue
         if (rewritten or private) and lname in _VALIDATORS:
             continue
-        if private and lname in (b"cache-control", b"expires", b"pragma"):
+        if private and (lname in _SHARED_CACHE_HEADERS or lname.endswith(b"cdn-cache-control")):
             continue
         if lname == b"vary" and not vary_done:
             tokens = {token.strip().lower() for token in value.split(b",")}

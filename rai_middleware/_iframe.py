@@ -13,7 +13,7 @@ from __future__ import annotations
 import html
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import quote
 
 from ._render import Attribute
@@ -60,11 +60,11 @@ _JSON_ESCAPES = str.maketrans(
 class IframeAuth:
     """What the page's auth script needs."""
 
-    token: str
+    token: str = field(repr=False)
     expires_in: int
     widgets_origin: str
     refresh_url: str
-    ticket: str
+    ticket: str = field(repr=False)
     nonce: str | None = None
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import html
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = [
     "REFRESH_SCRIPT",
@@ -70,13 +70,12 @@ REFRESH_SCRIPT = (
 class WidgetMarkup:
     """What a page needs to show widgets to a signed-in visitor."""
 
-    token: str
-    ticket: str
+    token: str = field(repr=False)
+    ticket: str = field(repr=False)
     community_id: str
     sdk_url: str
     refresh_url: str
     nonce: str | None = None
-    expires_in: int = 0
 
 
 def parse_attributes(raw: bytes, encoding: str) -> list[Attribute]:

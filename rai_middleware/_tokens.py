@@ -53,6 +53,8 @@ class EmbedToken:
 
     value: str = field(repr=False)
     expires_at: float
+    #: When it was minted (monotonic); -inf when unknown (adopted from a shared store).
+    issued_at: float = -math.inf
 
     def remaining(self, now: float) -> float:
         return self.expires_at - now
@@ -105,8 +107,15 @@ class TokenPolicy:
         return None
 
     def _due_for_refresh(self, token: EmbedToken) -> bool:
+        """In the refresh-ahead window, and past half its servable life: a short-lived token
+        (whose whole life is inside the window) is not renewed on every page."""
         settings = self._settings
-        return token.remaining(self._clock()) < settings.min_token_ttl + settings.refresh_ahead
+        now = self._clock()
+        remaining = token.remaining(now)
+        if remaining >= settings.min_token_ttl + settings.refresh_ahead:
+            return False
+        servable = token.expires_at - token.issued_at - settings.min_token_ttl
+        return now - token.issued_at >= servable / 2
 
     def forget(self, identity: Identity) -> None:
         """Drop the identity's token (after a logout or a change of permissions)."""
@@ -128,7 +137,7 @@ class TokenPolicy:
                 f"the token lives {lifetime:g} s, less than min_token_ttl "
                 f"({settings.min_token_ttl:g} s)"
             )
-        token = EmbedToken(value=value, expires_at=started + lifetime)
+        token = EmbedToken(value=value, expires_at=started + lifetime, issued_at=started)
         self._cache[identity.key] = token
         self._consecutive_failures = 0
         return token
@@ -139,12 +148,17 @@ class TokenPolicy:
         return self._clock() >= self._store_down_until
 
     def _adopt(self, identity: Identity, stored: StoredToken | None) -> EmbedToken | None:
-        """A token read from the shared store, if it is believable and still servable."""
+        """A token read from the shared store, if it is believable and still servable, and
+        (when renewing ours) newer than the one we have."""
         if stored is None or not plausible_token(stored.value):
             return None
         # Wall-clock expiry from the store, kept locally on our monotonic clock.
         remaining = stored.expires_at - self._wall()
-        if not self._settings.min_token_ttl <= remaining <= _MAX_STORED_LIFETIME:
+        ours = self._cache.get(identity.key)
+        least = self._settings.min_token_ttl
+        if ours is not None:
+            least = max(least, ours.remaining(self._clock()) + 1.0)
+        if not least <= remaining <= _MAX_STORED_LIFETIME:
             return None  # too old, or an expiry nobody could have been given: not trusted
         token = EmbedToken(stored.value, self._clock() + remaining)
         self._cache[identity.key] = token
@@ -166,7 +180,9 @@ class TokenPolicy:
         settings = self._settings
         if self._consecutive_failures >= settings.failure_threshold:
             self._open_until = self._clock() + settings.failure_cooldown
-            self._consecutive_failures = 0
+            # Half-open after the cool-down: one more failure opens it again at once, so a
+            # lasting outage costs one timed-out request per cool-down, not a threshold's.
+            self._consecutive_failures = settings.failure_threshold - 1
             logger.warning(
                 "Returning.AI token request failed (%s); %d failures in a row, so widgets fall "
                 "back to their placeholder content and no token is requested for %.0f s",

@@ -149,6 +149,9 @@ class ReturningAIWSGIMiddleware:
             token = self.tokens.get(identity)
         except TokenError:
             return None  # the service logged it
+        except Exception:  # a bug, or a user-supplied client that is closed: fail open
+            logger.exception("getting a token failed; serving the placeholder fallback")
+            return None
         return PageAuth(
             identity,
             token=token.value,
@@ -170,7 +173,11 @@ class ReturningAIWSGIMiddleware:
         try:
             token = self.tokens.get(identity)
         except TokenError as exc:
-            logger.warning("token refresh failed: %s", exc)
+            # The token service logged the failure itself, once per failure or cool-down.
+            logger.debug("token refresh failed: %s", exc)
+            return UNAVAILABLE
+        except Exception:
+            logger.exception("token refresh failed")
             return UNAVAILABLE
         return token_reply(self._token_field, token, self.tokens.now())
 

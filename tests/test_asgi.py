@@ -655,3 +655,54 @@ async def test_injected_http_client_is_used_and_not_closed(client_factory: Any) 
         assert not http_client.is_closed
     assert b'embed-token="injected"' in body
     assert len(calls) == 1
+
+
+async def test_token_page_drops_cdn_cache_headers(upstream: respx.MockRouter) -> None:
+    app = html_app(
+        PAGE,
+        headers=[
+            (b"Surrogate-Control", b"max-age=3600"),
+            (b"CDN-Cache-Control", b"max-age=3600"),
+            (b"Cloudflare-CDN-Cache-Control", b"max-age=3600"),
+            (b"X-Kept", b"1"),
+        ],
+    )
+    headers = headers_of(await call_asgi(wrap(app), http_scope()))
+    names = {name.lower() for name, _ in headers}
+    assert not names & {b"surrogate-control", b"cdn-cache-control", b"cloudflare-cdn-cache-control"}
+    assert (b"X-Kept", b"1") in headers
+
+
+async def test_a_closed_http_client_fails_open_on_a_streamed_page(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    client = httpx.AsyncClient()
+    await client.aclose()
+    chunks = [
+        b"<html><body>",
+        b"a" * 10,
+        b'<rai-placeholder widget="store">fb</rai-placeholder>',
+        b"",
+    ]
+    with caplog.at_level(logging.ERROR, logger="rai_middleware"):
+        messages = await call_asgi(wrap(html_app(chunks), http_client=client), http_scope())
+    assert body_of(messages) == b"<html><body>aaaaaaaaaafb"
+    assert messages[-1].get("more_body", False) is False
+    assert "getting a token failed" in caplog.text
+
+
+async def test_breaker_reopens_after_one_failure_once_the_cool_down_is_over(
+    upstream: respx.MockRouter,
+) -> None:
+    upstream["token"].mock(return_value=httpx.Response(502))
+    now = [0.0]
+    middleware = wrap(
+        html_app(PAGE), failure_threshold=3, failure_cooldown=30, clock=lambda: now[0]
+    )
+    for _ in range(3):
+        await call_asgi(middleware, http_scope())
+    assert upstream["token"].call_count == 3
+    now[0] = 31.0  # half-open: one probe
+    for _ in range(5):
+        await call_asgi(middleware, http_scope())
+    assert upstream["token"].call_count == 4  # the probe failed: open again at once

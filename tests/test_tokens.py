@@ -300,3 +300,26 @@ async def test_keep_warm_off_by_default_and_its_task_stops_on_aclose(
     await asyncio.sleep(0)
     assert task.cancelled()
     await service.aclose()
+
+
+@pytest.mark.anyio
+async def test_short_lived_tokens_are_not_renewed_on_every_page(
+    upstream: respx.MockRouter,
+) -> None:
+    upstream["token"].mock(
+        side_effect=lambda request: httpx.Response(
+            200, json={"data": {"embedToken": f"t{len(upstream.calls)}", "expiresIn": 420}}
+        )
+    )
+    now = [0.0]
+    service = TokenService(settings(min_token_ttl=120), clock=lambda: now[0])
+    for second in range(0, 100, 5):  # a page every 5 s; the token is servable for 300 s
+        now[0] = float(second)
+        await service.get(user(1))
+        await asyncio.sleep(0)
+    assert upstream["token"].call_count == 1  # not one per page
+    now[0] = 200.0  # inside the window (220 s left) and past half its life: renewed once
+    await service.get(user(1))
+    await asyncio.sleep(0.01)
+    assert upstream["token"].call_count == 2
+    await service.aclose()
