@@ -38,7 +38,12 @@ from ._tickets import TicketSigner
 if TYPE_CHECKING:  # Unpack is in typing from 3.11; annotations are never evaluated here
     from typing_extensions import Unpack
 
-__all__ = ["ReturningAIWSGIMiddleware", "default_wsgi_identify", "option_names"]
+__all__ = [
+    "ClosingIterable",
+    "ReturningAIWSGIMiddleware",
+    "default_wsgi_identify",
+    "option_names",
+]
 
 logger = logging.getLogger("rai_middleware")
 
@@ -94,6 +99,11 @@ class ReturningAIWSGIMiddleware:
         if http_client is not None and not isinstance(http_client, httpx.Client):
             raise ConfigurationError("http_client must be an httpx.Client")
         self.app = app
+        if options.get("keep_warm"):
+            raise ConfigurationError(
+                "keep_warm works with the ASGI middleware only (it renews tokens from a "
+                "background task); leave it at 0 here"
+            )
         self.settings = build_settings(options)
         self.identify = identify or default_wsgi_identify
         if token_store is not None and not isinstance(token_store, SyncTokenStore):
@@ -312,15 +322,7 @@ class _WSGIResponse:
     def wrap(self, result: Iterable[bytes]) -> Iterable[bytes]:
         if self._passthrough:
             return result  # decided already: the app's iterable, untouched
-        return self._iterate(result)
-
-    def _iterate(self, result: Iterable[bytes]) -> Iterator[bytes]:
-        try:
-            yield from self._rewrite(result)
-        finally:
-            close = getattr(result, "close", None)
-            if close is not None:
-                close()
+        return ClosingIterable(self._rewrite(result), result)
 
     def _rewrite(self, result: Iterable[bytes]) -> Iterator[bytes]:
         if isinstance(result, (list, tuple)) and not self._passthrough:
@@ -419,6 +421,30 @@ class _WSGIResponse:
         except CorruptBody:
             self._ended = True
             return b""
+
+
+class ClosingIterable:
+    """The rewritten body, whose ``close()`` (PEP 3333) also closes the app's iterable, even
+    when the server closes it without iterating (a client gone before the first byte)."""
+
+    __slots__ = ("_iterator", "_original")
+
+    def __init__(self, iterator: Iterator[bytes], original: object) -> None:
+        self._iterator = iterator
+        self._original = original
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._iterator
+
+    def close(self) -> None:
+        try:
+            close_iterator = getattr(self._iterator, "close", None)
+            if close_iterator is not None:
+                close_iterator()
+        finally:
+            close = getattr(self._original, "close", None)
+            if close is not None:
+                close()
 
 
 def _environ_nonce(environ: Environ) -> str | None:

@@ -202,8 +202,9 @@ class ReturningAIMiddleware:
 
     async def __acall__(self, request: Request) -> Any:
         if self._is_refresh(request):
-            # identify may use the ORM: in the thread Django runs sync code in.
-            reply = await sync_to_async(self.core.refresh_reply)(
+            # Not in Django's shared sync thread: a slow mint must not hold up every sync
+            # view. identify runs in a worker thread here (it may still use the ORM).
+            reply = await sync_to_async(self.core.refresh_reply, thread_sensitive=False)(
                 request.method, _request_headers(request), request.scheme, request
             )
             return _reply_response(reply)

@@ -31,7 +31,13 @@ from ._exceptions import ConfigurationError
 from ._http import ResponseInfo, inspect_response, rewrite_headers
 from ._identity import Identity
 from ._page import CorruptBody, PageAuth, PageRewriter, has_placeholder, quick_matcher
-from ._wsgi import Environ, ReturningAIWSGIMiddleware, default_wsgi_identify, option_names
+from ._wsgi import (
+    ClosingIterable,
+    Environ,
+    ReturningAIWSGIMiddleware,
+    default_wsgi_identify,
+    option_names,
+)
 
 __all__ = ["ReturningAI", "config_key", "default_identify"]
 
@@ -278,24 +284,24 @@ def _rewrite_stream(
     identity: Identity | None,
     chunks: Iterable[bytes],
     original: object,
-) -> Iterator[bytes]:
+) -> Iterable[bytes]:
     def auth() -> PageAuth | None:
         return core.page_auth(identity)
 
-    try:
-        for chunk in chunks:
-            out = _process(rewriter, chunk, auth, final=False)
+    def rewritten() -> Iterator[bytes]:
+        try:
+            for chunk in chunks:
+                out = _process(rewriter, chunk, auth, final=False)
+                if out:
+                    yield out
+            out = _process(rewriter, b"", auth, final=True)
             if out:
                 yield out
-        out = _process(rewriter, b"", auth, final=True)
-        if out:
-            yield out
-    except CorruptBody:
-        return  # after a corrupt compressed chunk nothing sensible can follow
-    finally:
-        close = getattr(original, "close", None)
-        if callable(close):
-            close()
+        except CorruptBody:
+            return  # after a corrupt compressed chunk nothing sensible can follow
+
+    # Closed by the server even if never iterated: the app's body is closed then too.
+    return ClosingIterable(rewritten(), original)
 
 
 def _process(

@@ -359,3 +359,30 @@ def test_real_wsgiref_server_serves_rewritten_pages() -> None:
         server.server_close()
         thread.join(5)
     middleware.close()
+
+
+def test_app_iterable_is_closed_even_when_the_server_never_iterates() -> None:
+    closed = []
+
+    class Body:
+        def __iter__(self) -> Iterator[bytes]:
+            yield b'<rai-placeholder widget="store"/>'
+
+        def close(self) -> None:
+            closed.append(True)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        start_response("200 OK", [("Content-Type", "text/html")])
+        return Body()
+
+    result = wrap(app)(
+        {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "wsgi.url_scheme": "http"},
+        lambda *a: lambda d: None,
+    )
+    result.close()  # type: ignore[attr-defined]
+    assert closed == [True]
+
+
+def test_keep_warm_is_refused_on_the_wsgi_side() -> None:
+    with pytest.raises(ConfigurationError, match="keep_warm"):
+        wrap(wsgi_page(PAGE), keep_warm=60)
