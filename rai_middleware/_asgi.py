@@ -17,7 +17,7 @@ import httpx
 from ._config import Options, build_settings
 from ._endpoint import RefreshEndpoint
 from ._exceptions import ConfigurationError, TokenError
-from ._http import ResponseInfo, inspect_response, rewrite_headers
+from ._http import ResponseInfo, inspect_response, rewrite_headers, streamed_headers
 from ._identity import Identity, default_identify, resolve_identity
 from ._page import CorruptBody, PageAuth, PageRewriter, has_placeholder, quick_matcher, state_nonce
 from ._store import TokenStore
@@ -328,12 +328,7 @@ class _PageResponder:
             rewriter = self._new_rewriter(info)
             out = await self._process(rewriter, held.get("body", b""), final=False)
             private = rewriter.token_used or (await self._visitor()) is not None
-            headers = rewrite_headers(
-                start.get("headers") or [],
-                content_length=None,
-                private=private,
-                rewritten=rewriter.widgets > 0 or private,
-            )
+            headers = streamed_headers(start.get("headers") or [], private=private)
         except Exception:
             logger.exception("rewriting the page failed; sending it unchanged")
             self._mode = self._PASSTHROUGH

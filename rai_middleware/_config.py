@@ -253,11 +253,13 @@ class Settings:
                 seed.encode(), b"rai-middleware/refresh-ticket-key/v1", hashlib.sha256
             ).hexdigest()
         base = _optional_str("api_base_url", api_base_url, env, "RAI_API_BASE_URL")
-        base = _url("api_base_url", base or DEFAULT_API_BASE_URL).rstrip("/")
+        base = _url("api_base_url", base or DEFAULT_API_BASE_URL, "RAI_API_BASE_URL").rstrip("/")
         widgets_base = _optional_str(
             "widgets_base_url", widgets_base_url, env, "RAI_WIDGETS_BASE_URL"
         )
-        widgets_base = _url("widgets_base_url", widgets_base or DEFAULT_WIDGETS_BASE_URL)
+        widgets_base = _url(
+            "widgets_base_url", widgets_base or DEFAULT_WIDGETS_BASE_URL, "RAI_WIDGETS_BASE_URL"
+        )
         if not isinstance(token_path, str) or not token_path.startswith("/"):
             raise ConfigurationError("token_path must be a path starting with '/'")
         return cls(
@@ -333,19 +335,23 @@ def _optional_str(name: str, value: str | None, env: Mapping[str, str], var: str
     if value is None:
         return None
     if not isinstance(value, str):
-        raise ConfigurationError(f"{name} must be a string, got {type(value).__name__}")
+        raise ConfigurationError(
+            f"{name} must be a string (or set the {var} environment variable), "
+            f"got {type(value).__name__}"
+        )
     value = value.strip()
     if not value:
         raise ConfigurationError(f"{origin} is empty: {name} needs a value (env {var})")
     return value
 
 
-def _url(name: str, value: str) -> str:
+def _url(name: str, value: str, var: str | None = None) -> str:
+    where = f" (keyword {name} or the {var} environment variable)" if var else ""
     if not isinstance(value, str):
-        raise ConfigurationError(f"{name} must be a string URL, got {type(value).__name__}")
+        raise ConfigurationError(f"{name} must be a string URL{where}, got {type(value).__name__}")
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigurationError(f"{name} must be an absolute http(s) URL, got {value!r}")
+        raise ConfigurationError(f"{name} must be an absolute http(s) URL{where}, got {value!r}")
     return value
 
 

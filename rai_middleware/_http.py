@@ -14,6 +14,7 @@ __all__ = [
     "inspect_response",
     "rewrite_headers",
     "same_origin",
+    "streamed_headers",
 ]
 
 RawHeaders = list[tuple[bytes, bytes]]
@@ -149,6 +150,15 @@ def rewrite_headers(
     if content_length is not None:
         out.append((b"content-length", str(content_length).encode("ascii")))
     return out
+
+
+def streamed_headers(headers: RawHeaders, *, private: bool) -> RawHeaders:
+    """Headers of a page whose body streams through the rewrite. They leave before later
+    chunks are seen, so: no Content-Length (the server chunks), none of the app's
+    validators and ``Vary: Cookie`` (a later placeholder may still change the body for
+    this visitor), and ``private, no-store`` for a signed-in visitor (a token may follow).
+    Every adapter uses this one rule."""
+    return rewrite_headers(headers, content_length=None, private=private, rewritten=True)
 
 
 def _origin_tuple(scheme: str, hostport: str) -> tuple[str, str, int] | None:

@@ -8,7 +8,8 @@ tail of a few bytes that might start one, so memory is bounded by the largest
 placeholder, never by the page.
 
 It knows just enough HTML to leave alone what a browser would not parse as an element:
-comments, and the raw text of ``<script>``, ``<style>`` and ``<textarea>``. A ``<`` that
+comments, and the raw text of ``<script>``, ``<style>``, ``<textarea>``, ``<title>``,
+``<xmp>``, ``<iframe>``, ``<noembed>`` and ``<noframes>``. A ``<`` that
 appears inside another tag (in an attribute value) is skipped too, using the nearest
 ``<``/``>`` before it; a ``>`` inside a quoted attribute value earlier in that tag can
 fool this check, which is the one known limit.
@@ -37,7 +38,17 @@ _RAWTEXT = 2
 # What may follow a tag name for it to be that tag (``<script>``, not ``<scripts>``).
 _TAG_DELIMITERS = frozenset(b" \t\n\r\f/>")
 _QUOTE_OR_END = re.compile(rb"[>\"']")
-_RAWTEXT_ELEMENTS = (b"script", b"style", b"textarea")
+# Elements whose content a browser reads as text, not markup: a placeholder there is text.
+_RAWTEXT_ELEMENTS = (
+    b"script",
+    b"style",
+    b"textarea",
+    b"title",
+    b"xmp",
+    b"iframe",
+    b"noembed",
+    b"noframes",
+)
 # Bytes scanned at a time (see ``feed``).
 _WINDOW = 64 * 1024
 

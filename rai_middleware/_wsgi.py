@@ -28,7 +28,7 @@ from ._endpoint import (
     token_reply,
 )
 from ._exceptions import ConfigurationError, TokenError
-from ._http import inspect_response, rewrite_headers
+from ._http import inspect_response, rewrite_headers, streamed_headers
 from ._identity import Identity, resolve_identity_sync
 from ._page import CorruptBody, PageAuth, PageRewriter, has_placeholder, quick_matcher
 from ._store import SyncTokenStore
@@ -402,12 +402,7 @@ class _WSGIResponse:
         try:
             out = self._process(chunk, final=False)
             private = rewriter.token_used or self._visitor() is not None
-            headers = rewrite_headers(
-                _raw(self._headers),
-                content_length=None,
-                private=private,
-                rewritten=rewriter.widgets > 0 or private,
-            )
+            headers = streamed_headers(_raw(self._headers), private=private)
         except Exception:
             logger.exception("rewriting the page failed; sending it unchanged")
             self._commit_unchanged()

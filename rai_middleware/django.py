@@ -36,7 +36,7 @@ from django.utils.module_loading import import_string
 
 from ._endpoint import Reply
 from ._exceptions import ConfigurationError
-from ._http import ResponseInfo, inspect_response, rewrite_headers
+from ._http import ResponseInfo, inspect_response, rewrite_headers, streamed_headers
 from ._identity import Identity
 from ._page import CorruptBody, PageAuth, PageRewriter, has_placeholder, quick_matcher
 from ._scanner import Item
@@ -328,12 +328,7 @@ class ReturningAIMiddleware:
         try:
             rewriter = self._rewriter(request, response, info)
             private = identity is not None
-            headers = rewrite_headers(
-                _response_headers(response),
-                content_length=None,
-                private=private,
-                rewritten=private,
-            )
+            headers = streamed_headers(_response_headers(response), private=private)
         except Exception:
             logger.exception("rewriting the page failed; sending it unchanged")
             return

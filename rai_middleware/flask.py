@@ -28,7 +28,7 @@ from werkzeug.utils import import_string
 
 from ._endpoint import Reply
 from ._exceptions import ConfigurationError
-from ._http import ResponseInfo, inspect_response, rewrite_headers
+from ._http import ResponseInfo, inspect_response, rewrite_headers, streamed_headers
 from ._identity import Identity
 from ._page import CorruptBody, PageAuth, PageRewriter, has_placeholder, quick_matcher
 from ._wsgi import (
@@ -269,9 +269,7 @@ def _stream(state: _State, response: Response, info: ResponseInfo) -> None:
     identity = core.identify_visitor(_request())
     rewriter = _rewriter(state, response, info)
     private = identity is not None
-    headers = rewrite_headers(
-        _raw_headers(response), content_length=None, private=private, rewritten=private
-    )
+    headers = streamed_headers(_raw_headers(response), private=private)
     original = response.response
     response.response = _rewrite_stream(core, rewriter, identity, response.iter_encoded(), original)
     response.direct_passthrough = False

@@ -677,7 +677,7 @@ def test_a_failing_stream_setup_sends_the_stream_unchanged(
 
     with override_settings(RETURNING_AI={**rai, "identify": identify_header}):
         middleware = ReturningAIMiddleware(stream)
-    monkeypatch.setattr(adapter, "rewrite_headers", broken)
+    monkeypatch.setattr(adapter, "streamed_headers", broken)
     with caplog.at_level(logging.ERROR, logger="rai_middleware"):
         response = middleware(_request())
     assert b"".join(response.streaming_content) == PAGE

@@ -965,3 +965,11 @@ def test_arbitrary_tag_soup_round_trips_and_chunking_does_not_matter(
 def test_arbitrary_bytes_round_trip(data: bytes, cuts: Sequence[int]) -> None:
     assert joined(scan(data)) == data
     assert joined(feed_all(PlaceholderScanner(), split_at(data, cuts))) == data
+
+
+@pytest.mark.parametrize("element", [b"title", b"xmp", b"iframe", b"noembed", b"noframes"])
+def test_placeholder_inside_other_raw_text_elements_is_left_alone(element: bytes) -> None:
+    page = b"<" + element + b'><rai-placeholder widget="store"/></' + element + b">"
+    items = scan(page)
+    assert items == [page] or b"".join(i for i in items if isinstance(i, bytes)) == page
+    assert not any(isinstance(item, Placeholder) for item in items)
