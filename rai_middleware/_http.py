@@ -45,6 +45,8 @@ class ResponseInfo:
     content_encoding: str | None = None
     #: An HTML page left alone only because of its (unsupported) Content-Encoding.
     skipped_encoding: str | None = None
+    #: ``application/xhtml+xml``: parsed as XML, so inline scripts need CDATA sections.
+    xhtml: bool = False
 
 
 def inspect_response(status: int, headers: Iterable[tuple[bytes, bytes]]) -> ResponseInfo:
@@ -69,33 +71,35 @@ def inspect_response(status: int, headers: Iterable[tuple[bytes, bytes]]) -> Res
             csp = value.decode("latin-1")
     if content_type is None:
         return ResponseInfo(False)
-    encoding = _page_encoding(content_type)
-    if encoding is None:
+    page = _page_encoding(content_type)
+    if page is None:
         return ResponseInfo(False)
+    encoding, xhtml = page
     if content_encoding is not None and content_encoding not in _DECODABLE:
         return ResponseInfo(False, skipped_encoding=content_encoding)
-    return ResponseInfo(True, encoding, csp, content_encoding)
+    return ResponseInfo(True, encoding, csp, content_encoding, xhtml=xhtml)
 
 
 @functools.lru_cache(maxsize=64)
-def _page_encoding(content_type: bytes) -> str | None:
-    """The charset of an HTML Content-Type we can rewrite, or None if it is not one.
+def _page_encoding(content_type: bytes) -> tuple[str, bool] | None:
+    """(charset, is XHTML) of an HTML Content-Type we can rewrite, or None if it is not one.
 
     Sites send a handful of distinct values, so the answer is cached."""
     media_type = content_type.split(b";", 1)[0].strip().lower()
     if media_type not in _HTML_TYPES:
         return None
+    xhtml = media_type == b"application/xhtml+xml"
     match = _CHARSET.search(content_type)
     if match is None:
-        return "utf-8"
+        return "utf-8", xhtml
     try:
         encoding = codecs.lookup(match.group(1).decode("latin-1")).name
     except LookupError:
         # Unknown to Python: read tag bytes as ASCII, write only ASCII (char refs).
-        return "ascii"
+        return "ascii", xhtml
     if encoding.startswith(("utf-16", "utf-32")):
         return None  # tags are not ASCII bytes in these: leave such pages alone
-    return encoding
+    return encoding, xhtml
 
 
 def csp_nonce(policy: str | None) -> str | None:

@@ -10,13 +10,12 @@ target (never ``"*"``). When the token has expired, the script fetches a fresh o
 
 from __future__ import annotations
 
-import html
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
-from ._render import Attribute
+from ._render import Attribute, inline_script, quote_attribute
 
 __all__ = ["IFRAME_AUTH_SCRIPT", "IframeAuth", "render_iframe", "render_iframe_auth"]
 
@@ -72,11 +71,13 @@ def render_iframe(
     widgets_base_url: str, segment: str, widget_id: str, attributes: Sequence[Attribute]
 ) -> str:
     src = f"{widgets_base_url}/{segment}/{quote(widget_id, safe='')}"
-    carried = "".join(f" {name}={_quote(value)}" for name, value in attributes if name in _CARRIED)
-    return f'<iframe src={_quote(src)} allow="clipboard-write"{carried}></iframe>'
+    carried = "".join(
+        f" {name}={quote_attribute(value)}" for name, value in attributes if name in _CARRIED
+    )
+    return f'<iframe src={quote_attribute(src)} allow="clipboard-write"{carried}></iframe>'
 
 
-def render_iframe_auth(auth: IframeAuth) -> str:
+def render_iframe_auth(auth: IframeAuth, *, xhtml: bool = False) -> str:
     data = json.dumps(
         {
             "token": auth.token,
@@ -87,12 +88,8 @@ def render_iframe_auth(auth: IframeAuth) -> str:
         },
         separators=(",", ":"),
     ).translate(_JSON_ESCAPES)
-    nonce = f" nonce={_quote(auth.nonce)}" if auth.nonce else ""
+    nonce = f" nonce={quote_attribute(auth.nonce)}" if auth.nonce else ""
     return (
         f'<script type="application/json">{data}</script>'
-        f"<script{nonce}>{IFRAME_AUTH_SCRIPT}</script>"
+        f"<script{nonce}>{inline_script(IFRAME_AUTH_SCRIPT, xhtml=xhtml)}</script>"
     )
-
-
-def _quote(value: str) -> str:
-    return '"' + html.escape(value, quote=True) + '"'

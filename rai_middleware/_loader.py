@@ -7,10 +7,9 @@ visitor can edit those attributes in their browser). Values are escaped like eve
 
 from __future__ import annotations
 
-import html
 from collections.abc import Mapping, Sequence
 
-from ._render import Attribute
+from ._render import Attribute, quote_attribute
 
 __all__ = ["render_loader"]
 
@@ -42,13 +41,9 @@ def render_loader(
             continue
         data.setdefault(name if name.startswith("data-") else f"data-{name}", value)
     data.update(identifiers)  # the server's identity wins over anything in the page
-    rendered = "".join(f" {name}={_quote(value)}" for name, value in data.items())
-    nonce_attr = f" nonce={_quote(nonce)}" if nonce else ""
+    rendered = "".join(f" {name}={quote_attribute(value)}" for name, value in data.items())
+    nonce_attr = f" nonce={quote_attribute(nonce)}" if nonce else ""
     return (
-        f"<div id={_quote(container)}></div>"
-        f"<script src={_quote(loader_url)}{nonce_attr}{rendered}></script>"
+        f"<div id={quote_attribute(container)}></div>"
+        f"<script src={quote_attribute(loader_url)}{nonce_attr}{rendered}></script>"
     )
-
-
-def _quote(value: str) -> str:
-    return '"' + html.escape(value, quote=True) + '"'

@@ -81,6 +81,7 @@ class PageRewriter:
         "_refresh_url",
         "_scanner",
         "_settings",
+        "_xhtml",
         "token_used",
         "widgets",
     )
@@ -96,6 +97,7 @@ class PageRewriter:
     ) -> None:
         self._settings = settings
         self._encoding = info.encoding
+        self._xhtml = info.xhtml
         self._codec: BodyCodec | None = (
             codec_for(info.content_encoding) if info.content_encoding else None
         )
@@ -249,7 +251,8 @@ class PageRewriter:
                     sdk_url=settings.sdk_url,
                     refresh_url=self._refresh_url,
                     nonce=self._nonce,
-                )
+                ),
+                xhtml=self._xhtml,
             )
         return html
 
@@ -301,7 +304,8 @@ class PageRewriter:
                     refresh_url=self._refresh_url,
                     ticket=auth.ticket,
                     nonce=self._nonce,
-                )
+                ),
+                xhtml=self._xhtml,
             )
         return html
 

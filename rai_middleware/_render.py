@@ -18,7 +18,9 @@ __all__ = [
     "Attribute",
     "WidgetMarkup",
     "container_id",
+    "inline_script",
     "parse_attributes",
+    "quote_attribute",
     "render_scripts",
     "render_widget",
 ]
@@ -113,25 +115,32 @@ def render_widget(
     ``community-id`` comes first, from the configuration, unless the placeholder set it;
     the placeholder's other attributes follow in their order; ``embed-token`` is last.
     """
-    parts = [f"<div id={_quote(container_id(index))}><{element}"]
+    parts = [f"<div id={quote_attribute(container_id(index))}><{element}"]
     names = {name for name, _ in attributes}
     if "community-id" not in names:
-        parts.append(f" community-id={_quote(community_id)}")
+        parts.append(f" community-id={quote_attribute(community_id)}")
     for name, value in attributes:
         if name not in _RESERVED:
-            parts.append(f" {name}={_quote(value)}")
-    parts.append(f" embed-token={_quote(token)}></{element}></div>")
+            parts.append(f" {name}={quote_attribute(value)}")
+    parts.append(f" embed-token={quote_attribute(token)}></{element}></div>")
     return "".join(parts)
 
 
-def render_scripts(markup: WidgetMarkup) -> str:
+def render_scripts(markup: WidgetMarkup, *, xhtml: bool = False) -> str:
     """The SDK script and the refresh script, written once per page after the first widget."""
-    nonce = f" nonce={_quote(markup.nonce)}" if markup.nonce else ""
+    nonce = f" nonce={quote_attribute(markup.nonce)}" if markup.nonce else ""
     return (
-        f"<script src={_quote(markup.sdk_url)}{nonce}></script>"
-        f"<script{nonce} data-rai-ticket={_quote(markup.ticket)}"
-        f" data-rai-endpoint={_quote(markup.refresh_url)}>{REFRESH_SCRIPT}</script>"
+        f"<script src={quote_attribute(markup.sdk_url)}{nonce}></script>"
+        f"<script{nonce} data-rai-ticket={quote_attribute(markup.ticket)}"
+        f" data-rai-endpoint={quote_attribute(markup.refresh_url)}>"
+        f"{inline_script(REFRESH_SCRIPT, xhtml=xhtml)}</script>"
     )
+
+
+def inline_script(code: str, *, xhtml: bool) -> str:
+    """Script text as it goes between the tags: in an XHTML page (an XML parser reads it)
+    inside a CDATA section, so that its ``<`` and ``&`` are not markup."""
+    return f"//<![CDATA[\n{code}\n//]]>" if xhtml else code
 
 
 def widget_attributes(
@@ -144,5 +153,6 @@ def widget_attributes(
     return None, None
 
 
-def _quote(value: str) -> str:
+def quote_attribute(value: str) -> str:
+    """An attribute value, escaped for HTML and double-quoted."""
     return '"' + html.escape(value, quote=True) + '"'

@@ -340,3 +340,32 @@ async def test_identifier_key_that_is_not_attribute_safe_is_refused(
 
 def _key(middleware: ReturningAIMiddleware) -> str:
     return Identity.create(USER, middleware.settings.secret_key.reveal().encode()).key
+
+
+@pytest.mark.parametrize("mode", ["access_key", "iframe"])
+async def test_xhtml_page_stays_well_formed_xml(signin: respx.MockRouter, mode: str) -> None:
+    from xml.dom import minidom
+
+    page = (
+        b'<?xml version="1.0" encoding="UTF-8"?>'
+        b'<html xmlns="http://www.w3.org/1999/xhtml"><head><title>t</title></head><body>'
+        b'<rai-placeholder widget="channel" widget-id="W1" channel-id="c">fb</rai-placeholder>'
+        b"</body></html>"
+    )
+    app = html_app(page, content_type=b"application/xhtml+xml; charset=utf-8")
+    if mode == "iframe":
+        middleware = iframe_site(app)
+    else:
+        middleware = ReturningAIMiddleware(
+            app,
+            community_id="c",
+            access_id="i",
+            access_key="k",
+            identify=lambda s: dict(USER),
+        )
+        signin.post("https://api-v2.returning.ai/v2/api/widget-access-keys/token").mock(
+            return_value=httpx.Response(200, json={"data": {"embedToken": "t.o.k"}})
+        )
+    body = body_of(await call_asgi(middleware, http_scope()))
+    assert b"<![CDATA[" in body
+    minidom.parseString(body)  # raises if the rewritten page is not well-formed XML
