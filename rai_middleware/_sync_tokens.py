@@ -14,7 +14,7 @@ from ._exceptions import TokenError
 from ._identity import Identity
 from ._store import STORE_POLL, StoreError, SyncTokenStore
 from ._tokens import EmbedToken, TokenPolicy, client_options, transport_error
-from ._upstream import read_token, token_request
+from ._upstream import TokenRequest, read_token, token_request
 
 __all__ = ["SyncTokenService"]
 
@@ -141,8 +141,9 @@ class SyncTokenService(TokenPolicy):
                 if token is not None:
                     return token
             else:
-                # Another process is minting: wait for its token, as long as a mint may take.
-                deadline = self._clock() + self._settings.timeout
+                # Another process is minting: wait for its token (half the timeout, as on
+                # the async side), then mint ourselves.
+                deadline = self._clock() + self._settings.timeout / 2
                 while self._clock() < deadline:
                     time.sleep(STORE_POLL)
                     token = self._from_store(store, identity)
@@ -184,8 +185,8 @@ class SyncTokenService(TokenPolicy):
         started = self._clock()
         try:
             request = token_request(settings, identity)
-            response = client.post(
-                request.url, headers=request.headers, json=request.json, timeout=settings.timeout
+            response = _post_within(
+                client, request, settings.timeout, deadline=time.monotonic() + settings.timeout
             )
             answer = read_token(settings, response)
             with self._lock:
@@ -199,3 +200,26 @@ class SyncTokenService(TokenPolicy):
             with self._lock:
                 self._failed(error)
             raise error from None
+
+
+def _post_within(
+    client: httpx.Client, request: TokenRequest, timeout: float, *, deadline: float
+) -> httpx.Response:
+    """POST and read the answer by the deadline. httpx's timeouts bound each phase (a
+    read, not the whole body), so a server that trickles its answer is cut off here, as
+    ``asyncio.wait_for`` does on the async side."""
+    with client.stream(
+        "POST", request.url, headers=request.headers, json=request.json, timeout=timeout
+    ) as streamed:
+        chunks = []
+        for chunk in streamed.iter_bytes():
+            chunks.append(chunk)
+            if time.monotonic() > deadline:
+                raise httpx.ReadTimeout("the answer took longer than the timeout")
+        if time.monotonic() > deadline:
+            raise httpx.ReadTimeout("the answer took longer than the timeout")
+        return httpx.Response(
+            streamed.status_code,
+            content=b"".join(chunks),
+            headers={"content-type": streamed.headers.get("content-type", "")},
+        )

@@ -371,7 +371,9 @@ class TokenService(TokenPolicy):
         return self._adopt(identity, await store.load(identity.key))
 
     async def _wait_for_store(self, store: TokenStore, identity: Identity) -> EmbedToken | None:
-        deadline = self._clock() + self._settings.timeout
+        # Half the timeout for the winner's token, so that minting ourselves after it (if
+        # the winner failed or vanished) still keeps a page within 1.5 x timeout.
+        deadline = self._clock() + self._settings.timeout / 2
         while self._clock() < deadline:
             await asyncio.sleep(STORE_POLL)
             token = await self._from_store(store, identity)

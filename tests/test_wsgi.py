@@ -386,3 +386,45 @@ def test_app_iterable_is_closed_even_when_the_server_never_iterates() -> None:
 def test_keep_warm_is_refused_on_the_wsgi_side() -> None:
     with pytest.raises(ConfigurationError, match="keep_warm"):
         wrap(wsgi_page(PAGE), keep_warm=60)
+
+
+def test_a_trickling_upstream_cannot_hold_a_page_past_the_timeout() -> None:
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    stop = threading.Event()
+
+    def trickle() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(65536)
+            connection.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n")
+            while not stop.wait(0.2):  # one byte at a time, never the whole answer
+                try:
+                    connection.sendall(b" ")
+                except OSError:
+                    return
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    middleware = ReturningAIWSGIMiddleware(
+        wsgi_page(PAGE),
+        community_id=COMMUNITY_ID,
+        access_id=ACCESS_ID,
+        access_key=ACCESS_KEY,
+        identify=lambda environ: dict(USER),
+        api_base_url=f"http://127.0.0.1:{listener.getsockname()[1]}",
+        timeout=1.0,
+    )
+    started = time.monotonic()
+    try:
+        _, _, body = call(middleware)
+    finally:
+        stop.set()
+        middleware.close()
+        thread.join(5)
+        listener.close()
+    assert body == ANONYMOUS
+    assert time.monotonic() - started < 2.0
