@@ -53,28 +53,13 @@ class RedisTokenStore:
     def __init__(
         self, url_or_client: str | Any, *, prefix: str = "rai:", op_timeout: float = 0.5
     ) -> None:
-        try:
-            import redis.asyncio as aioredis
-        except ImportError as exc:  # pragma: no cover - depends on the install
-            raise ImportError(
-                "RedisTokenStore needs redis-py: pip install 'rai-middleware[redis]'"
-            ) from exc
-        if isinstance(url_or_client, str):
-            self._client = aioredis.Redis.from_url(
-                url_or_client, socket_timeout=op_timeout, socket_connect_timeout=op_timeout
-            )
-            self._owns_client = True
-        else:
-            self._client = url_or_client
-            self._owns_client = False
-        if not isinstance(prefix, str):
-            raise TypeError("prefix must be a string")
-        self._prefix = prefix
+        self._client, self._owns_client = _client(url_or_client, op_timeout, asyncio=True)
+        self._prefix = _checked_prefix(prefix)
         self._op_timeout = op_timeout
 
     def __repr__(self) -> str:
         # The URL may carry a password: never shown.
-        return f"RedisTokenStore(prefix={self._prefix!r})"
+        return f"{type(self).__name__}(prefix={self._prefix!r})"
 
     async def _run(self, operation: Awaitable[T]) -> T:
         try:
@@ -115,27 +100,13 @@ class SyncRedisTokenStore:
     def __init__(
         self, url_or_client: str | Any, *, prefix: str = "rai:", op_timeout: float = 0.5
     ) -> None:
-        try:
-            import redis as syncredis
-        except ImportError as exc:  # pragma: no cover - depends on the install
-            raise ImportError(
-                "SyncRedisTokenStore needs redis-py: pip install 'rai-middleware[redis]'"
-            ) from exc
-        if isinstance(url_or_client, str):
-            # The socket timeouts bound every command: the sync client has no wait_for.
-            self._client = syncredis.Redis.from_url(
-                url_or_client, socket_timeout=op_timeout, socket_connect_timeout=op_timeout
-            )
-            self._owns_client = True
-        else:
-            self._client = url_or_client
-            self._owns_client = False
-        if not isinstance(prefix, str):
-            raise TypeError("prefix must be a string")
-        self._prefix = prefix
+        # The socket timeouts bound every command: the sync client has no wait_for.
+        self._client, self._owns_client = _client(url_or_client, op_timeout, asyncio=False)
+        self._prefix = _checked_prefix(prefix)
 
     def __repr__(self) -> str:
-        return f"SyncRedisTokenStore(prefix={self._prefix!r})"
+        # The URL may carry a password: never shown.
+        return f"{type(self).__name__}(prefix={self._prefix!r})"
 
     def _run(self, operation: Callable[[], T]) -> T:
         try:
@@ -165,6 +136,31 @@ class SyncRedisTokenStore:
     def close(self) -> None:
         if self._owns_client:
             self._client.close()
+
+
+def _client(url_or_client: str | Any, op_timeout: float, *, asyncio: bool) -> tuple[Any, bool]:
+    """(client, whether we own it): a URL becomes a client with bounded socket timeouts."""
+    if not isinstance(url_or_client, str):
+        return url_or_client, False
+    try:
+        if asyncio:
+            from redis.asyncio import Redis
+        else:
+            from redis import Redis  # type: ignore[assignment]
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise ImportError(
+            "the Redis token stores need redis-py: pip install 'rai-middleware[redis]'"
+        ) from exc
+    client = Redis.from_url(
+        url_or_client, socket_timeout=op_timeout, socket_connect_timeout=op_timeout
+    )
+    return client, True
+
+
+def _checked_prefix(prefix: object) -> str:
+    if not isinstance(prefix, str):
+        raise TypeError("prefix must be a string")
+    return prefix
 
 
 def _serialize(token: StoredToken) -> str:
