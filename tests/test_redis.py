@@ -129,7 +129,9 @@ def _worker(api_base_url: str, redis_url: str, users: list[str], barrier: Any, o
     """One 'worker process': serves each user's page concurrently, after a common start."""
 
     async def main() -> list[bytes]:
-        middleware = site(api_base_url, redis_url)
+        # A generous timeout: on a loaded machine a waiting process must not give up on the
+        # winner's token and mint a second one (that fallback has its own test).
+        middleware = site(api_base_url, redis_url, timeout=10)
         barrier.wait()
         try:
             results = await asyncio.gather(
@@ -345,7 +347,9 @@ def test_wsgi_instances_share_one_mint_per_user(
     from tests.test_wsgi import call
 
     fake, url = upstream
-    sites = [_wsgi_site(url, fresh_redis.url) for _ in range(4)]  # four "processes"
+    # Four "processes"; a generous timeout, so that a loaded machine cannot make a waiting
+    # process give up on the winner and mint a second token (that fallback is tested below).
+    sites = [_wsgi_site(url, fresh_redis.url, timeout=10) for _ in range(4)]
     barrier = threading.Barrier(12)
     bodies: dict[str, set[bytes]] = {}
     lock = threading.Lock()
