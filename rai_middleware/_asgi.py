@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -23,7 +23,7 @@ from ._page import CorruptBody, PageAuth, PageRewriter, has_placeholder, quick_m
 from ._store import TokenStore
 from ._tickets import TicketSigner
 from ._tokens import TokenService
-from ._types import ASGIApp, IdentifyCallable, Message, Receive, Scope, Send
+from ._types import IdentifyCallable, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:  # Unpack is in typing from 3.11; annotations are never evaluated here
     from typing_extensions import Unpack
@@ -51,7 +51,9 @@ class ReturningAIMiddleware:
 
     def __init__(
         self,
-        app: ASGIApp,
+        # Any ASGI callable: frameworks type their scopes as TypedDicts (Litestar, Quart),
+        # which a MutableMapping signature would refuse under mypy.
+        app: Callable[..., Awaitable[None]],
         *,
         identify: IdentifyCallable | None = None,
         http_client: httpx.AsyncClient | None = None,
@@ -118,7 +120,8 @@ class ReturningAIMiddleware:
             return None
         return identity
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        # Typed Any for the same reason; inside, a scope is a MutableMapping like any other.
         if scope["type"] != "http":
             if scope["type"] == "lifespan":
                 await self._lifespan(scope, receive, send)
