@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import zlib
 
-__all__ = ["BodyCodec", "codec_for"]
+__all__ = ["MAX_INFLATED", "BodyCodec", "codec_for"]
+
+#: The most one compressed message may inflate to. Compression middleware sends pages in
+#: messages of kilobytes; a message that inflates past this is refused, not held in memory
+#: (a whole page sent that way goes out unchanged; mid-stream, the response ends).
+MAX_INFLATED = 16 * 1024 * 1024
 
 # For ``Content-Encoding: deflate`` RFC 9110 means the zlib format; some servers send raw
 # deflate. Decoding tries zlib and falls back to raw on the first chunk.
@@ -31,16 +36,19 @@ class BodyCodec:
         self._fresh = True
 
     def decode(self, data: bytes, *, final: bool) -> bytes:
-        """Raises ``zlib.error`` on a corrupt stream."""
+        """Raises ``zlib.error`` on a corrupt stream, and on one message that inflates
+        past ``MAX_INFLATED`` bytes (a decompression bomb is not a page to rewrite)."""
         try:
-            out = self._decoder.decompress(data)
+            out = self._decoder.decompress(data, MAX_INFLATED)
         except zlib.error:
             if not (self._fresh and self._wbits == _ZLIB_WBITS):
                 raise
             self._wbits = _RAW_WBITS
             self._decoder = zlib.decompressobj(_RAW_WBITS)
             self._encoder = zlib.compressobj(6, zlib.DEFLATED, _RAW_WBITS)
-            out = self._decoder.decompress(data)
+            out = self._decoder.decompress(data, MAX_INFLATED)
+        if self._decoder.unconsumed_tail:
+            raise zlib.error(f"one message inflates past {MAX_INFLATED} bytes")
         self._fresh = self._fresh and not data
         if final:
             out += self._decoder.flush()

@@ -153,3 +153,27 @@ async def test_starlette_gzip_middleware_inside_is_handled(
         assert response.headers["content-encoding"] == "gzip"
         assert b"<rai-store-widget" in response.content  # httpx decoded it
         assert b"rai-placeholder" not in response.content
+
+
+async def test_a_decompression_bomb_is_sent_unchanged_in_bounded_memory(
+    upstream: respx.MockRouter, caplog: pytest.LogCaptureFixture
+) -> None:
+    import tracemalloc
+
+    from rai_middleware._codec import MAX_INFLATED
+
+    page = b'<rai-placeholder widget="store"/>' + b" " * (4 * MAX_INFLATED)
+    bomb = gzip.compress(page)  # a few dozen KB that inflate to 64 MB
+    app = html_app(bomb, headers=[(b"content-encoding", b"gzip")])
+    tracemalloc.start()
+    try:
+        with caplog.at_level(logging.ERROR, logger="rai_middleware"):
+            messages = await call_asgi(wrap(app), http_scope())
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert body_of(messages) == bomb  # unchanged: still the app's own valid gzip
+    # Bounded by the cap (zlib's output buffer may briefly take twice it), not by the page,
+    # which inflates to four times the cap.
+    assert peak < 2.5 * MAX_INFLATED
+    assert "inflates past" in caplog.text
