@@ -329,7 +329,7 @@ class _PageResponder:
         self._held = None
         try:
             rewriter = self._new_rewriter(info)
-            out = await self._process(rewriter, held.get("body", b""), final=False)
+            out = await rewriter.aprocess(held.get("body", b""), final=False, auth=self._page_auth)
             private = rewriter.token_used or (await self._visitor()) is not None
             headers = streamed_headers(start.get("headers") or [], private=private)
         except Exception:
@@ -388,8 +388,8 @@ class _PageResponder:
         assert rewriter is not None
         more_body = message.get("more_body", False)
         try:
-            out = await self._process(
-                rewriter, message.get("body", b""), final=not more_body, flush=flush
+            out = await rewriter.aprocess(
+                message.get("body", b""), final=not more_body, auth=self._page_auth, flush=flush
             )
         except CorruptBody:
             self._mode = self._DONE
@@ -399,15 +399,6 @@ class _PageResponder:
             self._mode = self._DONE
         if out or not more_body:
             await self._send({"type": "http.response.body", "body": out, "more_body": more_body})
-
-    async def _process(
-        self, rewriter: PageRewriter, chunk: bytes, *, final: bool, flush: bool = False
-    ) -> bytes:
-        data = rewriter.decode(chunk, final=final)
-        items = rewriter.scan(data, final=final or flush)
-        if rewriter.needs_auth(items):
-            rewriter.provide_auth(await self._page_auth())
-        return rewriter.render(items, final=final)
 
     async def _visitor(self) -> Identity | None:
         if self._identity is _UNRESOLVED:

@@ -3,11 +3,11 @@
 An adapter (ASGI, WSGI, a framework's middleware) creates a ``PageRewriter`` for a
 candidate response and, for each body chunk, calls::
 
-    data = rewriter.decode(chunk, final=...)      # gzip/deflate from an inner middleware
-    items = rewriter.scan(data, final=...)        # passthrough bytes and placeholders
-    if rewriter.needs_auth(items):                # the first real widget: who is it for?
-        rewriter.provide_auth(<resolved with the adapter's own I/O>)
-    out = rewriter.render(items, final=...)       # widget markup, re-encoded
+    out = rewriter.process(chunk, final=..., auth=resolve)   # or: await rewriter.aprocess(...)
+
+which is decode (gzip/deflate from an inner middleware), scan (passthrough bytes and
+placeholders), ``auth()`` once at the first real widget (who is the page for?), and
+render (widget markup, re-encoded).
 
 Resolving the visitor and the token is the adapter's job (async or threads); everything
 else (which widget, what markup, which scripts once per page, failing open) is here.
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from ._codec import BodyCodec, codec_for
@@ -190,6 +190,38 @@ class PageRewriter:
         """What the adapter resolved for this page (None: fallbacks for every widget)."""
         self._auth = auth
         self._auth_resolved = True
+
+    # -- the whole step, for adapters ------------------------------------------------
+
+    def process(
+        self,
+        chunk: bytes | bytearray | memoryview,
+        *,
+        final: bool,
+        auth: Callable[[], PageAuth | None],
+        flush: bool = False,
+    ) -> bytes:
+        """One body chunk through decode, scan, (auth once) and render. ``auth`` resolves
+        the page's visitor and token with the adapter's own I/O; ``flush`` releases what the
+        scanner holds without ending the encoded stream (an app that stopped early)."""
+        items = self.scan(self.decode(chunk, final=final), final=final or flush)
+        if self.needs_auth(items):
+            self.provide_auth(auth())
+        return self.render(items, final=final)
+
+    async def aprocess(
+        self,
+        chunk: bytes | bytearray | memoryview,
+        *,
+        final: bool,
+        auth: Callable[[], Awaitable[PageAuth | None]],
+        flush: bool = False,
+    ) -> bytes:
+        """``process`` for adapters whose ``auth`` is a coroutine."""
+        items = self.scan(self.decode(chunk, final=final), final=final or flush)
+        if self.needs_auth(items):
+            self.provide_auth(await auth())
+        return self.render(items, final=final)
 
     # -- render ----------------------------------------------------------------------
 

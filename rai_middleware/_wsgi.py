@@ -363,11 +363,10 @@ class _WSGIResponse:
     def _process(self, chunk: bytes, *, final: bool) -> bytes:
         rewriter = self._rewriter
         assert rewriter is not None
-        data = rewriter.decode(chunk, final=final)
-        items = rewriter.scan(data, final=final)
-        if rewriter.needs_auth(items):
-            rewriter.provide_auth(self._middleware.page_auth(self._visitor()))
-        return rewriter.render(items, final=final)
+        return rewriter.process(chunk, final=final, auth=self._page_auth)
+
+    def _page_auth(self) -> PageAuth | None:
+        return self._middleware.page_auth(self._visitor())
 
     def _whole(self, body: bytes) -> bytes:
         rewriter = self._rewriter

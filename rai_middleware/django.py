@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any, cast
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
@@ -347,10 +347,10 @@ class ReturningAIMiddleware:
 
         try:
             for chunk in content:
-                out = _process(rewriter, chunk, auth, final=False)
+                out = rewriter.process(chunk, final=False, auth=auth)
                 if out:
                     yield out
-            out = _process(rewriter, b"", auth, final=True)
+            out = rewriter.process(b"", final=True, auth=auth)
         except CorruptBody:
             return  # after a corrupt compressed chunk nothing sensible can follow
         if out:
@@ -359,41 +359,19 @@ class ReturningAIMiddleware:
     async def _arewrite(
         self, rewriter: PageRewriter, content: AsyncIterator[bytes], identity: Identity | None
     ) -> AsyncIterator[bytes]:
+        async def auth() -> PageAuth | None:
+            return await self._apage_auth(identity)
+
         try:
             async for chunk in content:
-                out = await _aprocess(rewriter, chunk, self._apage_auth, identity, final=False)
+                out = await rewriter.aprocess(chunk, final=False, auth=auth)
                 if out:
                     yield out
-            out = await _aprocess(rewriter, b"", self._apage_auth, identity, final=True)
+            out = await rewriter.aprocess(b"", final=True, auth=auth)
         except CorruptBody:
             return
         if out:
             yield out
-
-
-def _process(
-    rewriter: PageRewriter, chunk: bytes, auth: Callable[[], PageAuth | None], *, final: bool
-) -> bytes:
-    data = rewriter.decode(chunk, final=final)
-    items = rewriter.scan(data, final=final)
-    if rewriter.needs_auth(items):
-        rewriter.provide_auth(auth())
-    return rewriter.render(items, final=final)
-
-
-async def _aprocess(
-    rewriter: PageRewriter,
-    chunk: bytes,
-    auth: Callable[[Identity | None], Awaitable[PageAuth | None]],
-    identity: Identity | None,
-    *,
-    final: bool,
-) -> bytes:
-    data = rewriter.decode(chunk, final=final)
-    items = rewriter.scan(data, final=final)
-    if rewriter.needs_auth(items):
-        rewriter.provide_auth(await auth(identity))
-    return rewriter.render(items, final=final)
 
 
 def _request_headers(request: Request) -> dict[bytes, bytes]:

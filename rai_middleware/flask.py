@@ -289,10 +289,10 @@ def _rewrite_stream(
     def rewritten() -> Iterator[bytes]:
         try:
             for chunk in chunks:
-                out = _process(rewriter, chunk, auth, final=False)
+                out = rewriter.process(chunk, final=False, auth=auth)
                 if out:
                     yield out
-            out = _process(rewriter, b"", auth, final=True)
+            out = rewriter.process(b"", final=True, auth=auth)
             if out:
                 yield out
         except CorruptBody:
@@ -300,16 +300,6 @@ def _rewrite_stream(
 
     # Closed by the server even if never iterated: the app's body is closed then too.
     return ClosingIterable(rewritten(), original)
-
-
-def _process(
-    rewriter: PageRewriter, chunk: bytes, auth: Callable[[], PageAuth | None], *, final: bool
-) -> bytes:
-    data = rewriter.decode(chunk, final=final)
-    items = rewriter.scan(data, final=final)
-    if rewriter.needs_auth(items):
-        rewriter.provide_auth(auth())
-    return rewriter.render(items, final=final)
 
 
 def _raw_headers(response: Response) -> list[tuple[bytes, bytes]]:
