@@ -15,11 +15,13 @@ import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from types import MappingProxyType
 from typing import Any, TypedDict
 from urllib.parse import urlsplit
 
 from ._exceptions import ConfigurationError
+from ._modes import AccessKeyMode, AttributesMode, IframeMode, Mode
 
 __all__ = [
     "DEFAULT_API_BASE_URL",
@@ -30,10 +32,12 @@ __all__ = [
     "DEFAULT_WIDGETS",
     "DEFAULT_WIDGETS_BASE_URL",
     "MODES",
+    "ADAPTER_KEYWORDS",
     "Options",
     "Secret",
     "Settings",
     "build_settings",
+    "option_names",
 ]
 
 DEFAULT_API_BASE_URL = "https://api-v2.returning.ai"
@@ -83,7 +87,14 @@ class Secret:
         return hash(("Secret", hashlib.sha256(self._value.encode()).digest()))
 
 
-MODES = ("access_key", "iframe", "attributes")
+#: ``mode=`` value -> its auth flow. A new flow is one module in ``_modes`` and one line here.
+MODES: Mapping[str, type[Mode]] = MappingProxyType(
+    {
+        AccessKeyMode.name: AccessKeyMode,
+        IframeMode.name: IframeMode,
+        AttributesMode.name: AttributesMode,
+    }
+)
 
 DEFAULT_WIDGETS_BASE_URL = "https://prod-widgets.returning.ai"
 DEFAULT_LOADER_URL = "https://prod-widgets.returning.ai/widget-loader.js"
@@ -130,6 +141,16 @@ class Options(TypedDict, total=False):
     failure_cooldown: float
 
 
+#: Keywords every middleware takes besides the options: they are objects, not settings.
+ADAPTER_KEYWORDS = frozenset({"identify", "http_client", "token_store", "clock"})
+
+
+def option_names() -> frozenset[str]:
+    """Every keyword a middleware accepts: the options and ``ADAPTER_KEYWORDS``. The Django
+    and Flask adapters accept exactly these as settings keys."""
+    return frozenset(Options.__optional_keys__) | ADAPTER_KEYWORDS
+
+
 def build_settings(
     options: Mapping[str, Any], environ: Mapping[str, str] | None = None
 ) -> Settings:
@@ -173,26 +194,20 @@ class Settings:
     failure_threshold: int = 5
     failure_cooldown: float = 30.0
 
+    @cached_property
+    def auth(self) -> Mode:
+        """The auth flow these settings configure."""
+        return MODES[self.mode](self)
+
     @property
     def token_url(self) -> str:
-        """Where tokens are minted: the Access Key API, or the legacy signin (iframe mode)."""
-        if self.mode == "iframe":
-            return f"{self.widgets_base_url}/widget/{self.community_id}/signin"
-        return self.api_base_url + self.token_path
+        """Where tokens are minted (the mode decides)."""
+        return self.auth.token_url
 
     @property
     def refresh_path(self) -> str | None:
         """The middleware's own token endpoint for this mode (None: the mode has none)."""
-        if self.mode == "access_key":
-            return self.endpoint_prefix + "/embed-token"
-        if self.mode == "iframe":
-            return self.endpoint_prefix + "/signin"
-        return None
-
-    @property
-    def widgets_origin(self) -> str:
-        parts = urlsplit(self.widgets_base_url)
-        return f"{parts.scheme}://{parts.netloc}"
+        return self.auth.refresh_path
 
     @classmethod
     def from_options(
@@ -227,24 +242,30 @@ class Settings:
         env = os.environ if environ is None else environ
         akey = _optional_str("access_key", access_key, env, "RAI_ACCESS_KEY")
         wkey = _optional_str("widget_api_key", widget_api_key, env, "RAI_WIDGET_API_KEY")
-        mode = _mode(mode, access_key=akey, widget_api_key=wkey)
-        community: str | None
-        aid: str | None = None
-        if mode == "access_key":
-            community = _required_str("community_id", community_id, env, "RAI_COMMUNITY_ID")
-            aid = _required_str("access_id", access_id, env, "RAI_ACCESS_ID")
-            akey = _required_str("access_key", akey, env, "RAI_ACCESS_KEY")
-            seed = akey
-        elif mode == "iframe":
-            community = _required_str("community_id", community_id, env, "RAI_COMMUNITY_ID")
-            wkey = _required_str("widget_api_key", wkey, env, "RAI_WIDGET_API_KEY")
-            if "/" in community or "?" in community or "#" in community:
-                raise ConfigurationError("community_id must not contain '/', '?' or '#'")
-            seed = wkey
-        else:
-            community = _optional_str("community_id", community_id, env, "RAI_COMMUNITY_ID")
-            # Attribute Auth needs no secret; identity hashes still want a key.
-            seed = secrets.token_hex(32)
+        chosen = MODES[_mode(mode, access_key=akey, widget_api_key=wkey)]
+        given = {
+            "community_id": _optional_str("community_id", community_id, env, "RAI_COMMUNITY_ID"),
+            "access_id": _optional_str("access_id", access_id, env, "RAI_ACCESS_ID"),
+            "access_key": akey,
+            "widget_api_key": wkey,
+        }
+        for name in chosen.required:
+            if given[name] is None:
+                raise ConfigurationError(
+                    f"{name} is required in mode={chosen.name!r}: pass {name}=... to the "
+                    f"middleware or set the {_ENV[name]} environment variable"
+                )
+        community = given["community_id"]
+        if community is not None and any(c in community for c in "/?#"):
+            raise ConfigurationError("community_id must not contain '/', '?' or '#'")
+        # Credentials the mode does not use are not kept: less to leak.
+        aid, akey, wkey = (
+            given[name] if name in chosen.required else None
+            for name in ("access_id", "access_key", "widget_api_key")
+        )
+        # Attribute Auth needs no secret; identity hashes still want a key.
+        seed = given[chosen.key_seed] if chosen.key_seed else None
+        seed = seed or secrets.token_hex(32)
         skey = _optional_str("secret_key", secret_key, env, "RAI_SECRET_KEY")
         if skey is None:
             # Derived, so that nothing beyond the credential is required; the derivation is
@@ -263,11 +284,11 @@ class Settings:
         if not isinstance(token_path, str) or not token_path.startswith("/"):
             raise ConfigurationError("token_path must be a path starting with '/'")
         return cls(
-            mode=mode,
+            mode=chosen.name,
             community_id=community,
             access_id=Secret(aid) if aid is not None else None,
-            access_key=Secret(akey) if akey is not None and mode == "access_key" else None,
-            widget_api_key=Secret(wkey) if wkey is not None and mode == "iframe" else None,
+            access_key=Secret(akey) if akey is not None else None,
+            widget_api_key=Secret(wkey) if wkey is not None else None,
             secret_key=Secret(skey),
             api_base_url=base,
             token_path=token_path,
@@ -290,11 +311,21 @@ class Settings:
         )
 
 
+_ENV = {
+    "community_id": "RAI_COMMUNITY_ID",
+    "access_id": "RAI_ACCESS_ID",
+    "access_key": "RAI_ACCESS_KEY",
+    "widget_api_key": "RAI_WIDGET_API_KEY",
+}
+
+
 def _mode(mode: str | None, *, access_key: str | None, widget_api_key: str | None) -> str:
     if mode is None:
         # Access Key Embed is the documented default; the legacy iframe flow is chosen only
         # when its key is the one given.
-        return "iframe" if widget_api_key is not None and access_key is None else "access_key"
+        if widget_api_key is not None and access_key is None:
+            return IframeMode.name
+        return AccessKeyMode.name
     if mode not in MODES:
         raise ConfigurationError(f"mode must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
     return mode

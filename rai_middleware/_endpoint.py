@@ -6,36 +6,33 @@ It is same-origin only (no CORS headers; ``Sec-Fetch-Site`` and ``Origin`` check
 browser sends them), needs the page's ticket for the same identity, goes through the same
 cache as pages (so hammering it causes no extra upstream calls) and is never cached.
 
-The decisions are protocol-free (``check_request``, ``check_ticket``, ``token_reply``); the
-ASGI endpoint here and the WSGI one in ``_wsgi.py`` only do the I/O around them.
+The decision is protocol-free (``answer``, a generator that asks its driver for the
+visitor and the token); each adapter only translates the request and the ``Reply``.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._exceptions import TokenError
 from ._http import same_origin
 from ._identity import Identity
+from ._modes import Mode
+from ._needs import IDENTIFY, Flow, Grant, TokenNeed
 from ._tickets import TicketSigner
-from ._tokens import EmbedToken, TokenService
-from ._types import Receive, Scope, Send
 
-__all__ = [
-    "UNAVAILABLE",
-    "RefreshEndpoint",
-    "Reply",
-    "check_request",
-    "check_ticket",
-    "first_headers",
-    "token_reply",
-]
+__all__ = ["REASONS", "Reply", "answer", "check_request", "check_ticket", "first_headers"]
 
-logger = logging.getLogger("rai_middleware")
+#: Reason phrases of the statuses the endpoint answers (for WSGI's status line).
+REASONS = {
+    200: "OK",
+    401: "Unauthorized",
+    403: "Forbidden",
+    405: "Method Not Allowed",
+    503: "Service Unavailable",
+}
 
 _JSON_HEADERS = (
     (b"content-type", b"application/json"),
@@ -100,53 +97,23 @@ def check_ticket(
     return None
 
 
-def token_reply(token_field: str, token: EmbedToken, now: float) -> Reply:
-    return Reply(200, {token_field: token.value, "expiresIn": int(token.remaining(now))})
-
-
-class RefreshEndpoint:
-    """Answers the token-refresh requests of the scripts the middleware puts in pages."""
-
-    def __init__(
-        self,
-        *,
-        tokens: TokenService,
-        tickets: TicketSigner,
-        identify: Callable[[Scope], Awaitable[Identity | None]],
-        token_field: str = "embedToken",
-    ) -> None:
-        self._token_field = token_field
-        self._tokens = tokens
-        self._tickets = tickets
-        self._identify = identify
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._send(send, await self._answer(scope))
-
-    async def _answer(self, scope: Scope) -> Reply:
-        headers = first_headers(scope.get("headers") or ())
-        reply = check_request(scope["method"], headers, scope.get("scheme", "http"))
-        if reply is not None:
-            return reply
-        identity = await self._identify(scope)
-        reply = check_ticket(identity, headers, self._tickets)
-        if reply is not None or identity is None:
-            return reply or NOT_SIGNED_IN
-        try:
-            token = await self._tokens.get(identity)
-        except TokenError as exc:
-            # The token service logged the failure itself, once per failure or cool-down.
-            logger.debug("token refresh failed: %s", exc)
-            return UNAVAILABLE
-        except Exception:
-            logger.exception("token refresh failed")
-            return UNAVAILABLE
-        return token_reply(self._token_field, token, self._tokens.now())
-
-    @staticmethod
-    async def _send(send: Send, reply: Reply) -> None:
-        body = reply.body()
-        await send(
-            {"type": "http.response.start", "status": reply.status, "headers": reply.headers(body)}
-        )
-        await send({"type": "http.response.body", "body": body})
+def answer(
+    method: str,
+    headers: Mapping[bytes, bytes],
+    scheme: str,
+    *,
+    tickets: TicketSigner,
+    mode: Mode,
+) -> Flow[Reply]:
+    """The endpoint's whole decision. Yields ``IDENTIFY`` and ``TokenNeed`` for a driver."""
+    reply = check_request(method, headers, scheme)
+    if reply is not None:
+        return reply
+    identity: Identity | None = yield IDENTIFY
+    reply = check_ticket(identity, headers, tickets)
+    if reply is not None or identity is None:
+        return reply or NOT_SIGNED_IN
+    grant: Grant | None = yield TokenNeed(identity)
+    if grant is None:
+        return UNAVAILABLE  # why was logged where it failed
+    return Reply(200, mode.endpoint_payload(grant.token, grant.expires_in))

@@ -47,6 +47,8 @@ class ResponseInfo:
     skipped_encoding: str | None = None
     #: ``application/xhtml+xml``: parsed as XML, so inline scripts need CDATA sections.
     xhtml: bool = False
+    #: The app's ``Content-Length``, when it sent a valid one.
+    content_length: int | None = None
 
 
 def inspect_response(status: int, headers: Iterable[tuple[bytes, bytes]]) -> ResponseInfo:
@@ -56,9 +58,12 @@ def inspect_response(status: int, headers: Iterable[tuple[bytes, bytes]]) -> Res
     content_type: bytes | None = None
     csp: str | None = None
     content_encoding: str | None = None
+    content_length: int | None = None
     for name, value in headers:
         lname = name.lower()
-        if lname == b"content-type":
+        if lname == b"content-length":
+            content_length = int(value) if value.strip().isdigit() else None
+        elif lname == b"content-type":
             content_type = value
         elif lname == b"content-encoding":
             coding = value.strip().lower()
@@ -77,7 +82,7 @@ def inspect_response(status: int, headers: Iterable[tuple[bytes, bytes]]) -> Res
     encoding, xhtml = page
     if content_encoding is not None and content_encoding not in _DECODABLE:
         return ResponseInfo(False, skipped_encoding=content_encoding)
-    return ResponseInfo(True, encoding, csp, content_encoding, xhtml=xhtml)
+    return ResponseInfo(True, encoding, csp, content_encoding, xhtml, content_length)
 
 
 @functools.lru_cache(maxsize=64)
@@ -132,23 +137,36 @@ def rewrite_headers(
     or may be in the page) also sets ``Cache-Control: private, no-store``.
     """
     out: RawHeaders = []
-    vary_done = not (rewritten or private)
+    changed = rewritten or private
+    vary_at: int | None = None
+    vary: list[bytes] = []  # the tokens of every Vary header, as first spelled
+    seen: set[bytes] = set()
     for name, value in headers:
         lname = name.lower()
         if lname == b"content-length":
             continue
-        if (rewritten or private) and lname in _VALIDATORS:
+        if changed and lname in _VALIDATORS:
             continue
         if private and (lname in _SHARED_CACHE_HEADERS or lname.endswith(b"cdn-cache-control")):
             continue
-        if lname == b"vary" and not vary_done:
-            tokens = {token.strip().lower() for token in value.split(b",")}
-            if b"cookie" not in tokens and b"*" not in tokens:
-                value = value + b", Cookie" if value.strip() else b"Cookie"
-            vary_done = True
+        if lname == b"vary" and changed:
+            for token in value.split(b","):
+                token = token.strip()
+                if token and token.lower() not in seen:
+                    seen.add(token.lower())
+                    vary.append(token)
+            if vary_at is not None:
+                continue  # merged into the first Vary header
+            vary_at = len(out)
         out.append((name, value))
-    if not vary_done:
-        out.append((b"vary", b"Cookie"))
+    if changed:
+        if b"cookie" not in seen and b"*" not in seen:
+            vary.append(b"Cookie")
+        merged = b", ".join(vary)
+        if vary_at is None:
+            out.append((b"vary", merged))
+        else:
+            out[vary_at] = (out[vary_at][0], merged)
     if private:
         out.append(_PRIVATE_CACHE_CONTROL)
     if content_length is not None:

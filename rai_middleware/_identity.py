@@ -137,11 +137,11 @@ def checked_identity(result: object, identify: object, secret: bytes) -> Identit
 
 
 async def resolve_identity(
-    identify: IdentifyCallable, scope: Scope, secret: bytes
+    identify: Callable[[Any], object], request: object, secret: bytes
 ) -> Identity | None:
     """Call ``identify`` (sync or async) and check its answer. Never raises."""
     try:
-        result = identify(scope)
+        result = identify(request)
         if inspect.isawaitable(result):
             result = await result
     except Exception:

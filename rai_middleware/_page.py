@@ -1,113 +1,114 @@
-"""One page's rewrite, with no protocol in it: the core every adapter drives.
+"""One response's rewrite, sans-IO: the core every entrance drives.
 
-An adapter (ASGI, WSGI, a framework's middleware) creates a ``PageRewriter`` for a
-candidate response and, for each body chunk, calls::
+An adapter makes a ``PageRewrite`` with ``Core.page(...)`` when a response starts (None:
+not a page to rewrite, send it as it is), then feeds it the body::
 
-    out = rewriter.process(chunk, final=..., auth=resolve)   # or: await rewriter.aprocess(...)
+    step = driver.run(rewrite.feed(chunk, more=...), request)
 
-which is decode (gzip/deflate from an inner middleware), scan (passthrough bytes and
-placeholders), ``auth()`` once at the first real widget (who is the page for?), and
-render (widget markup, re-encoded).
+``feed`` is a generator: when it cannot go on without I/O it yields a need ("who is the
+visitor?", "a token for this identity") that the adapter's driver answers. What it
+returns is a ``Step``: the headers to send now (once, with the first bytes) and the bytes.
 
-Resolving the visitor and the token is the adapter's job (async or threads); everything
-else (which widget, what markup, which scripts once per page, failing open) is here.
+It owns every decision an adapter would otherwise copy: whole page or stream (a response
+that announces its ``Content-Length`` is held up to ``WHOLE_PAGE_LIMIT`` and rewritten in
+one piece with an exact length; anything else streams, its safe bytes leaving as soon as
+they arrive), the quick match that lets a page without a placeholder through untouched,
+compressed bodies, the header rules, and failing open.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ._codec import BodyCodec, codec_for
-from ._config import Settings
-from ._http import ResponseInfo, csp_nonce
+from ._http import RawHeaders, ResponseInfo, rewrite_headers, streamed_headers
 from ._identity import Identity
-from ._iframe import IframeAuth, render_iframe, render_iframe_auth
-from ._loader import render_loader
-from ._render import (
-    Attribute,
-    WidgetMarkup,
-    container_id,
-    parse_attributes,
-    render_scripts,
-    render_widget,
-    widget_attributes,
-)
+from ._modes import PageAuth, PageContext, Widget
+from ._needs import IDENTIFY, Flow, Grant, TokenNeed
+from ._render import parse_attributes, widget_attributes
 from ._scanner import Item, Placeholder, PlaceholderScanner
 
-__all__ = ["CorruptBody", "PageAuth", "PageRewriter", "has_placeholder", "quick_matcher"]
+if TYPE_CHECKING:
+    from ._core import Core
+
+__all__ = ["WHOLE_PAGE_LIMIT", "PageRewrite", "Step", "quick_matcher"]
 
 logger = logging.getLogger("rai_middleware")
 
+#: The most a response with a ``Content-Length`` is held to be rewritten as a whole page;
+#: past it, the page streams (and loses its ``Content-Length``).
+WHOLE_PAGE_LIMIT = 4 * 1024 * 1024
+
 
 @dataclass(frozen=True, slots=True)
-class PageAuth:
-    """Who the page is for, and (for token modes) the token, its ticket and remaining life."""
+class Step:
+    """What to send now: ``headers`` (not None once, with or before the first bytes) and
+    ``body``. ``end`` says the response must end here (a corrupt compressed stream)."""
 
-    identity: Identity
-    token: str | None = field(default=None, repr=False)
-    ticket: str | None = field(default=None, repr=False)
-    expires_in: int = 0
-
-
-class CorruptBody(Exception):
-    """The app's compressed body cannot be decoded: the response has to end."""
+    headers: RawHeaders | None
+    body: bytes
+    end: bool = False
 
 
-def quick_matcher(settings: Settings) -> Callable[[bytes], object]:
+_NOTHING = Step(None, b"")
+
+
+class _CorruptBody(Exception):
+    """The app's compressed body cannot be decoded."""
+
+
+def quick_matcher(tag: str) -> Callable[[bytes], object]:
     """The cheap test that decides whether a whole body needs scanning at all."""
-    return re.compile(
-        re.escape(b"<" + settings.placeholder_tag.encode("ascii")), re.IGNORECASE
-    ).search
+    return re.compile(re.escape(b"<" + tag.encode("ascii")), re.IGNORECASE).search
 
 
-def has_placeholder(items: list[Item]) -> bool:
-    return any(isinstance(item, Placeholder) for item in items)
-
-
-class PageRewriter:
-    """Per response. Holds the scanner, the codec, and what was resolved for the page."""
+class PageRewrite:
+    """Per response. Not shared between requests."""
 
     __slots__ = (
         "_auth",
         "_auth_resolved",
+        "_buffer",
+        "_buffered",
         "_codec",
-        "_encoding",
+        "_core",
+        "_ctx",
+        "_ended",
         "_failed",
-        "_nonce",
-        "_path",
-        "_refresh_url",
+        "_headers",
+        "_identity",
+        "_identity_resolved",
+        "_info",
+        "_passthrough",
         "_scanner",
-        "_settings",
-        "_xhtml",
+        "_sent_headers",
+        "_whole",
         "token_used",
         "widgets",
     )
 
     def __init__(
-        self,
-        settings: Settings,
-        info: ResponseInfo,
-        *,
-        path: str,
-        refresh_url: str,
-        state_nonce: str | None = None,
+        self, core: Core, headers: RawHeaders, info: ResponseInfo, ctx: PageContext, *, whole: bool
     ) -> None:
-        self._settings = settings
-        self._encoding = info.encoding
-        self._xhtml = info.xhtml
-        self._codec: BodyCodec | None = (
-            codec_for(info.content_encoding) if info.content_encoding else None
-        )
-        self._nonce = csp_nonce(info.csp) or state_nonce
-        self._path = path
-        self._refresh_url = refresh_url
-        self._scanner = PlaceholderScanner(
-            settings.placeholder_tag, max_size=settings.max_placeholder_size
-        )
-        self._failed = False
+        self._core = core
+        self._headers = headers
+        self._info = info
+        self._ctx = ctx
+        self._whole = whole
+        self._buffer: list[bytes] = []
+        self._buffered = 0
+        self._codec: BodyCodec | None = None
+        self._scanner: PlaceholderScanner | None = None
+        self._sent_headers = False
+        self._passthrough = False  # failed open after the headers left: the rest as it is
+        self._failed = False  # a rewrite error mid-stream: scan nothing more
+        self._ended = False
+        self._identity: Identity | None = None
+        self._identity_resolved = False
         self._auth: PageAuth | None = None
         self._auth_resolved = False
         #: Widgets written so far (also numbers their containers).
@@ -115,136 +116,223 @@ class PageRewriter:
         #: A token or an identity was written into the page: it must stay private.
         self.token_used = False
 
-    # -- decode / encode -------------------------------------------------------------
+    # -- what adapters call ------------------------------------------------------------
 
-    def decode(self, chunk: bytes | bytearray | memoryview, *, final: bool) -> bytes:
-        if self._codec is None:
-            return chunk if isinstance(chunk, bytes) else bytes(chunk)
+    def feed(self, chunk: bytes | bytearray | memoryview, *, more: bool) -> Flow[Step]:
+        """One body chunk of the app's; ``more`` as in ASGI's ``more_body``."""
+        if self._ended:
+            return _NOTHING
+        if self._passthrough:
+            return self._unchanged(bytes(chunk))
+        if self._whole or (not more and not self._sent_headers):
+            self._buffer.append(bytes(chunk))
+            self._buffered += len(chunk)
+            if not more:
+                body = b"".join(self._buffer)
+                self._buffer.clear()
+                return (yield from self._whole_page(body))
+            if self._buffered <= WHOLE_PAGE_LIMIT:
+                return _NOTHING
+            # Larger than the limit (or than it announced): stream it from here.
+            self._whole = False
+            chunk = b"".join(self._buffer)
+            self._buffer.clear()
+        return (yield from self._stream(bytes(chunk), more=more))
+
+    def headers_now(self) -> Flow[Step]:
+        """Decide a stream's headers before any body (frameworks whose response object
+        must carry them before its body is iterated)."""
+        self._whole = False
+        return (yield from self._stream(b"", more=True))
+
+    def finish(self) -> Step:
+        """The app stopped without a last chunk: whatever is held, unchanged."""
+        held = b"".join(self._buffer)
+        self._buffer.clear()
+        if self._ended:
+            return _NOTHING
+        if not self._sent_headers:
+            self._passthrough = True
+            return self._unchanged(held)
+        scanner = self._scanner
+        pending = scanner.close() if scanner is not None and not self._failed else []
+        out = b"".join(i if isinstance(i, bytes) else i.raw for i in pending)
+        return Step(None, self._encode(out, final=False))
+
+    def abandon(self) -> Step:
+        """The app sends its body some other way (a file, trailers...): from now on the
+        response goes as the app writes it, starting with what is held."""
+        held = b"".join(self._buffer)
+        self._buffer.clear()
+        self._passthrough = True
+        return self._unchanged(held)
+
+    # -- whole pages -------------------------------------------------------------------
+
+    def _whole_page(self, body: bytes) -> Flow[Step]:
+        """The whole body is known: exact Content-Length, or the app's headers and bytes
+        untouched when nothing changes (including when anything fails)."""
+        self._sent_headers = True
+        unchanged = Step(self._headers, body)
+        quick_match = self._core.quick_match
+        if self._info.content_encoding is None and quick_match(body) is None:
+            return unchanged  # the common case, kept to one search
         try:
-            return self._codec.decode(bytes(chunk), final=final)
+            decoded = self._decode(body, final=True)
+            if quick_match(decoded) is None:
+                return unchanged
+            items = self._scan(decoded, final=True)
+            if not any(isinstance(item, Placeholder) for item in items):
+                return unchanged
+            yield from self._authenticate(items)
+            out = self._render(items, final=True)
+        except Exception:  # _CorruptBody included: the app's bytes go out as they are
+            logger.exception("rewriting the page on %s failed; sending it unchanged", self._path)
+            return unchanged
+        headers = rewrite_headers(
+            self._headers, content_length=len(out), private=self.token_used, rewritten=True
+        )
+        return Step(headers, out)
+
+    # -- streams -----------------------------------------------------------------------
+
+    def _stream(self, chunk: bytes, *, more: bool) -> Flow[Step]:
+        first = not self._sent_headers
+        try:
+            if first:
+                # The headers leave with these bytes, before later chunks are seen: whether
+                # the page is private depends on who the visitor is.
+                yield from self._identify()
+            data = self._decode(chunk, final=not more)
+            items = self._scan(data, final=not more)
+            yield from self._authenticate(items)
+            out = self._render(items, final=not more)
+        except _CorruptBody:
+            if first:
+                self._passthrough = True
+                return self._unchanged(chunk)
+            self._ended = True
+            return Step(None, b"", end=True)
+        except Exception:
+            logger.exception("rewriting the page on %s failed; sending it unchanged", self._path)
+            if first:
+                self._passthrough = True
+                return self._unchanged(chunk)
+            raise  # pragma: no cover - _scan and _render fail open themselves
+        if not first:
+            return Step(None, out)
+        self._sent_headers = True
+        private = self.token_used or self._identity is not None
+        return Step(streamed_headers(self._headers, private=private), out)
+
+    def _unchanged(self, data: bytes) -> Step:
+        if self._sent_headers:
+            return Step(None, data)
+        self._sent_headers = True
+        return Step(self._headers, data)
+
+    # -- decode, scan, authenticate, render -----------------------------------------------
+
+    @property
+    def _path(self) -> str:
+        return self._ctx.path
+
+    def _decode(self, chunk: bytes, *, final: bool) -> bytes:
+        encoding = self._info.content_encoding
+        if encoding is None:
+            return chunk
+        if self._codec is None:
+            self._codec = codec_for(encoding)
+        assert self._codec is not None
+        try:
+            return self._codec.decode(chunk, final=final)
         except Exception as exc:  # zlib.error, MemoryError...
             logger.error(
-                "the app's %s body on %s is corrupt (%s); ending the response",
-                self._codec.name,
-                self._path,
-                exc,
+                "the app's %s body on %s cannot be decoded (%s)", encoding, self._path, exc
             )
-            raise CorruptBody from None
+            raise _CorruptBody from None
 
-    def encode(self, data: bytes, *, final: bool) -> bytes:
+    def _encode(self, data: bytes, *, final: bool) -> bytes:
         return data if self._codec is None else self._codec.encode(data, final=final)
 
-    # -- scan ------------------------------------------------------------------------
-
-    def scan(self, data: bytes, *, final: bool) -> list[Item]:
-        """Passthrough bytes and placeholders. After a failure of our own, everything
-        passes through unscanned (fail open), nothing lost."""
+    def _scan(self, data: bytes, *, final: bool) -> list[Item]:
+        """Passthrough bytes and placeholders. After a failure of our own, everything passes
+        through unscanned (fail open), nothing lost."""
         if self._failed:
             return [data] if data else []
         scanner = self._scanner
+        if scanner is None:
+            settings = self._core.settings
+            scanner = self._scanner = PlaceholderScanner(
+                settings.placeholder_tag, max_size=settings.max_placeholder_size
+            )
         held = scanner.pending
         try:
             items = scanner.feed(data)
             if final:
                 unfinished = scanner.pending
                 items += scanner.close()
-                self._log_leftovers(unfinished)
+                self._log_leftovers(scanner, unfinished)
             return items
         except Exception:
-            logger.exception("rewriting the page failed; sending the rest unchanged")
+            logger.exception("rewriting the page on %s failed; sending the rest unchanged", self._path)
             self._failed = True
             return [held + data]
 
-    def _log_leftovers(self, unfinished: bytes) -> None:
-        settings = self._settings
-        if self._scanner.oversized:
-            logger.warning(
-                "%d <%s> element(s) on %s exceeded max_placeholder_size (%d bytes) and were "
-                "sent unchanged",
-                self._scanner.oversized,
-                settings.placeholder_tag,
-                self._path,
-                settings.max_placeholder_size,
-            )
-        if (b"<" + settings.placeholder_tag.encode("ascii")) in unfinished.lower():
-            logger.warning(
-                "an unterminated <%s> on %s was sent unchanged",
-                settings.placeholder_tag,
-                self._path,
-            )
+    def _identify(self) -> Flow[Identity | None]:
+        if not self._identity_resolved:
+            self._identity = yield IDENTIFY
+            self._identity_resolved = True
+        return self._identity
 
-    # -- auth ------------------------------------------------------------------------
-
-    def needs_auth(self, items: list[Item]) -> bool:
-        """True when the page holds a real widget and its visitor is not resolved yet."""
-        if self._auth_resolved or self._failed:
-            return False
-        for item in items:
-            if isinstance(item, Placeholder):
-                attributes = parse_attributes(item.attributes, self._encoding)
-                if widget_attributes(attributes, self._settings.widgets)[1] is not None:
-                    return True
-        return False
-
-    def provide_auth(self, auth: PageAuth | None) -> None:
-        """What the adapter resolved for this page (None: fallbacks for every widget)."""
-        self._auth = auth
+    def _authenticate(self, items: list[Item]) -> Flow[None]:
+        """Once per page, at its first real widget: who it is for and, if the mode uses
+        tokens, the token."""
+        if self._auth_resolved or self._failed or not any(map(self._is_widget, items)):
+            return
         self._auth_resolved = True
+        identity = yield from self._identify()
+        if identity is None:
+            logger.debug("anonymous visitor on %s: serving fallbacks", self._path)
+            return
+        mode = self._core.mode
+        if not mode.uses_token:
+            self._auth = PageAuth(identity)
+            return
+        grant: Grant | None = yield TokenNeed(identity)
+        if grant is not None:
+            ticket = self._core.tickets.issue(identity.key)
+            self._auth = PageAuth(identity, grant.token, ticket, grant.expires_in)
 
-    # -- the whole step, for adapters ------------------------------------------------
+    def _is_widget(self, item: Item) -> bool:
+        if not isinstance(item, Placeholder):
+            return False
+        attributes = parse_attributes(item.attributes, self._info.encoding)
+        return widget_attributes(attributes, self._core.settings.widgets)[1] is not None
 
-    def process(
-        self,
-        chunk: bytes | bytearray | memoryview,
-        *,
-        final: bool,
-        auth: Callable[[], PageAuth | None],
-        flush: bool = False,
-    ) -> bytes:
-        """One body chunk through decode, scan, (auth once) and render. ``auth`` resolves
-        the page's visitor and token with the adapter's own I/O; ``flush`` releases what the
-        scanner holds without ending the encoded stream (an app that stopped early)."""
-        items = self.scan(self.decode(chunk, final=final), final=final or flush)
-        if self.needs_auth(items):
-            self.provide_auth(auth())
-        return self.render(items, final=final)
-
-    async def aprocess(
-        self,
-        chunk: bytes | bytearray | memoryview,
-        *,
-        final: bool,
-        auth: Callable[[], Awaitable[PageAuth | None]],
-        flush: bool = False,
-    ) -> bytes:
-        """``process`` for adapters whose ``auth`` is a coroutine."""
-        items = self.scan(self.decode(chunk, final=final), final=final or flush)
-        if self.needs_auth(items):
-            self.provide_auth(await auth())
-        return self.render(items, final=final)
-
-    # -- render ----------------------------------------------------------------------
-
-    def render(self, items: list[Item], *, final: bool) -> bytes:
+    def _render(self, items: list[Item], *, final: bool) -> bytes:
         """Widget markup in place of each placeholder, encoded for the response."""
         if len(items) == 1 and isinstance(items[0], bytes):
             out = items[0]
         else:
             try:
                 out = b"".join(
-                    item if isinstance(item, bytes) else self._render_placeholder(item)
-                    for item in items
+                    item if isinstance(item, bytes) else self._placeholder(item) for item in items
                 )
             except Exception:
-                logger.exception("rewriting the page failed; sending the rest unchanged")
+                logger.exception(
+                    "rewriting the page on %s failed; sending the rest unchanged", self._path
+                )
                 self._failed = True
                 out = b"".join(item if isinstance(item, bytes) else item.raw for item in items)
-                out += self._scanner.pending
-        return self.encode(out, final=final)
+                if self._scanner is not None:
+                    out += self._scanner.pending
+        return self._encode(out, final=final)
 
-    def _render_placeholder(self, placeholder: Placeholder) -> bytes:
-        settings = self._settings
-        attributes = parse_attributes(placeholder.attributes, self._encoding)
+    def _placeholder(self, placeholder: Placeholder) -> bytes:
+        settings = self._core.settings
+        encoding = self._info.encoding
+        attributes = parse_attributes(placeholder.attributes, encoding)
         written, element = widget_attributes(attributes, settings.widgets)
         if element is None or written is None:
             self._log_bad_widget(written)
@@ -252,97 +340,37 @@ class PageRewriter:
         auth = self._auth
         if auth is None:
             return placeholder.inner
-        html: str | None
-        if settings.mode == "access_key":
-            html = self._sdk_widget(element, attributes, auth)
-        else:
-            html = self._legacy_widget(written.strip().lower(), attributes, auth)
+        mode = self._core.mode
+        widget = Widget(written.strip().lower(), element, attributes, self.widgets + 1)
+        html = mode.render(self._ctx, widget, auth)
         if html is None:
             return placeholder.inner
-        return html.encode(self._encoding, "xmlcharrefreplace")
-
-    def _sdk_widget(self, element: str, attributes: list[Attribute], auth: PageAuth) -> str:
-        """Access Key Embed: the SDK's custom element with the token as ``embed-token``."""
-        settings = self._settings
-        assert auth.token is not None and auth.ticket is not None
-        self.widgets += 1
-        self.token_used = True
-        html = render_widget(
-            element,
-            attributes,
-            index=self.widgets,
-            token=auth.token,
-            community_id=settings.community_id or "",
-        )
-        if self.widgets == 1:
-            html += render_scripts(
-                WidgetMarkup(
-                    token=auth.token,
-                    ticket=auth.ticket,
-                    community_id=settings.community_id or "",
-                    sdk_url=settings.sdk_url,
-                    refresh_url=self._refresh_url,
-                    nonce=self._nonce,
-                ),
-                xhtml=self._xhtml,
-            )
-        return html
-
-    def _legacy_widget(
-        self, widget: str, attributes: list[Attribute], auth: PageAuth
-    ) -> str | None:
-        """Modes ``iframe`` and ``attributes``: both address a widget by id and path segment."""
-        settings = self._settings
-        widget_id = next((value for name, value in attributes if name == "widget-id"), "")
-        widget_id = widget_id.strip()
-        segment = settings.iframe_segments.get(widget)
-        if not widget_id or segment is None:
-            needed = (
-                "a widget-id attribute"
-                if segment is not None
-                else "one of the iframe_segments widgets: " + ", ".join(settings.iframe_segments)
-            )
-            logger.error(
-                "a <%s widget=%r> on %s needs %s in mode=%r; serving its fallback content",
-                settings.placeholder_tag,
-                widget,
-                self._path,
-                needed,
-                settings.mode,
-            )
-            return None
         self.widgets += 1
         self.token_used = True  # a token or the identity is in the page
-        if settings.mode == "attributes":
-            return render_loader(
-                widget=widget,
-                widget_id=widget_id,
-                container=container_id(self.widgets),
-                attributes=attributes,
-                identifiers=auth.identity.identifiers,
-                loader_url=settings.loader_url,
-                widgets_base_url=settings.widgets_base_url,
-                segment=segment,
-                nonce=self._nonce,
-            )
-        assert auth.token is not None and auth.ticket is not None
-        html = render_iframe(settings.widgets_base_url, segment, widget_id, attributes)
         if self.widgets == 1:
-            html += render_iframe_auth(
-                IframeAuth(
-                    token=auth.token,
-                    expires_in=auth.expires_in,
-                    widgets_origin=settings.widgets_origin,
-                    refresh_url=self._refresh_url,
-                    ticket=auth.ticket,
-                    nonce=self._nonce,
-                ),
-                xhtml=self._xhtml,
+            html += mode.render_once(self._ctx, auth)
+        return html.encode(encoding, "xmlcharrefreplace")
+
+    # -- logs ----------------------------------------------------------------------------
+
+    def _log_leftovers(self, scanner: PlaceholderScanner, unfinished: bytes) -> None:
+        settings = self._core.settings
+        if scanner.oversized:
+            logger.warning(
+                "%d <%s> element(s) on %s exceeded max_placeholder_size (%d bytes) and were "
+                "sent unchanged",
+                scanner.oversized,
+                settings.placeholder_tag,
+                self._path,
+                settings.max_placeholder_size,
             )
-        return html
+        if (b"<" + settings.placeholder_tag.encode("ascii")) in unfinished.lower():
+            logger.warning(
+                "an unterminated <%s> on %s was sent unchanged", settings.placeholder_tag, self._path
+            )
 
     def _log_bad_widget(self, written: str | None) -> None:
-        settings = self._settings
+        settings = self._core.settings
         known = ", ".join(sorted(settings.widgets))
         if written is None:
             logger.error(
@@ -361,12 +389,3 @@ class PageRewriter:
                 self._path,
                 known,
             )
-
-
-def state_nonce(state: object) -> str | None:
-    """``scope["state"]["csp_nonce"]`` (or a framework's equivalent mapping), if set."""
-    if isinstance(state, Mapping):
-        nonce = state.get("csp_nonce")
-        if isinstance(nonce, str) and nonce:
-            return nonce
-    return None

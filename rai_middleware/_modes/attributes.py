@@ -3,15 +3,19 @@
 No secret and no token: the identity is written into the page as ``data-*`` attributes of
 the ``widget-loader.js`` script, which is why Returning.AI calls it the weaker option (any
 visitor can edit those attributes in their browser). Values are escaped like every other.
+There is no endpoint: nothing to refresh.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import ClassVar
 
-from ._render import Attribute, quote_attribute
+from rai_middleware._render import Attribute, container_id, quote_attribute
 
-__all__ = ["render_loader"]
+from ._base import Mode, PageAuth, PageContext, Widget, widget_page
+
+__all__ = ["AttributesMode", "render_loader"]
 
 # Consumed by the loader snippet itself rather than copied as data-* attributes.
 _CONSUMED = frozenset({"widget", "widget-id", "embed-token"})
@@ -47,3 +51,26 @@ def render_loader(
         f"<div id={quote_attribute(container)}></div>"
         f"<script src={quote_attribute(loader_url)}{nonce_attr}{rendered}></script>"
     )
+
+
+class AttributesMode(Mode):
+    name: ClassVar[str] = "attributes"
+    uses_token = False
+
+    def render(self, page: PageContext, widget: Widget, auth: PageAuth) -> str | None:
+        target = widget_page(self, page, widget)
+        if target is None:
+            return None
+        segment, widget_id = target
+        settings = self.settings
+        return render_loader(
+            widget=widget.name,
+            widget_id=widget_id,
+            container=container_id(widget.index),
+            attributes=widget.attributes,
+            identifiers=auth.identity.identifiers,
+            loader_url=settings.loader_url,
+            widgets_base_url=settings.widgets_base_url,
+            segment=segment,
+            nonce=page.nonce,
+        )

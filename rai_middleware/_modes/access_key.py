@@ -1,0 +1,174 @@
+"""Mode ``access_key``: Returning.AI's Access Key Embed, the documented default.
+
+The server mints a token with the site's access id and key
+(``POST {api_base_url}{token_path}`` with ``{accessId, accessKey, userIdentifiers}``; the
+token is ``data.embedToken``, its lifetime ``data.expiresIn``). A placeholder becomes the
+SDK's custom element with the token as ``embed-token``; the page carries the SDK script and
+a refresh script once, which asks ``POST {endpoint_prefix}/embed-token`` for a new token on
+``rai-error`` (the docs' recipe for sessions longer than a token).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from rai_middleware._exceptions import TokenError
+from rai_middleware._identity import Identity
+from rai_middleware._render import Attribute, container_id, inline_script, quote_attribute
+from rai_middleware._upstream import TokenRequest, json_body, plausible_token
+
+from ._base import Mode, PageAuth, PageContext, Widget
+
+if TYPE_CHECKING:
+    import httpx
+
+__all__ = ["REFRESH_SCRIPT", "AccessKeyMode", "WidgetMarkup", "render_scripts", "render_widget"]
+
+# Attributes the middleware owns on the element it writes: a placeholder cannot set them.
+_RESERVED = frozenset({"widget", "embed-token"})
+
+# The token-refresh half of the docs' recipe for sessions longer than a token's life:
+# on ``rai-error`` ask our endpoint for a token (POST, same origin, ticket in a header),
+# set every widget's ``embed-token`` and reload. The token lives only in the DOM attribute
+# the SDK reads; never in a URL or in storage. One refresh at a time; a failed refresh is
+# retried with backoff (5 s doubling to 60 s), and so is an error that comes back within
+# 30 s of a refresh (a token the widget keeps refusing must not become a request loop).
+REFRESH_SCRIPT = (
+    "(function(s){"
+    "if(!s||window.__raiRefresh)return;window.__raiRefresh=1;"
+    'var ticket=s.getAttribute("data-rai-ticket"),url=s.getAttribute("data-rai-endpoint"),'
+    "busy=false,retry=null,lastOk=0,delay=5000;"
+    "function later(){retry=setTimeout(refresh,delay);delay=Math.min(delay*2,60000);}"
+    "function refresh(){"
+    "retry=null;busy=true;"
+    'fetch(url,{method:"POST",credentials:"same-origin",cache:"no-store",'
+    'headers:{"X-RAI-Ticket":ticket}})'
+    '.then(function(r){if(!r.ok)throw new Error("token refresh failed: "+r.status);'
+    "return r.json();})"
+    ".then(function(d){"
+    'if(!d||typeof d.embedToken!=="string")throw new Error("token refresh: no token");'
+    'var els=document.querySelectorAll("[embed-token]");'
+    'for(var i=0;i<els.length;i++)els[i].setAttribute("embed-token",d.embedToken);'
+    "lastOk=Date.now();var W=window.ReturningAIWidget;"
+    'if(W&&typeof W.reload==="function")W.reload();})'
+    '.catch(function(e){if(window.console)console.warn("rai-middleware:",e.message);later();})'
+    ".then(function(){busy=false;});}"
+    'document.addEventListener("rai-error",function(){'
+    "if(busy||retry)return;"
+    "if(Date.now()-lastOk<30000)later();else{delay=5000;refresh();}"
+    "},true);"
+    "})(document.currentScript);"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class WidgetMarkup:
+    """What a page needs to show widgets to a signed-in visitor."""
+
+    token: str = field(repr=False)
+    ticket: str = field(repr=False)
+    community_id: str
+    sdk_url: str
+    refresh_url: str
+    nonce: str | None = None
+
+
+def render_widget(
+    element: str,
+    attributes: Sequence[Attribute],
+    *,
+    index: int,
+    token: str,
+    community_id: str,
+) -> str:
+    """``<div id="returning-ai-widget-N"><rai-x-widget ... embed-token="..."></...></div>``.
+
+    ``community-id`` comes first, from the configuration, unless the placeholder set it;
+    the placeholder's other attributes follow in their order; ``embed-token`` is last.
+    """
+    parts = [f"<div id={quote_attribute(container_id(index))}><{element}"]
+    names = {name for name, _ in attributes}
+    if "community-id" not in names:
+        parts.append(f" community-id={quote_attribute(community_id)}")
+    for name, value in attributes:
+        if name not in _RESERVED:
+            parts.append(f" {name}={quote_attribute(value)}")
+    parts.append(f" embed-token={quote_attribute(token)}></{element}></div>")
+    return "".join(parts)
+
+
+def render_scripts(markup: WidgetMarkup, *, xhtml: bool = False) -> str:
+    """The SDK script and the refresh script, written once per page after the first widget."""
+    nonce = f" nonce={quote_attribute(markup.nonce)}" if markup.nonce else ""
+    return (
+        f"<script src={quote_attribute(markup.sdk_url)}{nonce}></script>"
+        f"<script{nonce} data-rai-ticket={quote_attribute(markup.ticket)}"
+        f" data-rai-endpoint={quote_attribute(markup.refresh_url)}>"
+        f"{inline_script(REFRESH_SCRIPT, xhtml=xhtml)}</script>"
+    )
+
+
+class AccessKeyMode(Mode):
+    name: ClassVar[str] = "access_key"
+    required = ("community_id", "access_id", "access_key")
+    key_seed = "access_key"
+    endpoint = "/embed-token"
+    token_field = "embedToken"
+
+    @property
+    def token_url(self) -> str:
+        return self.settings.api_base_url + self.settings.token_path
+
+    def token_request(self, identity: Identity) -> TokenRequest:
+        settings = self.settings
+        if settings.access_id is None or settings.access_key is None:  # pragma: no cover
+            raise TokenError("mode='access_key' has no access_id/access_key")
+        payload = {
+            "accessId": settings.access_id.reveal(),
+            "accessKey": settings.access_key.reveal(),
+            "userIdentifiers": dict(identity.identifiers),
+        }
+        return TokenRequest(self.token_url, {}, payload)
+
+    def read_token(self, response: httpx.Response) -> tuple[str, float | None]:
+        body: Any = json_body(response)
+        data = body.get("data") if isinstance(body, dict) else None
+        if not isinstance(data, dict):
+            raise TokenError("the answer has no data object", status_code=response.status_code)
+        value = data.get("embedToken")
+        if not plausible_token(value):
+            raise TokenError(
+                "the answer has no usable data.embedToken", status_code=response.status_code
+            )
+        raw = data.get("expiresIn")
+        if raw is None:
+            return value, None
+        if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw):
+            raise TokenError("the answer's data.expiresIn is not a number of seconds")
+        return value, float(raw)
+
+    def render(self, page: PageContext, widget: Widget, auth: PageAuth) -> str | None:
+        assert auth.token is not None
+        return render_widget(
+            widget.element,
+            widget.attributes,
+            index=widget.index,
+            token=auth.token,
+            community_id=self.settings.community_id or "",
+        )
+
+    def render_once(self, page: PageContext, auth: PageAuth) -> str:
+        assert auth.token is not None and auth.ticket is not None
+        settings = self.settings
+        markup = WidgetMarkup(
+            token=auth.token,
+            ticket=auth.ticket,
+            community_id=settings.community_id or "",
+            sdk_url=settings.sdk_url,
+            refresh_url=page.refresh_url,
+            nonce=page.nonce,
+        )
+        return render_scripts(markup, xhtml=page.xhtml)
