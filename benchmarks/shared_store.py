@@ -44,6 +44,7 @@ from typing import Any
 import httpx
 
 from rai_middleware import ReturningAIMiddleware
+from rai_middleware._identity import resolve_identity
 from rai_middleware._store import STORE_POLL
 from rai_middleware.testing import FakeReturningAI
 
@@ -193,8 +194,10 @@ async def _hits(plan: Plan, redis_url: str) -> Hits:
             for app in (local, shared):  # one mint each; shared's token goes to Redis
                 assert b"embed-token=" in (await Client(app, "/widget").fetch()).body
             minted = fake.calls
-            identity = await shared.identify_visitor(
-                {"type": "http", "headers": [(USER_HEADER, USER.encode())]}
+            identity = await resolve_identity(
+                shared.identify,
+                {"type": "http", "headers": [(USER_HEADER, USER.encode())]},
+                shared.core.identity_secret,
             )
             assert identity is not None
             forget = shared.tokens.forget

@@ -24,6 +24,7 @@ from ._exceptions import ConfigurationError
 from ._modes import AccessKeyMode, AttributesMode, IframeMode, Mode
 
 __all__ = [
+    "ADAPTER_KEYWORDS",
     "DEFAULT_API_BASE_URL",
     "DEFAULT_IFRAME_SEGMENTS",
     "DEFAULT_LOADER_URL",
@@ -32,7 +33,6 @@ __all__ = [
     "DEFAULT_WIDGETS",
     "DEFAULT_WIDGETS_BASE_URL",
     "MODES",
-    "ADAPTER_KEYWORDS",
     "Options",
     "Secret",
     "Settings",

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from ._config import Settings
 from ._endpoint import Reply, answer
@@ -31,9 +31,9 @@ from ._needs import Flow, Grant, Need, TokenNeed
 from ._page import WHOLE_PAGE_LIMIT, PageRewrite, quick_matcher
 from ._sync_tokens import SyncTokenService
 from ._tickets import TicketSigner
-from ._tokens import EmbedToken, TokenService
+from ._tokens import EmbedToken
 
-__all__ = ["AsyncDriver", "Core", "SyncDriver"]
+__all__ = ["AsyncDriver", "AsyncTokens", "Core", "SyncDriver"]
 
 logger = logging.getLogger("rai_middleware")
 
@@ -83,7 +83,7 @@ class Core:
                 self.warn_once(
                     info.skipped_encoding,
                     "an HTML page with Content-Encoding %r was sent without replacing its <%s> "
-                    "placeholders: the middleware can only decode gzip and deflate. %s",
+                    "placeholders: only gzip and deflate can be decoded. %s",
                     info.skipped_encoding,
                     self.settings.placeholder_tag,
                     self._compression_advice,
@@ -171,11 +171,19 @@ class SyncDriver:
         return self.core.usable(found, path)
 
 
+class AsyncTokens(Protocol):
+    """What ``AsyncDriver`` needs of a token service (``TokenService`` is one)."""
+
+    async def get(self, identity: Identity) -> EmbedToken: ...
+
+    def now(self) -> float: ...
+
+
 class AsyncDriver:
     """Answers a flow's needs by awaiting: ``identify(request)`` (sync or async) and the
     asyncio token service."""
 
-    def __init__(self, core: Core, identify: Callable[[Any], object], tokens: TokenService) -> None:
+    def __init__(self, core: Core, identify: Callable[[Any], object], tokens: AsyncTokens) -> None:
         self.core = core
         self.identify = identify
         self.tokens = tokens

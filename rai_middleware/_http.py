@@ -82,7 +82,9 @@ def inspect_response(status: int, headers: Iterable[tuple[bytes, bytes]]) -> Res
     encoding, xhtml = page
     if content_encoding is not None and content_encoding not in _DECODABLE:
         return ResponseInfo(False, skipped_encoding=content_encoding)
-    return ResponseInfo(True, encoding, csp, content_encoding, xhtml, content_length)
+    return ResponseInfo(
+        True, encoding, csp, content_encoding, xhtml=xhtml, content_length=content_length
+    )
 
 
 @functools.lru_cache(maxsize=64)

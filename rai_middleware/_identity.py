@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._types import IdentifyCallable, Scope
+from ._types import Scope
 
 __all__ = [
     "Identity",

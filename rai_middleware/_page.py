@@ -52,6 +52,8 @@ class Step:
     headers: RawHeaders | None
     body: bytes
     end: bool = False
+    #: False when a whole page goes out exactly as the app wrote it (headers and bytes).
+    changed: bool = True
 
 
 _NOTHING = Step(None, b"")
@@ -173,7 +175,7 @@ class PageRewrite:
         """The whole body is known: exact Content-Length, or the app's headers and bytes
         untouched when nothing changes (including when anything fails)."""
         self._sent_headers = True
-        unchanged = Step(self._headers, body)
+        unchanged = Step(self._headers, body, changed=False)
         quick_match = self._core.quick_match
         if self._info.content_encoding is None and quick_match(body) is None:
             return unchanged  # the common case, kept to one search
@@ -186,12 +188,12 @@ class PageRewrite:
                 return unchanged
             yield from self._authenticate(items)
             out = self._render(items, final=True)
+            headers = rewrite_headers(
+                self._headers, content_length=len(out), private=self.token_used, rewritten=True
+            )
         except Exception:  # _CorruptBody included: the app's bytes go out as they are
-            logger.exception("rewriting the page on %s failed; sending it unchanged", self._path)
+            logger.exception("rewriting the page failed on %s; sending it unchanged", self._path)
             return unchanged
-        headers = rewrite_headers(
-            self._headers, content_length=len(out), private=self.token_used, rewritten=True
-        )
         return Step(headers, out)
 
     # -- streams -----------------------------------------------------------------------
@@ -207,6 +209,9 @@ class PageRewrite:
             items = self._scan(data, final=not more)
             yield from self._authenticate(items)
             out = self._render(items, final=not more)
+            if first:
+                private = self.token_used or self._identity is not None
+                headers = streamed_headers(self._headers, private=private)
         except _CorruptBody:
             if first:
                 self._passthrough = True
@@ -214,7 +219,7 @@ class PageRewrite:
             self._ended = True
             return Step(None, b"", end=True)
         except Exception:
-            logger.exception("rewriting the page on %s failed; sending it unchanged", self._path)
+            logger.exception("rewriting the page failed on %s; sending it unchanged", self._path)
             if first:
                 self._passthrough = True
                 return self._unchanged(chunk)
@@ -222,8 +227,7 @@ class PageRewrite:
         if not first:
             return Step(None, out)
         self._sent_headers = True
-        private = self.token_used or self._identity is not None
-        return Step(streamed_headers(self._headers, private=private), out)
+        return Step(headers, out)
 
     def _unchanged(self, data: bytes) -> Step:
         if self._sent_headers:
@@ -247,13 +251,13 @@ class PageRewrite:
         try:
             return self._codec.decode(chunk, final=final)
         except Exception as exc:  # zlib.error, MemoryError...
-            logger.error(
-                "the app's %s body on %s cannot be decoded (%s)", encoding, self._path, exc
-            )
+            logger.error("the app's %s body on %s is corrupt (%s)", encoding, self._path, exc)
             raise _CorruptBody from None
 
     def _encode(self, data: bytes, *, final: bool) -> bytes:
-        return data if self._codec is None else self._codec.encode(data, final=final)
+        if self._codec is None or not (data or final):
+            return data  # an empty flush would still cost a compressed block
+        return self._codec.encode(data, final=final)
 
     def _scan(self, data: bytes, *, final: bool) -> list[Item]:
         """Passthrough bytes and placeholders. After a failure of our own, everything passes
@@ -275,7 +279,9 @@ class PageRewrite:
                 self._log_leftovers(scanner, unfinished)
             return items
         except Exception:
-            logger.exception("rewriting the page on %s failed; sending the rest unchanged", self._path)
+            logger.exception(
+                "rewriting the page failed on %s; sending the rest unchanged", self._path
+            )
             self._failed = True
             return [held + data]
 
@@ -321,7 +327,7 @@ class PageRewrite:
                 )
             except Exception:
                 logger.exception(
-                    "rewriting the page on %s failed; sending the rest unchanged", self._path
+                    "rewriting the page failed on %s; sending the rest unchanged", self._path
                 )
                 self._failed = True
                 out = b"".join(item if isinstance(item, bytes) else item.raw for item in items)
@@ -366,7 +372,9 @@ class PageRewrite:
             )
         if (b"<" + settings.placeholder_tag.encode("ascii")) in unfinished.lower():
             logger.warning(
-                "an unterminated <%s> on %s was sent unchanged", settings.placeholder_tag, self._path
+                "an unterminated <%s> on %s was sent unchanged",
+                settings.placeholder_tag,
+                self._path,
             )
 
     def _log_bad_widget(self, written: str | None) -> None:

@@ -27,6 +27,8 @@ _ATTRIBUTE = re.compile(
     rb"""([^\s>/=]+)(?:\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'>]*)))?""",
 )
 _SAFE_NAME = re.compile(r"[a-z_:][-a-z0-9_:.]*\Z")
+
+
 def parse_attributes(raw: bytes, encoding: str) -> list[Attribute]:
     """Attributes of a placeholder's open tag, decoded and unescaped, first one wins.
 

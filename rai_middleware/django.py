@@ -13,34 +13,36 @@ middleware and ``GZipMiddleware``::
     ]
     RETURNING_AI = {"community_id": "...", "access_id": "...", "access_key": "..."}
 
-Translation only, as in ``_wsgi.py``: the page rewrite is ``PageRewriter``, the identity,
-token and refresh-endpoint decisions are those of the WSGI middleware's core
-(``identify_visitor``, ``page_auth``, ``refresh_reply``), tokens come from its thread-safe
-``SyncTokenService``. In async mode the blocking parts (``identify``, which may touch the
-ORM, and token requests) run in threads through ``asgiref.sync.sync_to_async``: one token
-service serves both modes. The middleware object holds configuration and the shared services
-only; all per-response state lives in local variables and in the iterators it builds.
+Translation only: the response's status, headers and body go to the core's page rewrite,
+and its steps come back onto the ``HttpResponse``. In sync mode a ``SyncDriver`` does the
+I/O; in async mode an ``AsyncDriver`` awaits an async ``identify`` (by default
+``request.auser()``) and the asyncio token service (or, when ``http_client`` is an
+``httpx.Client``, the thread-safe one in a worker thread).
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from typing import Any, cast
+from typing import Any
 
+import httpx
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.conf import settings as django_settings
 from django.http import HttpResponse
 from django.utils.module_loading import import_string
 
+from ._config import build_settings, option_names
+from ._core import AsyncDriver, Core, SyncDriver
 from ._endpoint import Reply
 from ._exceptions import ConfigurationError
-from ._http import ResponseInfo, inspect_response, rewrite_headers, streamed_headers
 from ._identity import Identity
-from ._page import CorruptBody, PageAuth, PageRewriter, has_placeholder, quick_matcher
-from ._scanner import Item
-from ._wsgi import Environ, ReturningAIWSGIMiddleware, option_names
+from ._page import PageRewrite, Step
+from ._store import SyncTokenStore, TokenStore
+from ._sync_tokens import SyncTokenService
+from ._tokens import EmbedToken, TokenService
 
 __all__ = ["ReturningAIMiddleware", "default_identify"]
 
@@ -61,22 +63,35 @@ django_csp_nonce = _django_get_nonce()
 
 #: The settings dict the middleware reads.
 SETTING = "RETURNING_AI"
+#: The keys ``RETURNING_AI`` may have.
+OPTION_NAMES = option_names()
+_COMPRESSION_ADVICE = (
+    "List GZipMiddleware (or your compression middleware) before ReturningAIMiddleware "
+    "in MIDDLEWARE."
+)
 
 # Django's request and response classes, as this module sees them (Django ships no types).
 Request = Any
 Response = Any
 GetResponse = Callable[[Request], Any]
-_IdentifyFn = Callable[[Environ], "Mapping[str, str] | None"]
-
-
-#: The keys ``RETURNING_AI`` may have.
-OPTION_NAMES = option_names()
 
 
 def default_identify(request: Request) -> dict[str, str] | None:
     """``request.user`` as set by ``AuthenticationMiddleware``: an authenticated user's
     ``pk`` as ``data-customer-id`` and ``email`` as ``data-email``; anyone else is anonymous."""
-    user = getattr(request, "user", None)
+    return _identifiers(getattr(request, "user", None))
+
+
+async def default_aidentify(request: Request) -> dict[str, str] | None:
+    """The same in async mode, through ``await request.auser()`` (Django 5+) so that the
+    session and the user are loaded without blocking the event loop."""
+    auser = getattr(request, "auser", None)
+    if auser is None:
+        return await sync_to_async(default_identify)(request)
+    return _identifiers(await auser())
+
+
+def _identifiers(user: Any) -> dict[str, str] | None:
     if user is None or getattr(user, "is_authenticated", False) is not True:
         return None
     identifiers: dict[str, str] = {}
@@ -89,8 +104,18 @@ def default_identify(request: Request) -> dict[str, str] | None:
     return identifiers or None
 
 
-def _no_app(environ: Environ, start_response: object) -> list[bytes]:  # pragma: no cover
-    raise RuntimeError("the Django adapter uses the WSGI middleware's core, never its app")
+class _TokensInThreads:
+    """The thread-safe token service, awaited from a worker thread (async mode with a
+    synchronous ``httpx.Client``): never in Django's shared sync thread."""
+
+    def __init__(self, tokens: SyncTokenService) -> None:
+        self._tokens = tokens
+
+    async def get(self, identity: Identity) -> EmbedToken:
+        return await sync_to_async(self._tokens.get, thread_sensitive=False)(identity)
+
+    def now(self) -> float:
+        return self._tokens.now()
 
 
 class ReturningAIMiddleware:
@@ -99,7 +124,8 @@ class ReturningAIMiddleware:
     Reads ``settings.RETURNING_AI``: the keyword options of
     :class:`rai_middleware.ReturningAIMiddleware` (``community_id``, ``access_id``,
     ``access_key``, ``mode``, ``endpoint_prefix``...), with ``identify`` a callable taking
-    the ``HttpRequest`` or its dotted path, and ``http_client`` an ``httpx.Client``.
+    the ``HttpRequest`` (a coroutine function is awaited in async mode) or its dotted path,
+    and ``http_client`` an ``httpx.Client`` or ``httpx.AsyncClient``.
     """
 
     sync_capable = True
@@ -111,25 +137,46 @@ class ReturningAIMiddleware:
         if self.async_mode:
             markcoroutinefunction(self)
         options = self._read_settings()
-        identify = options.pop("identify", None)
-        if isinstance(identify, str):
-            try:
-                identify = import_string(identify)
-            except ImportError as exc:
-                raise ConfigurationError(
-                    f"{SETTING}['identify']: cannot import {identify!r} ({exc})"
-                ) from None
-        if identify is not None and not callable(identify):
-            raise ConfigurationError(
-                f"{SETTING}['identify'] must be a callable taking the request, or its dotted path"
-            )
+        identify = _identify_option(options.pop("identify", None))
+        http_client = options.pop("http_client", None)
+        store = options.pop("token_store", None)
+        clock = options.pop("clock", time.monotonic)
+        if self.async_mode and options.get("keep_warm"):
+            raise ConfigurationError(f"{SETTING}['keep_warm'] is not supported by Django")
+        self.settings = build_settings(options)
+        self.core = Core(self.settings, compression_advice=_COMPRESSION_ADVICE)
         self.identify: Callable[[Request], object] = identify or self._default_identify
-        #: The shared core: identity checks, tokens, tickets, the refresh endpoint's answers.
-        self.core = ReturningAIWSGIMiddleware(
-            _no_app, identify=cast(_IdentifyFn, self.identify), **options
-        )
-        self.settings = self.core.settings
-        self._quick_match = quick_matcher(self.settings)
+        self.tokens: TokenService | SyncTokenService
+        if self.async_mode and not isinstance(http_client, httpx.Client):
+            if store is not None and not isinstance(store, TokenStore):
+                raise ConfigurationError(
+                    f"{SETTING}['token_store'] must be an asyncio store in async mode "
+                    "(rai_middleware.redis.RedisTokenStore)"
+                )
+            if http_client is not None and not isinstance(http_client, httpx.AsyncClient):
+                raise ConfigurationError(
+                    f"{SETTING}['http_client'] must be an httpx.Client or httpx.AsyncClient"
+                )
+            self.tokens = TokenService(
+                self.settings, http_client=http_client, clock=clock, store=store
+            )
+            self.adriver = AsyncDriver(self.core, self._aidentify, self.tokens)
+        else:
+            if store is not None and not isinstance(store, SyncTokenStore):
+                raise ConfigurationError(
+                    f"{SETTING}['token_store'] must be a synchronous store "
+                    "(rai_middleware.redis.SyncRedisTokenStore)"
+                )
+            if http_client is not None and not isinstance(http_client, httpx.Client):
+                raise ConfigurationError(
+                    f"{SETTING}['http_client'] must be an httpx.Client in sync mode"
+                )
+            self.tokens = SyncTokenService(
+                self.settings, http_client=http_client, clock=clock, store=store
+            )
+            self.driver = SyncDriver(self.core, self.identify, self.tokens)
+            self.adriver = AsyncDriver(self.core, self._aidentify, _TokensInThreads(self.tokens))
+        self.tickets = self.core.tickets
 
     @staticmethod
     def _read_settings() -> dict[str, Any]:
@@ -138,12 +185,11 @@ class ReturningAIMiddleware:
             configured = {}
         if not isinstance(configured, Mapping):
             raise ConfigurationError(f"settings.{SETTING} must be a dict of options")
-        known = OPTION_NAMES
-        unknown = sorted(str(key) for key in configured if key not in known)
+        unknown = sorted(str(key) for key in configured if key not in OPTION_NAMES)
         if unknown:
             raise ConfigurationError(
                 f"settings.{SETTING} has unknown option(s) {', '.join(map(repr, unknown))}; "
-                f"the options are {', '.join(sorted(known))}"
+                f"the options are {', '.join(sorted(OPTION_NAMES))}"
             )
         return dict(configured)
 
@@ -156,7 +202,14 @@ class ReturningAIMiddleware:
 
     def close(self) -> None:
         """Close the HTTP client the middleware created (at process shutdown)."""
-        self.core.close()
+        if isinstance(self.tokens, SyncTokenService):
+            self.tokens.close()
+
+    async def aclose(self) -> None:
+        if isinstance(self.tokens, TokenService):
+            await self.tokens.aclose()
+        else:
+            self.tokens.close()
 
     def _default_identify(self, request: Request) -> dict[str, str] | None:
         if not hasattr(request, "user"):
@@ -169,118 +222,95 @@ class ReturningAIMiddleware:
             )
         return default_identify(request)
 
+    async def _aidentify(self, request: Request) -> object:
+        identify = self.identify
+        if identify == self._default_identify:
+            if not hasattr(request, "auser") and not hasattr(request, "user"):
+                self._default_identify(request)  # warns
+            return await default_aidentify(request)
+        if iscoroutinefunction(identify):
+            return await identify(request)
+        return await sync_to_async(identify)(request)  # it may use the ORM
+
     # -- the request ---------------------------------------------------------------------
 
     def __call__(self, request: Request) -> Any:
         if self.async_mode:
             return self.__acall__(request)
-        if self._is_refresh(request):
-            reply = self.core.refresh_reply(
-                request.method, _request_headers(request), request.scheme, request
-            )
-            return _reply_response(reply)
+        if self.core.is_endpoint(request.path_info):
+            return _reply_response(self.driver.run(self._endpoint(request), request))
         response = self.get_response(request)
-        info = self._candidate(request, response)
-        if info is None:
+        rewrite = self._page(request, response)
+        if rewrite is None:
             return response
         if response.streaming:
-            self._stream(request, response, info, self.core.identify_visitor(request))
+            headers = self.driver.run(rewrite.headers_now(), request, request.path)
+            content = response.streaming_content
+            if response.is_async:
+                response.streaming_content = self._arewritten(
+                    rewrite, headers.body, content, True, request
+                )
+            else:
+                response.streaming_content = self._rewritten(
+                    rewrite, headers.body, content, request
+                )
+            _set_headers(response, headers.headers)
             return response
-        try:
-            found = self._scan_whole(request, response, info)
-            if found is None:
-                return response
-            rewriter, items = found
-            if rewriter.needs_auth(items):
-                rewriter.provide_auth(self.core.page_auth(self.core.identify_visitor(request)))
-            body = rewriter.render(items, final=True)
-        except Exception:
-            logger.exception("rewriting the page failed; sending it unchanged")
-            return response
-        _set_body(response, rewriter, body)
-        return response
+        flow = rewrite.feed(response.content, more=False)
+        return _whole(response, self.driver.run(flow, request, request.path))
 
     async def __acall__(self, request: Request) -> Any:
-        if self._is_refresh(request):
-            # Not in Django's shared sync thread: a slow mint must not hold up every sync
-            # view. identify runs in a worker thread here (it may still use the ORM).
-            reply = await sync_to_async(self.core.refresh_reply, thread_sensitive=False)(
-                request.method, _request_headers(request), request.scheme, request
-            )
-            return _reply_response(reply)
+        if self.core.is_endpoint(request.path_info):
+            return _reply_response(await self.adriver.run(self._endpoint(request), request))
         response = await self.get_response(request)
-        info = self._candidate(request, response)
-        if info is None:
+        rewrite = self._page(request, response)
+        if rewrite is None:
             return response
         if response.streaming:
-            identity = await sync_to_async(self.core.identify_visitor)(request)
-            self._stream(request, response, info, identity)
+            headers = await self.adriver.run(rewrite.headers_now(), request, request.path)
+            content = response.streaming_content
+            response.streaming_content = self._arewritten(
+                rewrite, headers.body, content, response.is_async, request
+            )
+            _set_headers(response, headers.headers)
             return response
-        try:
-            found = self._scan_whole(request, response, info)
-            if found is None:
-                return response
-            rewriter, items = found
-            if rewriter.needs_auth(items):
-                identity = await sync_to_async(self.core.identify_visitor)(request)
-                rewriter.provide_auth(await self._apage_auth(identity))
-            body = rewriter.render(items, final=True)
-        except Exception:
-            logger.exception("rewriting the page failed; sending it unchanged")
-            return response
-        _set_body(response, rewriter, body)
-        return response
+        flow = rewrite.feed(response.content, more=False)
+        return _whole(response, await self.adriver.run(flow, request, request.path))
 
-    async def _apage_auth(self, identity: Identity | None) -> PageAuth | None:
-        if identity is None:
-            return None
-        # Tokens need no Django state: any thread, not the one sync views run in.
-        return await sync_to_async(self.core.page_auth, thread_sensitive=False)(identity)
+    def _endpoint(self, request: Request) -> Any:
+        headers = {
+            str(name).lower().encode("latin-1"): str(value).encode("latin-1")
+            for name, value in request.headers.items()
+        }
+        return self.core.endpoint(request.method, headers, request.scheme)
 
-    def _is_refresh(self, request: Request) -> bool:
-        path = self.settings.refresh_path
-        return path is not None and request.path_info == path
-
-    def _refresh_url(self, request: Request) -> str:
+    def _page(self, request: Request, response: Response) -> PageRewrite | None:
         path: str = request.path
         path_info: str = request.path_info
-        script = path[: len(path) - len(path_info)] if path.endswith(path_info) else ""
-        return script + (self.settings.refresh_path or "")
-
-    def _candidate(self, request: Request, response: Response) -> ResponseInfo | None:
-        if request.method == "HEAD":
-            return None
-        info = inspect_response(response.status_code, _response_headers(response))
-        if info.skipped_encoding is not None:
-            self.core.warn_once(
-                info.skipped_encoding,
-                "an HTML page with Content-Encoding %r was sent without replacing its "
-                "placeholders: only gzip and deflate can be decoded. List GZipMiddleware "
-                "(or your compression middleware) before ReturningAIMiddleware in MIDDLEWARE.",
-                info.skipped_encoding,
-            )
-        return info if info.candidate else None
-
-    def _rewriter(self, request: Request, response: Response, info: ResponseInfo) -> PageRewriter:
-        return PageRewriter(
-            self.settings,
-            info,
-            path=request.path,
-            refresh_url=self._refresh_url(request),
-            state_nonce=self._csp_nonce(request, response),
+        return self.core.page(
+            request.method,
+            response.status_code,
+            _response_headers(response),
+            path=path,
+            script_root=path[: len(path) - len(path_info)] if path.endswith(path_info) else "",
+            nonce=self._nonce_source(request, response),
+            stream=response.streaming,
         )
 
-    def _csp_nonce(self, request: Request, response: Response) -> str | None:
-        """The request's CSP nonce: django-csp's ``request.csp_nonce``, or Django 6's
-        (``django.middleware.csp.get_nonce(request)``).
+    def _nonce_source(self, request: Request, response: Response) -> Callable[[], str | None]:
+        if not response.streaming:
+            return lambda: self._csp_nonce(request)
+        # A stream's widgets are written after the CSP middleware has sent its header: the
+        # nonce must be asked for now, for the header to carry it.
+        nonce = None if response.has_header("Content-Security-Policy") else self._csp_nonce(request)
+        return lambda: nonce
 
-        Only asked for when the page will be rewritten and has no CSP header yet: with a
-        header, ``PageRewriter`` uses the header's own nonce. Reading the lazy nonce is what
-        makes the CSP middleware (listed before this one, so running after it) put it in the
-        header it adds.
-        """
-        if response.has_header("Content-Security-Policy"):
-            return None
+    def _csp_nonce(self, request: Request) -> str | None:
+        """The request's CSP nonce: django-csp's ``request.csp_nonce``, or Django 6's
+        (``django.middleware.csp.get_nonce(request)``). Asked only when a widget is
+        written and the response has no CSP header yet: reading the lazy nonce is what
+        makes the CSP middleware (listed before this one, so running after it) put it in
+        the header it adds."""
         nonce = getattr(request, "csp_nonce", None)  # django-csp
         if nonce is None and django_csp_nonce is not None:
             nonce = django_csp_nonce(request)  # Django 6's ContentSecurityPolicyMiddleware
@@ -298,87 +328,66 @@ class ReturningAIMiddleware:
             return None
         return value or None
 
-    # -- HttpResponse ----------------------------------------------------------------------
-
-    def _scan_whole(
-        self, request: Request, response: Response, info: ResponseInfo
-    ) -> tuple[PageRewriter, list[Item]] | None:
-        """The page's items, or None when it has no placeholder (then it goes out as is)."""
-        body: bytes = response.content
-        if info.content_encoding is None and self._quick_match(body) is None:
-            return None  # the common case: no rewriter, no nonce asked for
-        rewriter = self._rewriter(request, response, info)
-        decoded = rewriter.decode(body, final=True)
-        if self._quick_match(decoded) is None:
-            return None
-        items = rewriter.scan(decoded, final=True)
-        return (rewriter, items) if has_placeholder(items) else None
-
     # -- StreamingHttpResponse -------------------------------------------------------------
 
-    def _stream(
-        self,
-        request: Request,
-        response: Response,
-        info: ResponseInfo,
-        identity: Identity | None,
-    ) -> None:
-        """Rewrite ``streaming_content`` as it is sent. The headers go out before the body,
-        so they are decided now, from whether the visitor is known (as the core does)."""
-        try:
-            rewriter = self._rewriter(request, response, info)
-            private = identity is not None
-            headers = streamed_headers(_response_headers(response), private=private)
-        except Exception:
-            logger.exception("rewriting the page failed; sending it unchanged")
-            return
-        content = response.streaming_content
-        if response.is_async:
-            response.streaming_content = self._arewrite(rewriter, content, identity)
-        else:
-            response.streaming_content = self._rewrite(rewriter, content, identity)
-        _set_headers(response, headers)
-
-    def _rewrite(
-        self, rewriter: PageRewriter, content: Iterator[bytes], identity: Identity | None
+    def _rewritten(
+        self, rewrite: PageRewrite, head: bytes, content: Iterator[bytes], request: Request
     ) -> Iterator[bytes]:
-        def auth() -> PageAuth | None:
-            return self.core.page_auth(identity)
+        if head:
+            yield head
+        for chunk in content:
+            step = self.driver.run(rewrite.feed(chunk, more=True), request, request.path)
+            if step.body:
+                yield step.body
+            if step.end:
+                return  # after a corrupt compressed chunk nothing sensible can follow
+        step = self.driver.run(rewrite.feed(b"", more=False), request, request.path)
+        if step.body:
+            yield step.body
 
-        try:
-            for chunk in content:
-                out = rewriter.process(chunk, final=False, auth=auth)
-                if out:
-                    yield out
-            out = rewriter.process(b"", final=True, auth=auth)
-        except CorruptBody:
-            return  # after a corrupt compressed chunk nothing sensible can follow
-        if out:
-            yield out
-
-    async def _arewrite(
-        self, rewriter: PageRewriter, content: AsyncIterator[bytes], identity: Identity | None
+    async def _arewritten(
+        self, rewrite: PageRewrite, head: bytes, content: Any, is_async: bool, request: Request
     ) -> AsyncIterator[bytes]:
-        async def auth() -> PageAuth | None:
-            return await self._apage_auth(identity)
+        if head:
+            yield head
+        chunks: AsyncIterator[bytes] = content if is_async else _aiter(content)
+        async for chunk in chunks:
+            step = await self.adriver.run(rewrite.feed(chunk, more=True), request, request.path)
+            if step.body:
+                yield step.body
+            if step.end:
+                return
+        step = await self.adriver.run(rewrite.feed(b"", more=False), request, request.path)
+        if step.body:
+            yield step.body
 
+
+def _identify_option(identify: object) -> Callable[[Request], object] | None:
+    if isinstance(identify, str):
         try:
-            async for chunk in content:
-                out = await rewriter.aprocess(chunk, final=False, auth=auth)
-                if out:
-                    yield out
-            out = await rewriter.aprocess(b"", final=True, auth=auth)
-        except CorruptBody:
-            return
-        if out:
-            yield out
+            identify = import_string(identify)
+        except ImportError as exc:
+            raise ConfigurationError(
+                f"{SETTING}['identify']: cannot import {identify!r} ({exc})"
+            ) from None
+    if identify is not None and not callable(identify):
+        raise ConfigurationError(
+            f"{SETTING}['identify'] must be a callable taking the request, or its dotted path"
+        )
+    return identify
 
 
-def _request_headers(request: Request) -> dict[bytes, bytes]:
-    return {
-        str(name).lower().encode("latin-1"): str(value).encode("latin-1")
-        for name, value in request.headers.items()
-    }
+async def _aiter(chunks: Any) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        yield chunk
+
+
+def _whole(response: Response, step: Step) -> Response:
+    if step.changed:
+        response.content = step.body
+        assert step.headers is not None
+        _set_headers(response, step.headers)
+    return response
 
 
 def _response_headers(response: Response) -> list[tuple[bytes, bytes]]:
@@ -388,8 +397,10 @@ def _response_headers(response: Response) -> list[tuple[bytes, bytes]]:
     ]
 
 
-def _set_headers(response: Response, headers: list[tuple[bytes, bytes]]) -> None:
+def _set_headers(response: Response, headers: list[tuple[bytes, bytes]] | None) -> None:
     """Make the response's headers ``headers`` (one value per name, as Django keeps them)."""
+    if headers is None:
+        return
     wanted = {
         name.decode("latin-1").lower(): (name.decode("latin-1"), value.decode("latin-1"))
         for name, value in headers
@@ -398,17 +409,6 @@ def _set_headers(response: Response, headers: list[tuple[bytes, bytes]]) -> None
         del response.headers[name]
     for name, value in wanted.values():
         response.headers[name] = value
-
-
-def _set_body(response: Response, rewriter: PageRewriter, body: bytes) -> None:
-    headers = rewrite_headers(
-        _response_headers(response),
-        content_length=len(body),
-        private=rewriter.token_used,
-        rewritten=True,
-    )
-    response.content = body
-    _set_headers(response, headers)
 
 
 def _reply_response(reply: Reply) -> Response:

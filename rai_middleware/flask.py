@@ -11,14 +11,16 @@ response the visitor is identified there and then, and the body is rewritten as 
 sends it (tokens need no request context). The refresh endpoint is answered by a
 ``before_request`` function that runs first, so the app needs no route for it.
 
-Translation only, as in ``_wsgi.py``: ``PageRewriter`` rewrites, and identity, tokens and the
-refresh endpoint's answers are the WSGI middleware's core (``identify_visitor``,
-``page_auth``, ``refresh_reply``, its thread-safe ``SyncTokenService``).
+Translation only: the response's status, headers and body go to the core's page rewrite,
+its steps come back onto the ``Response``; a ``SyncDriver`` calls ``identify`` and the
+thread-safe token service.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -26,18 +28,13 @@ from typing import Any, cast
 from flask import Flask, Response, current_app, g, request
 from werkzeug.utils import import_string
 
+from ._closing import ClosingIterable
+from ._config import Settings, build_settings, option_names
+from ._core import Core, SyncDriver
 from ._endpoint import Reply
 from ._exceptions import ConfigurationError
-from ._http import ResponseInfo, inspect_response, rewrite_headers, streamed_headers
-from ._identity import Identity
-from ._page import CorruptBody, PageAuth, PageRewriter, has_placeholder, quick_matcher
-from ._wsgi import (
-    ClosingIterable,
-    Environ,
-    ReturningAIWSGIMiddleware,
-    default_wsgi_identify,
-    option_names,
-)
+from ._page import PageRewrite
+from ._sync_tokens import SyncTokenService
 
 __all__ = ["ReturningAI", "config_key", "default_identify"]
 
@@ -46,9 +43,12 @@ logger = logging.getLogger("rai_middleware")
 #: Where ``init_app`` keeps an app's state, in ``app.extensions``.
 EXTENSION = "rai_middleware"
 
-
 #: Every option, by keyword; each is also an ``app.config`` key (see :func:`config_key`).
 OPTION_NAMES = option_names()
+_COMPRESSION_ADVICE = (
+    "Compress after ReturningAI (initialise ReturningAI after Flask-Compress, or compress "
+    "in the server)."
+)
 
 IdentifyCallable = Callable[[Any], "Mapping[str, str] | None"]
 
@@ -68,7 +68,8 @@ def default_identify(req: Any) -> dict[str, str] | None:
             pass
         else:
             return _login_identify(current_user)
-    return default_wsgi_identify(req.environ)
+    user = req.environ.get("REMOTE_USER")
+    return {"data-customer-id": user} if isinstance(user, str) and user else None
 
 
 def _login_identify(user: Any) -> dict[str, str] | None:
@@ -85,16 +86,21 @@ def _login_identify(user: Any) -> dict[str, str] | None:
     return identifiers or None
 
 
-def _no_app(environ: Environ, start_response: object) -> list[bytes]:  # pragma: no cover
-    raise RuntimeError("the Flask adapter uses the WSGI middleware's core, never its app")
-
-
 @dataclass(frozen=True)
 class _State:
-    """One app's middleware core (configuration and the shared services)."""
+    """One app's core, token service and driver."""
 
-    core: ReturningAIWSGIMiddleware
-    quick_match: Callable[[bytes], object]
+    core: Core
+    tokens: SyncTokenService
+    driver: SyncDriver
+
+    @property
+    def settings(self) -> Settings:
+        return self.core.settings
+
+    def close(self) -> None:
+        """Close the HTTP client the extension created (at process shutdown)."""
+        self.tokens.close()
 
 
 class ReturningAI:
@@ -149,65 +155,73 @@ class ReturningAI:
                 "identify (RAI_IDENTIFY) must be a callable taking the request, or its dotted path"
             )
         chosen = identify if identify is not None else default_identify
-        core = ReturningAIWSGIMiddleware(
-            _no_app,
-            identify=cast(Callable[[Environ], "Mapping[str, str] | None"], chosen),
-            **options,
-        )
-        app.extensions[EXTENSION] = _State(core=core, quick_match=quick_matcher(core.settings))
+        http_client = options.pop("http_client", None)
+        store = options.pop("token_store", None)
+        clock = options.pop("clock", time.monotonic)
+        if options.get("keep_warm"):
+            raise ConfigurationError("keep_warm works with the ASGI middleware only")
+        settings = build_settings(options)
+        core = Core(settings, compression_advice=_COMPRESSION_ADVICE)
+        tokens = SyncTokenService(settings, http_client=http_client, clock=clock, store=store)
+        app.extensions[EXTENSION] = _State(core, tokens, SyncDriver(core, chosen, tokens))
         # First, so that no other before_request function (a CSRF check, a login
         # requirement) stands between the page's script and its token.
         app.before_request_funcs.setdefault(None, []).insert(0, self._before_request)
         app.after_request(self._after_request)
 
     @staticmethod
-    def core(app: Flask | None = None) -> ReturningAIWSGIMiddleware:
-        """The app's middleware core (``settings``, ``tokens``, ``close()``...)."""
+    def core(app: Flask | None = None) -> _State:
+        """The app's state: ``settings``, ``core``, ``tokens``, ``close()``."""
         state: _State = (app or current_app).extensions[EXTENSION]
-        return state.core
+        return state
 
     # -- the refresh endpoint --------------------------------------------------------------
 
     @staticmethod
     def _before_request() -> Response | None:
         state: _State = current_app.extensions[EXTENSION]
-        refresh_path = state.core.settings.refresh_path
-        if refresh_path is None or request.path != refresh_path:
+        if not state.core.is_endpoint(request.path):
             return None
         headers = {
             name.lower().encode("latin-1"): value.encode("latin-1")
             for name, value in request.headers.items()
         }
-        reply = state.core.refresh_reply(request.method, headers, request.scheme, _request())
-        return _reply_response(reply)
+        flow = state.core.endpoint(request.method, headers, request.scheme)
+        return _reply_response(state.driver.run(flow, _request(), request.path))
 
     # -- pages -----------------------------------------------------------------------------
 
     @staticmethod
     def _after_request(response: Response) -> Response:
-        if request.method == "HEAD":
-            return response
         state: _State = current_app.extensions[EXTENSION]
-        core = state.core
-        info = inspect_response(response.status_code, _raw_headers(response))
-        if info.skipped_encoding is not None:
-            core.warn_once(
-                info.skipped_encoding,
-                "an HTML page with Content-Encoding %r was sent without replacing its "
-                "placeholders: only gzip and deflate can be decoded. Compress after "
-                "ReturningAI (initialise ReturningAI after Flask-Compress, or compress in "
-                "the server).",
-                info.skipped_encoding,
-            )
-        if not info.candidate:
+        rewrite = state.core.page(
+            request.method,
+            response.status_code,
+            _raw_headers(response),
+            path=request.path,
+            script_root=request.script_root,
+            # Read now: a streamed body is rewritten after the request context is gone.
+            nonce=functools.partial(lambda nonce: nonce, _csp_nonce()),
+            stream=response.is_streamed,
+        )
+        if rewrite is None:
             return response
-        try:
-            if response.is_streamed:
-                _stream(state, response, info)
-            else:
-                _whole(state, response, info)
-        except Exception:
-            logger.exception("rewriting the page failed; sending it unchanged")
+        run = state.driver.run
+        if response.is_streamed:
+            # The visitor is identified now: the request context may be gone by the time
+            # the server iterates the body.
+            step = run(rewrite.headers_now(), _request(), request.path)
+            original = response.response
+            chunks = _rewritten(state.driver, rewrite, step.body, response.iter_encoded())
+            response.response = ClosingIterable(chunks, original)
+            response.direct_passthrough = False
+        else:
+            step = run(rewrite.feed(response.get_data(), more=False), _request(), request.path)
+            if not step.changed:
+                return response
+            response.set_data(step.body)
+        assert step.headers is not None
+        _set_headers(response, step.headers)
         return response
 
 
@@ -216,90 +230,29 @@ def _request() -> Any:
     return cast(Any, request)._get_current_object()
 
 
-def _rewriter(state: _State, response: Response, info: ResponseInfo) -> PageRewriter:
-    settings = state.core.settings
-    return PageRewriter(
-        settings,
-        info,
-        path=request.path,
-        refresh_url=request.script_root + (settings.refresh_path or ""),
-        state_nonce=_csp_nonce(),
-    )
-
-
 def _csp_nonce() -> str | None:
     """Flask-Talisman's ``request.csp_nonce``, or ``g.csp_nonce`` (if the header added later
-    has a nonce, set it there). A CSP header already on the response wins (PageRewriter)."""
+    has a nonce, set it there). A CSP header already on the response wins."""
     for nonce in (getattr(request, "csp_nonce", None), g.get("csp_nonce")):
         if isinstance(nonce, str) and nonce:
             return nonce
     return None
 
 
-def _whole(state: _State, response: Response, info: ResponseInfo) -> None:
-    """A body in memory: rewritten at once, with an exact Content-Length."""
-    core = state.core
-    body = response.get_data()
-    if info.content_encoding is None and state.quick_match(body) is None:
-        return
-    rewriter = _rewriter(state, response, info)
-    decoded = rewriter.decode(body, final=True)
-    if state.quick_match(decoded) is None:
-        return
-    items = rewriter.scan(decoded, final=True)
-    if not has_placeholder(items):
-        return
-    if rewriter.needs_auth(items):
-        rewriter.provide_auth(core.page_auth(core.identify_visitor(_request())))
-    new_body = rewriter.render(items, final=True)
-    headers = rewrite_headers(
-        _raw_headers(response),
-        content_length=len(new_body),
-        private=rewriter.token_used,
-        rewritten=True,
-    )
-    response.set_data(new_body)
-    _set_headers(response, headers)
-
-
-def _stream(state: _State, response: Response, info: ResponseInfo) -> None:
-    """A streamed body: the visitor is identified now (the request context may be gone by
-    the time the server iterates), and the chunks are rewritten as they are sent."""
-    core = state.core
-    identity = core.identify_visitor(_request())
-    rewriter = _rewriter(state, response, info)
-    private = identity is not None
-    headers = streamed_headers(_raw_headers(response), private=private)
-    original = response.response
-    response.response = _rewrite_stream(core, rewriter, identity, response.iter_encoded(), original)
-    response.direct_passthrough = False
-    _set_headers(response, headers)
-
-
-def _rewrite_stream(
-    core: ReturningAIWSGIMiddleware,
-    rewriter: PageRewriter,
-    identity: Identity | None,
-    chunks: Iterable[bytes],
-    original: object,
-) -> Iterable[bytes]:
-    def auth() -> PageAuth | None:
-        return core.page_auth(identity)
-
-    def rewritten() -> Iterator[bytes]:
-        try:
-            for chunk in chunks:
-                out = rewriter.process(chunk, final=False, auth=auth)
-                if out:
-                    yield out
-            out = rewriter.process(b"", final=True, auth=auth)
-            if out:
-                yield out
-        except CorruptBody:
+def _rewritten(
+    driver: SyncDriver, rewrite: PageRewrite, head: bytes, chunks: Iterable[bytes]
+) -> Iterator[bytes]:
+    if head:
+        yield head
+    for chunk in chunks:
+        step = driver.run(rewrite.feed(chunk, more=True), None)
+        if step.body:
+            yield step.body
+        if step.end:
             return  # after a corrupt compressed chunk nothing sensible can follow
-
-    # Closed by the server even if never iterated: the app's body is closed then too.
-    return ClosingIterable(rewritten(), original)
+    step = driver.run(rewrite.feed(b"", more=False), None)
+    if step.body:
+        yield step.body
 
 
 def _raw_headers(response: Response) -> list[tuple[bytes, bytes]]:

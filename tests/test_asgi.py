@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from rai_middleware._render import REFRESH_SCRIPT
+from rai_middleware._modes.access_key import REFRESH_SCRIPT
 from tests.conftest import (
     COMMUNITY_ID,
     TOKEN_URL,
@@ -60,7 +60,7 @@ class _FixedTickets:
 
 def fixed_ticket(middleware: Any) -> None:
     """Tickets carry a timestamp; pin them so that whole pages can be compared."""
-    middleware.tickets = _FixedTickets()
+    middleware.core.tickets = _FixedTickets()
 
 
 def signed_in_page(token: bytes = b"tok-1") -> bytes:

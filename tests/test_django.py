@@ -603,7 +603,7 @@ def test_a_failing_rewrite_sends_the_page_unchanged(
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(middleware.core, "page_auth", broken)
+    monkeypatch.setattr("rai_middleware._page.rewrite_headers", broken)
     with caplog.at_level(logging.ERROR, logger="rai_middleware"):
         assert middleware(_request()).content == PAGE
     assert "sending it unchanged" in caplog.text
@@ -659,7 +659,7 @@ async def test_async_failing_rewrite_sends_the_page_unchanged(
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(middleware.core, "page_auth", broken)
+    monkeypatch.setattr("rai_middleware._page.rewrite_headers", broken)
     with caplog.at_level(logging.ERROR, logger="rai_middleware"):
         response = await middleware(_request())
     assert response.content == PAGE
@@ -670,14 +670,13 @@ async def test_async_failing_rewrite_sends_the_page_unchanged(
 def test_a_failing_stream_setup_sends_the_stream_unchanged(
     rai: dict[str, Any], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import rai_middleware.django as adapter
 
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("boom")
 
     with override_settings(RETURNING_AI={**rai, "identify": identify_header}):
         middleware = ReturningAIMiddleware(stream)
-    monkeypatch.setattr(adapter, "streamed_headers", broken)
+    monkeypatch.setattr("rai_middleware._page.streamed_headers", broken)
     with caplog.at_level(logging.ERROR, logger="rai_middleware"):
         response = middleware(_request())
     assert b"".join(response.streaming_content) == PAGE

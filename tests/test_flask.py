@@ -507,7 +507,7 @@ def test_a_failing_rewrite_sends_the_page_unchanged(
     def broken(*args: Any) -> Any:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(ReturningAI.core(app), "page_auth", broken)
+    monkeypatch.setattr("rai_middleware._page.rewrite_headers", broken)
     client = app.test_client()
     client.post("/login")
     with caplog.at_level(logging.ERROR, logger="rai_middleware"):

@@ -16,7 +16,7 @@ import respx
 
 from rai_middleware import ConfigurationError, ReturningAIMiddleware
 from rai_middleware._identity import Identity
-from rai_middleware._iframe import IFRAME_AUTH_SCRIPT, IframeAuth, render_iframe_auth
+from rai_middleware._modes.iframe import IFRAME_AUTH_SCRIPT, IframeAuth, render_iframe_auth
 from tests.conftest import (
     Message,
     SecretSpy,

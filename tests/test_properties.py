@@ -70,7 +70,7 @@ def test_any_chunking_gives_the_one_message_page(
                 middleware: Any = wrap(
                     html_app(body), identify=lambda s: {"data-x": "1"} if signed_in else None
                 )
-                middleware.tickets = _FixedTickets()
+                middleware.core.tickets = _FixedTickets()
                 results.append(body_of(await call_asgi(middleware, http_scope())))
         return results[0], results[1]
 

@@ -9,15 +9,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rai_middleware._render import (
+from rai_middleware._modes.access_key import (
     REFRESH_SCRIPT,
     WidgetMarkup,
-    container_id,
-    parse_attributes,
     render_scripts,
     render_widget,
-    widget_attributes,
 )
+from rai_middleware._render import container_id, parse_attributes, widget_attributes
 from rai_middleware._scanner import scan
 
 # -- parse_attributes ------------------------------------------------------------------------

@@ -308,8 +308,7 @@ def test_refresh_endpoint_status_codes() -> None:
     broken = Upstream()
     broken.fail = httpx.Response(500)
     failing = wrap(wsgi_page(PAGE), broken)
-    failing.tickets = middleware.tickets
-    failing._identity_secret = middleware._identity_secret
+    failing.core = failing.driver.core = middleware.core
     assert call(failing, "/_rai/embed-token", "POST", good)[0].startswith("503")
 
 

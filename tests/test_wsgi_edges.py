@@ -13,8 +13,10 @@ import httpx
 import pytest
 
 from rai_middleware import ReturningAIWSGIMiddleware
+from rai_middleware._identity import Identity
 from rai_middleware._store import StoredToken, StoreError
 from rai_middleware._sync_tokens import SyncTokenService
+from tests.conftest import USER
 from tests.test_tokens import settings, user
 from tests.test_wsgi import ANONYMOUS, PAGE, Upstream, call, header, wrap, wsgi_page
 
@@ -53,12 +55,13 @@ def test_unexpected_token_failure_fails_open_and_the_endpoint_answers_503(
     middleware.tokens.get = broken  # type: ignore[method-assign]
     with caplog.at_level(logging.ERROR, logger="rai_middleware"):
         assert call(middleware)[2] == ANONYMOUS
-    reply = middleware.refresh_reply("POST", {}, "http", {})
+    reply = middleware.driver.run(middleware.core.endpoint("POST", {}, "http"), {})
     assert reply.status == 403  # no ticket: refused before any token is asked for
-    ticket = middleware.tickets.issue(middleware.identify_visitor({}).key)  # type: ignore[union-attr]
-    reply = middleware.refresh_reply("POST", {b"x-rai-ticket": ticket.encode()}, "http", {})
+    key = Identity.create(dict(USER), middleware.core.identity_secret).key
+    headers = {b"x-rai-ticket": middleware.tickets.issue(key).encode()}
+    reply = middleware.driver.run(middleware.core.endpoint("POST", headers, "http"), {})
     assert reply.status == 503
-    assert "getting a token failed" in caplog.text and "token refresh failed" in caplog.text
+    assert caplog.text.count("getting a token failed") == 2  # the page, then the endpoint
 
 
 def test_non_numeric_status_and_unsupported_encoding_pass_through(
@@ -118,12 +121,11 @@ def test_empty_streamed_body_is_sent_unchanged() -> None:
 def test_first_chunk_failure_sends_the_stream_unchanged(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import rai_middleware._wsgi as wsgi
 
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(wsgi, "streamed_headers", broken)
+    monkeypatch.setattr("rai_middleware._page.streamed_headers", broken)
 
     def chunks() -> Iterator[bytes]:
         yield PAGE[:30]
@@ -141,7 +143,7 @@ def test_whole_page_failure_sends_it_unchanged(
         raise RuntimeError("boom")
 
     middleware = wrap(wsgi_page(PAGE))
-    monkeypatch.setattr(middleware, "page_auth", broken)
+    monkeypatch.setattr("rai_middleware._page.rewrite_headers", broken)
     with caplog.at_level(logging.ERROR, logger="rai_middleware"):
         assert call(middleware)[2] == PAGE
     assert "sending it unchanged" in caplog.text
