@@ -584,8 +584,6 @@ def _django_settings(
     options: dict[str, Any] | None,
     http_client: bool,
     cleanup: contextlib.ExitStack,
-    *,
-    is_async: bool,
 ) -> None:
     """Settings for a Django site: entered for the site's life (sites close in LIFO order)."""
     global _django_state, _urlconf
@@ -619,7 +617,7 @@ def _django_sync_site(
 ) -> Site:
     from django.core.handlers.wsgi import WSGIHandler
 
-    _django_settings(state, options, http_client, cleanup, is_async=False)
+    _django_settings(state, options, http_client, cleanup)
     return WSGISite("django-sync", state, WSGIHandler())
 
 
@@ -631,7 +629,7 @@ def _django_async_site(
 ) -> Site:
     from django.core.handlers.asgi import ASGIHandler
 
-    _django_settings(state, options, http_client, cleanup, is_async=True)
+    _django_settings(state, options, http_client, cleanup)
     portal = cleanup.enter_context(anyio.from_thread.start_blocking_portal())
     return ASGISite("django-async", state, ASGIHandler(), lifespan=False, portal=portal)
 
