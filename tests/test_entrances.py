@@ -205,6 +205,7 @@ def test_signed_in_page_gets_the_widget_with_the_token(site: Site, fake: FakeRet
         ("/page-vary-cookie", ["cookie"]),
         ("/page-vary-list", ["cookie", "accept"]),
     ],
+    ids=["no-vary", "vary-cookie", "vary-cookie-accept"],
 )
 def test_vary_cookie_is_there_exactly_once(
     site: Site, fake: FakeReturningAI, path: str, expected_vary: list[str]
