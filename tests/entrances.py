@@ -1,0 +1,677 @@
+"""One small site, built on each of the package's five entrances, behind one driver.
+
+``build_site(entrance, ...)`` returns a :class:`Site`: the site of :data:`ROUTES` served by
+its real framework (a Starlette app for ASGI, a plain WSGI app, Django through its own
+``WSGIHandler`` and ``ASGIHandler``, a Flask app), with ``rai_middleware`` set up through
+its public API only, or without it (``rai=False``: the same site bare, to compare with).
+Whatever the framework, a :class:`Site` is driven the same way::
+
+    site.get("/page", headers={"X-User": "alice"}) -> Response(status, headers, body)
+    site.post("/_rai/embed-token", headers={...})
+    site.stream("/slow-stream", headers=...) -> Streamed (what arrived before the app went on)
+
+ASGI entrances (``asgi``, ``django-async``) are called with raw scope/receive/send on an
+event loop of their own (an anyio blocking portal); WSGI entrances (``wsgi``,
+``django-sync``, ``flask``) with a raw environ and ``start_response``, their iterable
+consumed by hand. The visitor is whoever the ``X-User`` request header names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio.from_thread
+import httpx
+
+ENTRANCES = ["asgi", "wsgi", "django-sync", "django-async", "flask"]
+
+COMMUNITY_ID = "community-123"
+ACCESS_ID = "access-id-AAAAAAAAAAAAAAAAAAAA"
+ACCESS_KEY = "access-key-SSSSSSSSSSSSSSSSSSSSSSSS"
+SECRET_KEY = "secret-key-KKKKKKKKKKKKKKKKKKKKKKKK"
+SDK_URL = "https://sdk.invalid/rai-widget.iife.js"
+REFRESH_URL = "/_rai/embed-token"
+HOST = "testserver"
+#: How long the slow stream's app waits for the client to have its first bytes.
+STREAM_WAIT = 2.0
+
+# -- the site ------------------------------------------------------------------------------
+
+HTML = "text/html; charset=utf-8"
+VALIDATORS = (
+    ("ETag", '"v1"'),
+    ("Last-Modified", "Wed, 21 Oct 2015 07:28:00 GMT"),
+    ("Cache-Control", "max-age=60"),
+)
+
+PAGE_BEFORE = b"<!doctype html><html><head><title>t</title></head><body><p>before</p>"
+PLACEHOLDER = (
+    b'<rai-placeholder widget="channel" channel-id="abc">'
+    b'<a href="/login">Sign in to chat</a></rai-placeholder>'
+)
+FALLBACK = b'<a href="/login">Sign in to chat</a>'
+PAGE_AFTER = b"<p>after</p></body></html>"
+PAGE = PAGE_BEFORE + PLACEHOLDER + PAGE_AFTER
+PLAIN = b"<!doctype html><html><body><p>no widgets here</p></body></html>"
+JSON_BODY = b'{"html": "<rai-placeholder widget=\\"channel\\">x</rai-placeholder>"}'
+
+STREAM_BEFORE = b"<!doctype html><html><body><p>streamed</p>"
+STREAM_AFTER = b"<p>end</p></body></html>"
+# The placeholder is cut in its tag name, in its attributes and in its fallback.
+STREAM_CHUNKS = (
+    STREAM_BEFORE + b"<rai-place",
+    b'holder widget="chan',
+    b'nel" channel-id="abc"><a href="/login">Sign in',
+    b" to chat</a></rai-placeholder>" + STREAM_AFTER,
+)
+assert b"".join(STREAM_CHUNKS) == STREAM_BEFORE + PLACEHOLDER + STREAM_AFTER
+
+SLOW_HEAD = b"<!doctype html><html><head><title>slow</title></head><body><p>head</p>"
+SLOW_TAIL = PLACEHOLDER + PAGE_AFTER
+
+
+@dataclass(frozen=True)
+class Route:
+    """What the app answers on one path, whatever the framework."""
+
+    status: int = 200
+    content_type: str | None = HTML
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes = b""
+    #: A streamed body (no Content-Length), one chunk per item.
+    chunks: tuple[bytes, ...] | None = None
+    #: After the first chunk, wait (up to STREAM_WAIT) until the client has received it.
+    wait_for_client: bool = False
+
+
+ROUTES: dict[str, Route] = {
+    "/page": Route(headers=VALIDATORS, body=PAGE),
+    "/page-vary-cookie": Route(headers=(*VALIDATORS, ("Vary", "Cookie")), body=PAGE),
+    "/page-vary-list": Route(headers=(*VALIDATORS, ("Vary", "cookie, Accept")), body=PAGE),
+    "/plain": Route(headers=VALIDATORS, body=PLAIN),
+    "/json": Route(content_type="application/json", headers=VALIDATORS, body=JSON_BODY),
+    "/stream": Route(headers=VALIDATORS, chunks=STREAM_CHUNKS),
+    "/slow-stream": Route(chunks=(SLOW_HEAD, SLOW_TAIL), wait_for_client=True),
+    "/not-modified": Route(status=304, content_type=None, headers=(("ETag", '"v1"'),)),
+}
+
+
+@dataclass
+class SiteState:
+    """What the apps share with the test: the slow stream's event and what its app saw."""
+
+    #: Set by the driver once the client has received the slow stream's first chunk.
+    received: threading.Event = field(default_factory=threading.Event)
+    #: Per slow stream: whether the client had the first chunk before the app went on.
+    waits: list[bool] = field(default_factory=list)
+
+
+def sync_chunks(route: Route, state: SiteState) -> Iterator[bytes]:
+    assert route.chunks is not None
+    for index, chunk in enumerate(route.chunks):
+        yield chunk
+        if index == 0 and route.wait_for_client:
+            state.waits.append(state.received.wait(STREAM_WAIT))
+
+
+async def async_chunks(route: Route, state: SiteState) -> AsyncIterator[bytes]:
+    assert route.chunks is not None
+    for index, chunk in enumerate(route.chunks):
+        yield chunk
+        if index == 0 and route.wait_for_client:
+            deadline = time.monotonic() + STREAM_WAIT
+            while not state.received.is_set() and time.monotonic() < deadline:
+                await asyncio.sleep(0.005)
+            state.waits.append(state.received.is_set())
+
+
+def common_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The options every entrance gets, by the same names (tests add or override)."""
+    return {
+        "community_id": COMMUNITY_ID,
+        "access_id": ACCESS_ID,
+        "access_key": ACCESS_KEY,
+        "secret_key": SECRET_KEY,
+        "sdk_url": SDK_URL,
+        **options,
+    }
+
+
+def identity(user: str | None) -> dict[str, str] | None:
+    return {"data-customer-id": user} if user else None
+
+
+# -- the driver ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    def header(self, name: str) -> list[str]:
+        """Every value of the header ``name`` (case-insensitive), in order."""
+        return [value for key, value in self.headers if key.lower() == name.lower()]
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass(frozen=True)
+class Streamed:
+    """A streamed response driven by hand."""
+
+    #: The body bytes the client had received when it first held all of SLOW_HEAD.
+    first: bytes
+    response: Response
+
+
+class Site:
+    """A site on one entrance. ``request`` is the driver; the rest is shorthand."""
+
+    def __init__(self, entrance: str, state: SiteState) -> None:
+        self.entrance = entrance
+        self.state = state
+        self._cleanup = contextlib.ExitStack()
+
+    def request(
+        self, method: str, path: str, headers: Mapping[str, str] | None = None, body: bytes = b""
+    ) -> Response:
+        raise NotImplementedError
+
+    def stream(self, path: str, headers: Mapping[str, str] | None = None) -> Streamed:
+        raise NotImplementedError
+
+    def get(self, path: str, headers: Mapping[str, str] | None = None) -> Response:
+        return self.request("GET", path, headers)
+
+    def head(self, path: str, headers: Mapping[str, str] | None = None) -> Response:
+        return self.request("HEAD", path, headers)
+
+    def post(
+        self, path: str, headers: Mapping[str, str] | None = None, body: bytes = b""
+    ) -> Response:
+        return self.request("POST", path, headers, body)
+
+    def close(self) -> None:
+        self._cleanup.close()
+
+
+class _FirstBytes:
+    """Collects body bytes as the client receives them; once SLOW_HEAD is all there, notes
+    what had arrived and sets the event the app waits for."""
+
+    def __init__(self, received: threading.Event) -> None:
+        self.received = received
+        self.body = b""
+        self.first: bytes | None = None
+
+    def __call__(self, chunk: bytes) -> None:
+        self.body += chunk
+        if self.first is None and len(self.body) >= len(SLOW_HEAD):
+            self.first = self.body
+            self.received.set()
+
+
+class WSGISite(Site):
+    def __init__(self, entrance: str, state: SiteState, app: Any) -> None:
+        super().__init__(entrance, state)
+        self.app = app
+
+    def _environ(self, method: str, path: str, headers: Mapping[str, str] | None, body: bytes):
+        environ: dict[str, Any] = {
+            "REQUEST_METHOD": method,
+            "SCRIPT_NAME": "",
+            "PATH_INFO": path,
+            "QUERY_STRING": "",
+            "SERVER_NAME": HOST,
+            "SERVER_PORT": "80",
+            "SERVER_PROTOCOL": "HTTP/1.1",
+            "REMOTE_ADDR": "127.0.0.1",
+            "HTTP_HOST": HOST,
+            "CONTENT_LENGTH": str(len(body)),
+            "wsgi.version": (1, 0),
+            "wsgi.url_scheme": "http",
+            "wsgi.input": io.BytesIO(body),
+            "wsgi.errors": io.StringIO(),
+            "wsgi.multithread": True,
+            "wsgi.multiprocess": False,
+            "wsgi.run_once": False,
+        }
+        for name, value in (headers or {}).items():
+            environ["HTTP_" + name.upper().replace("-", "_")] = value
+        return environ
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        headers: Mapping[str, str] | None,
+        body: bytes,
+        on_chunk: Callable[[bytes], None] | None = None,
+    ) -> Response:
+        started: list[tuple[str, list[tuple[str, str]]]] = []
+
+        def start_response(status: str, response_headers: Any, exc_info: Any = None) -> Any:
+            assert exc_info is None
+            started.append((status, list(response_headers)))
+            return _no_write
+
+        result = self.app(self._environ(method, path, headers, body), start_response)
+        chunks: list[bytes] = []
+        try:
+            for chunk in result:
+                chunks.append(chunk)
+                if on_chunk is not None:
+                    on_chunk(chunk)
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+        assert len(started) == 1, started
+        status, response_headers = started[0]
+        return Response(int(status.split()[0]), response_headers, b"".join(chunks))
+
+    def request(
+        self, method: str, path: str, headers: Mapping[str, str] | None = None, body: bytes = b""
+    ) -> Response:
+        return self._call(method, path, headers, body)
+
+    def stream(self, path: str, headers: Mapping[str, str] | None = None) -> Streamed:
+        first = _FirstBytes(self.state.received)
+        response = self._call("GET", path, headers, b"", first)
+        return Streamed(first.first or b"", response)
+
+
+class ASGISite(Site):
+    def __init__(
+        self, entrance: str, state: SiteState, app: Any, *, lifespan: bool, portal: Any
+    ) -> None:
+        super().__init__(entrance, state)
+        self.app = app
+        self.portal = portal
+        if lifespan:
+            self.portal.call(self._startup)
+            self._cleanup.callback(self.portal.call, self._shutdown)
+
+    async def _startup(self) -> None:
+        self._lifespan_in: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._lifespan_out: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.4"}}
+        scope["state"] = {}
+        self._lifespan = asyncio.ensure_future(
+            self.app(scope, self._lifespan_in.get, self._lifespan_out.put)
+        )
+        await self._lifespan_in.put({"type": "lifespan.startup"})
+        assert (await self._lifespan_out.get())["type"] == "lifespan.startup.complete"
+
+    async def _shutdown(self) -> None:
+        await self._lifespan_in.put({"type": "lifespan.shutdown"})
+        assert (await self._lifespan_out.get())["type"] == "lifespan.shutdown.complete"
+        await self._lifespan
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        headers: Mapping[str, str] | None,
+        body: bytes,
+        on_chunk: Callable[[bytes], None] | None = None,
+    ) -> Response:
+        raw_headers = [(b"host", HOST.encode())] + [
+            (name.lower().encode("latin-1"), value.encode("latin-1"))
+            for name, value in (headers or {}).items()
+        ]
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.4"},
+            "http_version": "1.1",
+            "method": method,
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "root_path": "",
+            "query_string": b"",
+            "headers": raw_headers,
+            "client": ("127.0.0.1", 5000),
+            "server": (HOST, 80),
+            "extensions": {},
+            "state": {},
+        }
+        start: dict[str, Any] | None = None
+        chunks: list[bytes] = []
+        done = asyncio.Event()
+        requested = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal requested
+            if not requested:
+                requested = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await done.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            nonlocal start
+            assert not done.is_set(), f"a message after the last body: {message}"
+            if message["type"] == "http.response.start":
+                assert start is None, "a second http.response.start"
+                start = message
+            elif message["type"] == "http.response.body":
+                assert start is not None, "a body before http.response.start"
+                chunk = bytes(message.get("body", b""))
+                chunks.append(chunk)
+                if on_chunk is not None and chunk:
+                    on_chunk(chunk)
+                if not message.get("more_body", False):
+                    done.set()
+
+        await self.app(scope, receive, send)
+        assert start is not None and done.is_set(), "the response was not completed"
+        return Response(
+            int(start["status"]),
+            [
+                (name.decode("latin-1"), value.decode("latin-1"))
+                for name, value in start.get("headers", [])
+            ],
+            b"".join(chunks),
+        )
+
+    def request(
+        self, method: str, path: str, headers: Mapping[str, str] | None = None, body: bytes = b""
+    ) -> Response:
+        response: Response = self.portal.call(self._call, method, path, headers, body)
+        return response
+
+    def stream(self, path: str, headers: Mapping[str, str] | None = None) -> Streamed:
+        first = _FirstBytes(self.state.received)
+        response: Response = self.portal.call(self._call, "GET", path, headers, b"", first)
+        return Streamed(first.first or b"", response)
+
+
+def _no_write(data: bytes) -> None:  # pragma: no cover
+    raise AssertionError("no app of the site uses the legacy write() callable")
+
+
+# -- the five entrances --------------------------------------------------------------------
+
+
+def build_site(
+    entrance: str,
+    *,
+    rai: bool = True,
+    http_client: bool = True,
+    options: Mapping[str, Any] | None = None,
+) -> Site:
+    """The site on ``entrance``, with the middleware (``rai``) or bare.
+
+    ``options`` are the middleware's keyword options (``api_base_url``, ``timeout``,
+    ``clock``...). With ``http_client`` the site hands the middleware an httpx client of its
+    own (async for ASGI, sync otherwise) and closes it; without, the middleware makes its
+    own from the options.
+    """
+    builders = {
+        "asgi": _asgi_site,
+        "wsgi": _wsgi_site,
+        "django-sync": _django_sync_site,
+        "django-async": _django_async_site,
+        "flask": _flask_site,
+    }
+    state = SiteState()
+    with contextlib.ExitStack() as cleanup:
+        opts = common_options(options or {})
+        site = builders[entrance](state, opts if rai else None, http_client, cleanup)
+        # The site's own cleanup (an ASGI lifespan shutdown) first, then what it was built on.
+        own, site._cleanup = site._cleanup, cleanup.pop_all()
+        site._cleanup.push(own)
+        return site
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _sync_client(http_client: bool, options: dict[str, Any], cleanup: contextlib.ExitStack):
+    if http_client:
+        options["http_client"] = cleanup.enter_context(httpx.Client())
+
+
+# ASGI: a Starlette app, wrapped by ReturningAIMiddleware.
+
+
+def _asgi_site(
+    state: SiteState,
+    options: dict[str, Any] | None,
+    http_client: bool,
+    cleanup: contextlib.ExitStack,
+) -> Site:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response as StarletteResponse
+    from starlette.responses import StreamingResponse
+    from starlette.routing import Route as StarletteRoute
+
+    from rai_middleware import ReturningAIMiddleware
+
+    def endpoint(route: Route) -> Callable[[Request], Any]:
+        async def view(request: Request) -> StarletteResponse:
+            if route.chunks is not None:
+                return StreamingResponse(
+                    async_chunks(route, state),
+                    status_code=route.status,
+                    headers=dict(route.headers),
+                    media_type=route.content_type,
+                )
+            return StarletteResponse(
+                route.body,
+                status_code=route.status,
+                headers=dict(route.headers),
+                media_type=route.content_type,
+            )
+
+        return view
+
+    app: Any = Starlette(routes=[StarletteRoute(path, endpoint(r)) for path, r in ROUTES.items()])
+    portal = cleanup.enter_context(anyio.from_thread.start_blocking_portal())
+    if options is not None:
+
+        def identify(scope: Any) -> dict[str, str] | None:
+            users = [v for k, v in scope["headers"] if k == b"x-user"]
+            return identity(users[0].decode() if users else None)
+
+        if http_client:
+            client = httpx.AsyncClient()
+            cleanup.callback(portal.call, client.aclose)
+            options["http_client"] = client
+        app = ReturningAIMiddleware(app, identify=identify, **options)
+    return ASGISite("asgi", state, app, lifespan=True, portal=portal)
+
+
+# WSGI: a plain WSGI app, wrapped by ReturningAIWSGIMiddleware.
+
+
+def _wsgi_site(
+    state: SiteState,
+    options: dict[str, Any] | None,
+    http_client: bool,
+    cleanup: contextlib.ExitStack,
+) -> Site:
+    from rai_middleware import ReturningAIWSGIMiddleware
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        route = ROUTES.get(environ["PATH_INFO"])
+        if route is None:
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"not found"]
+        headers = [("Content-Type", route.content_type)] if route.content_type else []
+        headers += list(route.headers)
+        reason = {200: "OK", 304: "Not Modified"}[route.status]
+        if route.chunks is not None:
+            start_response(f"{route.status} {reason}", headers)
+            return sync_chunks(route, state)
+        if route.status != 304:
+            headers.append(("Content-Length", str(len(route.body))))
+        start_response(f"{route.status} {reason}", headers)
+        return [route.body]
+
+    if options is None:
+        return WSGISite("wsgi", state, app)
+
+    def identify(environ: dict[str, Any]) -> dict[str, str] | None:
+        return identity(environ.get("HTTP_X_USER"))
+
+    _sync_client(http_client, options, cleanup)
+    middleware = ReturningAIWSGIMiddleware(app, identify=identify, **options)
+    cleanup.callback(middleware.close)
+    return WSGISite("wsgi", state, middleware)
+
+
+# Django: one URLconf, ReturningAIMiddleware in settings.MIDDLEWARE, configured by
+# settings.RETURNING_AI; served by Django's WSGIHandler (sync) or ASGIHandler (async).
+
+_django_state = SiteState()
+
+
+def _django_view(request: Any, name: str) -> Any:
+    from django.core.handlers.asgi import ASGIRequest
+    from django.http import HttpResponse, HttpResponseNotFound, StreamingHttpResponse
+
+    route = ROUTES.get("/" + name)
+    if route is None:
+        return HttpResponseNotFound(b"not found")
+    if route.chunks is not None:
+        # Under the ASGI handler, an async iterator (a sync one is consumed whole, with a
+        # warning); under the WSGI handler, a sync one.
+        content: Any = (
+            async_chunks(route, _django_state)
+            if isinstance(request, ASGIRequest)
+            else sync_chunks(route, _django_state)
+        )
+        response: Any = StreamingHttpResponse(
+            content, status=route.status, content_type=route.content_type
+        )
+    else:
+        response = HttpResponse(route.body, status=route.status, content_type=route.content_type)
+    if route.content_type is None:
+        del response.headers["Content-Type"]
+    for key, value in route.headers:
+        response.headers[key] = value
+    return response
+
+
+def _django_urlpatterns() -> list[Any]:
+    from django.urls import re_path
+
+    return [re_path(r"^(?P<name>.*)\Z", _django_view)]
+
+
+class _URLConf:
+    def __init__(self) -> None:
+        self.urlpatterns = _django_urlpatterns()
+
+
+_urlconf: _URLConf | None = None
+
+
+def _django_settings(
+    state: SiteState,
+    options: dict[str, Any] | None,
+    http_client: bool,
+    cleanup: contextlib.ExitStack,
+) -> None:
+    """Settings for a Django site: entered for the site's life (sites close in LIFO order)."""
+    global _django_state, _urlconf
+    from django.test import override_settings
+
+    from tests.test_django import configure_django
+
+    configure_django()  # the process's one Django configuration, shared with test_django.py
+    if _urlconf is None:
+        _urlconf = _URLConf()
+    _django_state = state
+    middleware: list[str] = []
+    if options is not None:
+
+        def identify(request: Any) -> dict[str, str] | None:
+            return identity(request.headers.get("X-User"))
+
+        _sync_client(http_client, options, cleanup)
+        options["identify"] = identify
+        middleware = ["rai_middleware.django.ReturningAIMiddleware"]
+    cleanup.enter_context(
+        override_settings(ROOT_URLCONF=_urlconf, MIDDLEWARE=middleware, RETURNING_AI=options)
+    )
+
+
+def _django_sync_site(
+    state: SiteState,
+    options: dict[str, Any] | None,
+    http_client: bool,
+    cleanup: contextlib.ExitStack,
+) -> Site:
+    from django.core.handlers.wsgi import WSGIHandler
+
+    _django_settings(state, options, http_client, cleanup)
+    return WSGISite("django-sync", state, WSGIHandler())
+
+
+def _django_async_site(
+    state: SiteState,
+    options: dict[str, Any] | None,
+    http_client: bool,
+    cleanup: contextlib.ExitStack,
+) -> Site:
+    from django.core.handlers.asgi import ASGIHandler
+
+    _django_settings(state, options, http_client, cleanup)
+    portal = cleanup.enter_context(anyio.from_thread.start_blocking_portal())
+    return ASGISite("django-async", state, ASGIHandler(), lifespan=False, portal=portal)
+
+
+# Flask: an app with one view per route, and the ReturningAI extension.
+
+
+def _flask_site(
+    state: SiteState,
+    options: dict[str, Any] | None,
+    http_client: bool,
+    cleanup: contextlib.ExitStack,
+) -> Site:
+    from flask import Flask
+    from flask import Response as FlaskResponse
+    from flask import request as flask_request
+
+    from rai_middleware.flask import ReturningAI
+
+    app = Flask(__name__)
+
+    def view_of(route: Route) -> Callable[[], FlaskResponse]:
+        def view() -> FlaskResponse:
+            body: Any = route.body if route.chunks is None else sync_chunks(route, state)
+            response = FlaskResponse(body, status=route.status, content_type=route.content_type)
+            if route.content_type is None:
+                del response.headers["Content-Type"]
+            for key, value in route.headers:
+                response.headers[key] = value
+            return response
+
+        return view
+
+    for index, (path, route) in enumerate(ROUTES.items()):
+        app.add_url_rule(path, f"route{index}", view_of(route))
+    if options is not None:
+
+        def identify(request: Any) -> dict[str, str] | None:
+            assert request.path == flask_request.path
+            return identity(request.headers.get("X-User"))
+
+        _sync_client(http_client, options, cleanup)
+        ReturningAI(app, identify=identify, **options)
+        cleanup.callback(ReturningAI.core(app).close)
+    return WSGISite("flask", state, app)

@@ -1,0 +1,496 @@
+"""One behaviour suite, run on all five entrances: ASGI, WSGI, Django sync and async, Flask.
+
+Each test is written once against the driver of ``tests/entrances.py`` (the same small
+site on each framework) and parametrized over the entrances. The upstream is one
+``FakeReturningAI`` served on 127.0.0.1 for the module (real tokens, counted calls),
+except for the timeout test, whose upstream is a socket that answers too late.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from rai_middleware.testing import FakeReturningAI
+from tests.entrances import (
+    ACCESS_ID,
+    ACCESS_KEY,
+    COMMUNITY_ID,
+    ENTRANCES,
+    FALLBACK,
+    JSON_BODY,
+    PAGE_AFTER,
+    PAGE_BEFORE,
+    PLAIN,
+    REFRESH_URL,
+    SDK_URL,
+    SECRET_KEY,
+    SLOW_HEAD,
+    SLOW_TAIL,
+    STREAM_AFTER,
+    STREAM_BEFORE,
+    STREAM_WAIT,
+    Response,
+    Site,
+    build_site,
+)
+
+ALICE = {"X-User": "alice"}
+BOB = {"X-User": "bob"}
+
+# The widget that replaces the placeholder, then the SDK and refresh scripts (once per
+# page): exact bytes but for the token, the ticket and the refresh script's code.
+WIDGET = (
+    re.escape(
+        b'<div id="returning-ai-widget-1"><rai-channel-widget community-id="'
+        + COMMUNITY_ID.encode()
+        + b'" channel-id="abc" embed-token="'
+    )
+    + rb"(?P<token>[A-Za-z0-9_.-]+)"
+    + re.escape(
+        b'"></rai-channel-widget></div><script src="'
+        + SDK_URL.encode()
+        + b'"></script><script data-rai-ticket="'
+    )
+    + rb'(?P<ticket>[^"<>]+)'
+    + re.escape(b'" data-rai-endpoint="' + REFRESH_URL.encode() + b'">')
+    + rb"(?P<script>[^\n]*?rai-error[^\n]*?)</script>"
+)
+
+
+def widget_page(before: bytes, after: bytes) -> re.Pattern[bytes]:
+    return re.compile(re.escape(before) + WIDGET + re.escape(after), re.DOTALL)
+
+
+WIDGET_PAGE = widget_page(PAGE_BEFORE, PAGE_AFTER)
+FALLBACK_PAGE = PAGE_BEFORE + FALLBACK + PAGE_AFTER
+STREAM_WIDGET_PAGE = widget_page(STREAM_BEFORE, STREAM_AFTER)
+STREAM_FALLBACK_PAGE = STREAM_BEFORE + FALLBACK + STREAM_AFTER
+
+
+class Clock:
+    """The middleware's token clock (the public ``clock`` option), moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# -- fixtures ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def served_fake() -> Iterator[tuple[FakeReturningAI, str]]:
+    fake = FakeReturningAI(access_id=ACCESS_ID, access_key=ACCESS_KEY)
+    with fake.run_in_thread() as base_url:
+        yield fake, base_url
+
+
+@pytest.fixture
+def fake(served_fake: tuple[FakeReturningAI, str]) -> FakeReturningAI:
+    served_fake[0].reset()
+    return served_fake[0]
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture(params=ENTRANCES, ids=ENTRANCES)
+def entrance(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def make_site(
+    entrance: str, served_fake: tuple[FakeReturningAI, str], clock: Clock
+) -> Iterator[Callable[..., Site]]:
+    """``make_site(rai=True, http_client=True, **options)``: the site on this entrance,
+    against the fake upstream unless ``api_base_url`` says otherwise. Closed last first
+    (Django's settings overrides nest)."""
+    sites: list[Site] = []
+
+    def make(*, rai: bool = True, http_client: bool = True, **options: Any) -> Site:
+        options.setdefault("api_base_url", served_fake[1])
+        options.setdefault("clock", clock)
+        site = build_site(entrance, rai=rai, http_client=http_client, options=options)
+        sites.append(site)
+        return site
+
+    yield make
+    while sites:
+        sites.pop().close()
+
+
+@pytest.fixture
+def site(make_site: Callable[..., Site]) -> Site:
+    return make_site()
+
+
+@pytest.fixture
+def bare(make_site: Callable[..., Site]) -> Site:
+    """The same site on the same framework, without the middleware."""
+    return make_site(rai=False)
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def vary_tokens(response: Response) -> list[str]:
+    return [
+        token.strip().lower()
+        for value in response.header("Vary")
+        for token in value.split(",")
+        if token.strip()
+    ]
+
+
+def widget_parts(pattern: re.Pattern[bytes], body: bytes) -> tuple[str, str]:
+    """(token, ticket) of a page that must be exactly ``pattern``."""
+    match = pattern.fullmatch(body)
+    assert match is not None, body
+    return match["token"].decode(), html.unescape(match["ticket"].decode())
+
+
+def assert_no_secret(response: Response) -> None:
+    everything = response.body + repr(response.headers).encode()
+    for secret in (ACCESS_KEY, SECRET_KEY, ACCESS_ID):
+        assert secret.encode() not in everything
+
+
+def refresh_headers(ticket: str, **extra: str) -> dict[str, str]:
+    return {**ALICE, "X-RAI-Ticket": ticket, "Sec-Fetch-Site": "same-origin", **extra}
+
+
+# -- 1. a signed-in visitor ----------------------------------------------------------------
+
+
+def test_signed_in_page_gets_the_widget_with_the_token(site: Site, fake: FakeReturningAI) -> None:
+    response = site.get("/page", headers=ALICE)
+    assert response.status == 200
+    token, ticket = widget_parts(WIDGET_PAGE, response.body)
+    assert fake.decode(token)["data-customer-id"] == "alice"
+    assert ticket
+    assert response.header("Content-Length") == [str(len(response.body))]
+    assert response.header("Content-Type") == ["text/html; charset=utf-8"]
+    assert response.header("Cache-Control") == ["private, no-store"]
+    assert vary_tokens(response) == ["cookie"]
+    assert response.header("ETag") == []
+    assert response.header("Last-Modified") == []
+    assert_no_secret(response)
+    assert fake.calls == 1
+    assert fake.requests == [
+        {
+            "accessId": ACCESS_ID,
+            "accessKey": ACCESS_KEY,
+            "userIdentifiers": {"data-customer-id": "alice"},
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    ("path", "expected_vary"),
+    [
+        ("/page", ["cookie"]),
+        ("/page-vary-cookie", ["cookie"]),
+        ("/page-vary-list", ["cookie", "accept"]),
+    ],
+    ids=["no-vary", "vary-cookie", "vary-cookie-accept"],
+)
+def test_vary_cookie_is_there_exactly_once(
+    site: Site, fake: FakeReturningAI, path: str, expected_vary: list[str]
+) -> None:
+    response = site.get(path, headers=ALICE)
+    widget_parts(WIDGET_PAGE, response.body)
+    assert vary_tokens(response) == expected_vary
+    assert response.header("Cache-Control") == ["private, no-store"]
+    assert response.header("ETag") == []
+    assert response.header("Last-Modified") == []
+
+
+def test_two_pages_of_one_visitor_cost_one_upstream_call(site: Site, fake: FakeReturningAI) -> None:
+    first = site.get("/page", headers=ALICE)
+    second = site.get("/page-vary-cookie", headers=ALICE)
+    token1, _ = widget_parts(WIDGET_PAGE, first.body)
+    token2, _ = widget_parts(WIDGET_PAGE, second.body)
+    assert token1 == token2
+    assert fake.calls == 1
+    other = site.get("/page", headers=BOB)
+    token3, _ = widget_parts(WIDGET_PAGE, other.body)
+    assert fake.decode(token3)["data-customer-id"] == "bob"
+    assert fake.calls == 2
+
+
+# -- 2. an anonymous visitor ---------------------------------------------------------------
+
+
+def test_anonymous_visitor_gets_the_fallback_without_upstream_call(
+    site: Site, fake: FakeReturningAI
+) -> None:
+    response = site.get("/page")
+    assert response.status == 200
+    assert response.body == FALLBACK_PAGE
+    assert response.header("Content-Length") == [str(len(FALLBACK_PAGE))]
+    assert response.header("Cache-Control") == ["max-age=60"]  # no token in the page
+    assert vary_tokens(response) == ["cookie"]  # but it depends on who the visitor is
+    assert response.header("ETag") == []
+    assert response.header("Last-Modified") == []
+    assert fake.calls == 0
+
+
+# -- 3. upstream failure -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("failure", [{"status": 503}, {"mode": "garbage"}], ids=["503", "garbage"])
+def test_upstream_failure_serves_the_fallback(
+    site: Site, fake: FakeReturningAI, failure: dict[str, Any]
+) -> None:
+    fake.fail_always(**failure)
+    response = site.get("/page", headers=ALICE)
+    assert response.status == 200
+    assert response.body == FALLBACK_PAGE
+    assert response.header("Content-Length") == [str(len(FALLBACK_PAGE))]
+    assert b"embed-token" not in response.body
+    assert b"data-rai-ticket" not in response.body
+    assert response.header("Cache-Control") == ["max-age=60"]
+    assert_no_secret(response)
+    assert fake.calls == 1
+
+
+# -- 4, 5, HEAD, 304: untouched responses --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("GET", "/plain", PLAIN),
+        ("GET", "/json", JSON_BODY),
+        ("HEAD", "/page", None),
+        ("GET", "/not-modified", b""),
+    ],
+    ids=["no-placeholder", "json", "head", "304"],
+)
+def test_responses_that_are_no_page_to_rewrite_are_untouched(
+    site: Site,
+    bare: Site,
+    fake: FakeReturningAI,
+    method: str,
+    path: str,
+    body: bytes | None,
+) -> None:
+    expected = bare.request(method, path, headers=ALICE)
+    response = site.request(method, path, headers=ALICE)
+    if body is not None:
+        assert expected.body == body
+    assert response == expected  # status, every header in order, body: byte for byte
+    assert fake.calls == 0
+
+
+# -- 6. a streamed page --------------------------------------------------------------------
+
+
+def test_streamed_page_is_rewritten_across_chunks(site: Site, fake: FakeReturningAI) -> None:
+    response = site.get("/stream", headers=ALICE)
+    assert response.status == 200
+    token, _ = widget_parts(STREAM_WIDGET_PAGE, response.body)
+    assert fake.decode(token)["data-customer-id"] == "alice"
+    assert response.header("Content-Length") == []
+    assert response.header("Cache-Control") == ["private, no-store"]
+    assert vary_tokens(response) == ["cookie"]
+    assert response.header("ETag") == []
+    assert fake.calls == 1
+
+
+def test_streamed_page_for_an_anonymous_visitor(site: Site, fake: FakeReturningAI) -> None:
+    response = site.get("/stream")
+    assert response.status == 200
+    assert response.body == STREAM_FALLBACK_PAGE
+    assert response.header("Content-Length") == []
+    assert response.header("Cache-Control") == ["max-age=60"]
+    assert vary_tokens(response) == ["cookie"]
+    assert fake.calls == 0
+
+
+# -- 7. the refresh endpoint ---------------------------------------------------------------
+
+
+def page_ticket(site: Site) -> tuple[str, str]:
+    return widget_parts(WIDGET_PAGE, site.get("/page", headers=ALICE).body)
+
+
+def test_refresh_answers_the_pages_token(site: Site, fake: FakeReturningAI) -> None:
+    token, ticket = page_ticket(site)
+    response = site.post(REFRESH_URL, headers=refresh_headers(ticket))
+    assert response.status == 200
+    payload = response.json()
+    assert payload["embedToken"] == token
+    assert 890 <= payload["expiresIn"] <= 900
+    assert response.header("Cache-Control") == ["no-store"]
+    assert response.header("Content-Type") == ["application/json"]
+    assert response.header("Content-Length") == [str(len(response.body))]
+    assert not [name for name, _ in response.headers if name.lower().startswith("access-control")]
+    assert_no_secret(response)
+    assert fake.calls == 1
+
+
+def test_refresh_refuses_get(site: Site, fake: FakeReturningAI) -> None:
+    _, ticket = page_ticket(site)
+    response = site.get(REFRESH_URL, headers=refresh_headers(ticket))
+    assert response.status == 405
+    assert response.header("Allow") == ["POST"]
+
+
+def test_refresh_refuses_cross_site(site: Site, fake: FakeReturningAI) -> None:
+    _, ticket = page_ticket(site)
+    response = site.post(
+        REFRESH_URL, headers=refresh_headers(ticket, **{"Sec-Fetch-Site": "cross-site"})
+    )
+    assert (response.status, response.json()) == (403, {"error": "cross_origin"})
+    assert fake.calls == 1  # the page's
+
+
+def test_refresh_refuses_an_anonymous_visitor(site: Site, fake: FakeReturningAI) -> None:
+    _, ticket = page_ticket(site)
+    response = site.post(REFRESH_URL, headers={"X-RAI-Ticket": ticket})
+    assert (response.status, response.json()) == (401, {"error": "not_signed_in"})
+    assert fake.calls == 1
+
+
+@pytest.mark.parametrize("whose", ["garbage", "another-visitor"])
+def test_refresh_refuses_a_bad_ticket(site: Site, fake: FakeReturningAI, whose: str) -> None:
+    _, ticket = page_ticket(site)
+    if whose == "garbage":
+        headers = refresh_headers("garbage")
+    else:
+        headers = {**refresh_headers(ticket), **BOB}
+    response = site.post(REFRESH_URL, headers=headers)
+    assert (response.status, response.json()) == (403, {"error": "invalid_ticket"})
+    assert fake.calls == 1
+
+
+def test_refresh_answers_503_when_upstream_fails(
+    site: Site, fake: FakeReturningAI, clock: Clock
+) -> None:
+    _, ticket = page_ticket(site)
+    clock.now += 800  # the cached token has 100 s left: too little to hand out
+    fake.fail_always(status=503)
+    response = site.post(REFRESH_URL, headers=refresh_headers(ticket))
+    assert (response.status, response.json()) == (503, {"error": "token_unavailable"})
+    assert response.header("Cache-Control") == ["no-store"]
+    assert_no_secret(response)
+    assert fake.calls == 2
+
+
+# -- 8. a token request that gets no answer in time ----------------------------------------
+
+TIMEOUT = 0.5
+
+
+class SlowUpstream:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        #: Request heads received.
+        self.requests: list[bytes] = []
+
+
+@pytest.fixture
+def slow_upstream() -> Iterator[SlowUpstream]:
+    """A server on 127.0.0.1 that reads a request and sends its status line only after
+    ``TIMEOUT + 2`` seconds (then a 503 and closes); it stops with the test."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.settimeout(0.1)
+    stop = threading.Event()
+    threads: list[threading.Thread] = []
+
+    def answer_late(conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(TIMEOUT + 3)
+            try:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    data += chunk
+                server.requests.append(data.split(b"\r\n\r\n", 1)[0])
+                stop.wait(TIMEOUT + 2)
+                conn.sendall(
+                    b"HTTP/1.1 503 Service Unavailable\r\n"
+                    b"Content-Length: 0\r\nConnection: close\r\n\r\n"
+                )
+            except OSError:
+                return
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            thread = threading.Thread(target=answer_late, args=(conn,), daemon=True)
+            threads.append(thread)
+            thread.start()
+
+    server = SlowUpstream(f"http://127.0.0.1:{listener.getsockname()[1]}")
+    acceptor = threading.Thread(target=accept, daemon=True)
+    acceptor.start()
+    try:
+        yield server
+    finally:
+        stop.set()
+        acceptor.join(5)
+        listener.close()
+        for thread in threads:
+            thread.join(5)
+
+
+def test_slow_upstream_headers_cost_at_most_the_timeout(
+    make_site: Callable[..., Site], slow_upstream: SlowUpstream
+) -> None:
+    # No http_client: the middleware's own, made from the options.
+    site = make_site(http_client=False, api_base_url=slow_upstream.url, timeout=TIMEOUT)
+    assert site.get("/plain", headers=ALICE).body == PLAIN  # the framework warmed up
+    started = time.monotonic()
+    response = site.get("/page", headers=ALICE)
+    elapsed = time.monotonic() - started
+    assert response.status == 200
+    assert response.body == FALLBACK_PAGE
+    assert elapsed < TIMEOUT + 0.5, f"the page took {elapsed:.2f} s with timeout={TIMEOUT}"
+    assert len(slow_upstream.requests) == 1
+    assert slow_upstream.requests[0].startswith(b"POST /v2/api/widget-access-keys/token ")
+
+
+# -- 9. the first bytes of a streamed page leave at once -----------------------------------
+
+
+def test_first_chunk_of_a_stream_reaches_the_client_before_the_app_goes_on(
+    site: Site, fake: FakeReturningAI
+) -> None:
+    started = time.monotonic()
+    streamed = site.stream("/slow-stream", headers=ALICE)
+    elapsed = time.monotonic() - started
+    # The response completed (no deadlock), rewritten.
+    assert streamed.response.status == 200
+    token, _ = widget_parts(widget_page(SLOW_HEAD, PAGE_AFTER), streamed.response.body)
+    assert fake.decode(token)["data-customer-id"] == "alice"
+    # The client had the head, and nothing after it, while the app was still waiting.
+    assert streamed.first == SLOW_HEAD
+    assert site.state.waits == [True], (
+        f"the app waited {STREAM_WAIT} s for the client to receive its first chunk "
+        f"(took {elapsed:.2f} s); the head was held back"
+    )
+    assert SLOW_TAIL.startswith(b"<rai-placeholder")
