@@ -11,7 +11,7 @@ import pytest
 import respx
 
 from rai_middleware import TokenError
-from rai_middleware._config import Settings
+from rai_middleware._config import Settings, build_settings
 from rai_middleware._identity import Identity
 from rai_middleware._tokens import TokenService
 from tests.conftest import ACCESS_ID, ACCESS_KEY, TOKEN_URL
@@ -36,10 +36,9 @@ def settings(**overrides: Any) -> Settings:
         "max_placeholder_size": 1024,
         "failure_threshold": 5,
         "failure_cooldown": 30.0,
-        "environ": {},
     }
     options.update(overrides)
-    return Settings.from_options(**options)
+    return build_settings(options, environ={})
 
 
 def is_closed(client: httpx.AsyncClient) -> bool:
