@@ -14,14 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from ._config import Options, build_settings
-from ._core import AsyncDriver, Core
+from ._config import Options
+from ._core import AsyncDriver, async_services
 from ._endpoint import first_headers
 from ._exceptions import ConfigurationError
 from ._identity import default_identify
 from ._page import PageRewrite, Step
 from ._store import TokenStore
-from ._tokens import TokenService
 from ._types import IdentifyCallable, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:  # Unpack is in typing from 3.11; annotations are never evaluated here
@@ -65,19 +64,13 @@ class ReturningAIMiddleware:
     ) -> None:
         if identify is not None and not callable(identify):
             raise ConfigurationError("identify must be a callable taking the ASGI scope")
-        if http_client is not None and not isinstance(http_client, httpx.AsyncClient):
-            raise ConfigurationError("http_client must be an httpx.AsyncClient")
-        if token_store is not None and not isinstance(token_store, TokenStore):
-            raise ConfigurationError(
-                "token_store must be a token store such as rai_middleware.redis.RedisTokenStore"
-            )
         self.app = app
-        self.settings = build_settings(options)
-        self.core = Core(self.settings, compression_advice=_COMPRESSION_ADVICE)
-        self.identify: IdentifyCallable = identify or default_identify
-        self.tokens = TokenService(
-            self.settings, http_client=http_client, clock=clock, store=token_store
+        self.core, self.tokens = async_services(
+            {**options, "http_client": http_client, "token_store": token_store, "clock": clock},
+            compression_advice=_COMPRESSION_ADVICE,
         )
+        self.settings = self.core.settings
+        self.identify: IdentifyCallable = identify or default_identify
         self.tickets = self.core.tickets
         self._driver = AsyncDriver(self.core, self._identify, self.tokens)
         self._tag = self.settings.placeholder_tag

@@ -16,24 +16,39 @@ identity or a token::
 
 from __future__ import annotations
 
+import asyncio
+import importlib
 import logging
 import threading
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
 from typing import Any, Protocol, TypeVar
 
-from ._config import Settings
+import httpx
+
+from ._config import ADAPTER_KEYWORDS, Settings, build_settings
 from ._endpoint import Reply, answer
-from ._exceptions import TokenError
+from ._exceptions import ConfigurationError, TokenError
 from ._http import RawHeaders, csp_nonce, inspect_response
 from ._identity import Identity, resolve_identity, resolve_identity_sync
 from ._modes import PageContext
 from ._needs import Flow, Grant, Need, TokenNeed
 from ._page import WHOLE_PAGE_LIMIT, PageRewrite, quick_matcher
+from ._store import SyncTokenStore, TokenStore
 from ._sync_tokens import SyncTokenService
 from ._tickets import TicketSigner
-from ._tokens import EmbedToken
+from ._tokens import EmbedToken, TokenService
 
-__all__ = ["AsyncDriver", "AsyncTokens", "Core", "SyncDriver"]
+__all__ = [
+    "AsyncDriver",
+    "AsyncTokens",
+    "Core",
+    "SyncDriver",
+    "TokensInThreads",
+    "async_services",
+    "load_callable",
+    "sync_services",
+]
 
 logger = logging.getLogger("rai_middleware")
 
@@ -158,6 +173,23 @@ class SyncDriver:
             result: T = done.value
             return result
 
+    def stream(
+        self, rewrite: PageRewrite, head: bytes, chunks: Iterable[bytes], request: object, path: str
+    ) -> Iterator[bytes]:
+        """A streamed body through ``rewrite``, for frameworks whose response object takes
+        an iterable; ``head`` is what deciding the headers produced."""
+        if head:
+            yield head
+        for chunk in chunks:
+            step = self.run(rewrite.feed(chunk, more=True), request, path)
+            if step.body:
+                yield step.body
+            if step.end:
+                return  # after a corrupt compressed chunk nothing sensible can follow
+        step = self.run(rewrite.feed(b"", more=False), request, path)
+        if step.body:
+            yield step.body
+
     def _answer(self, need: Need, request: object, path: str) -> object:
         if isinstance(need, TokenNeed):
             try:
@@ -179,6 +211,20 @@ class AsyncTokens(Protocol):
     def now(self) -> float: ...
 
 
+class TokensInThreads:
+    """The thread-safe token service, awaited from worker threads (an async entrance given
+    a synchronous ``httpx.Client``)."""
+
+    def __init__(self, tokens: SyncTokenService) -> None:
+        self._tokens = tokens
+
+    async def get(self, identity: Identity) -> EmbedToken:
+        return await asyncio.to_thread(self._tokens.get, identity)
+
+    def now(self) -> float:
+        return self._tokens.now()
+
+
 class AsyncDriver:
     """Answers a flow's needs by awaiting: ``identify(request)`` (sync or async) and the
     asyncio token service."""
@@ -197,6 +243,27 @@ class AsyncDriver:
             result: T = done.value
             return result
 
+    async def stream(
+        self,
+        rewrite: PageRewrite,
+        head: bytes,
+        chunks: AsyncIterable[bytes],
+        request: object,
+        path: str,
+    ) -> AsyncIterator[bytes]:
+        """``SyncDriver.stream`` for async bodies."""
+        if head:
+            yield head
+        async for chunk in chunks:
+            step = await self.run(rewrite.feed(chunk, more=True), request, path)
+            if step.body:
+                yield step.body
+            if step.end:
+                return
+        step = await self.run(rewrite.feed(b"", more=False), request, path)
+        if step.body:
+            yield step.body
+
     async def _answer(self, need: Need, request: object, path: str) -> object:
         if isinstance(need, TokenNeed):
             try:
@@ -208,3 +275,64 @@ class AsyncDriver:
                 return None
         found = await resolve_identity(self.identify, request, self.core.identity_secret)
         return self.core.usable(found, path)
+
+
+def load_callable(value: object, where: str) -> Callable[..., object] | None:
+    """A callable option, or its dotted path (``"myapp.auth.identify"`` or
+    ``"myapp.auth:identify"``), loaded."""
+    if isinstance(value, str):
+        module, _, name = value.rpartition(":" if ":" in value else ".")
+        try:
+            value = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError, ValueError) as exc:
+            raise ConfigurationError(f"{where}: cannot import {value!r} ({exc})") from None
+    if value is not None and not callable(value):
+        raise ConfigurationError(
+            f"{where} must be a callable taking the request, or its dotted path"
+        )
+    return value
+
+
+def _settings(options: dict[str, Any], where: str, *, keep_warm: bool) -> tuple[Settings, Any]:
+    if options.get("keep_warm") and not keep_warm:
+        raise ConfigurationError(
+            f"{where}keep_warm works with the asyncio token service only (it renews tokens "
+            "from a background task); leave it at 0 here"
+        )
+    settings = build_settings({k: v for k, v in options.items() if k not in ADAPTER_KEYWORDS})
+    return settings, options.get("clock") or time.monotonic
+
+
+def sync_services(
+    options: dict[str, Any], *, compression_advice: str, where: str = ""
+) -> tuple[Core, SyncTokenService]:
+    """The core and the thread-safe token service, from an adapter's keywords (``http_client``
+    an ``httpx.Client``, ``token_store`` a ``SyncTokenStore``)."""
+    client, store = options.get("http_client"), options.get("token_store")
+    if client is not None and not isinstance(client, httpx.Client):
+        raise ConfigurationError(f"{where}http_client must be an httpx.Client")
+    if store is not None and not isinstance(store, SyncTokenStore):
+        raise ConfigurationError(
+            f"{where}token_store must be a synchronous token store such as "
+            "rai_middleware.redis.SyncRedisTokenStore"
+        )
+    settings, clock = _settings(options, where, keep_warm=False)
+    tokens = SyncTokenService(settings, http_client=client, clock=clock, store=store)
+    return Core(settings, compression_advice=compression_advice), tokens
+
+
+def async_services(
+    options: dict[str, Any], *, compression_advice: str, where: str = ""
+) -> tuple[Core, TokenService]:
+    """The core and the asyncio token service, from an adapter's keywords (``http_client``
+    an ``httpx.AsyncClient``, ``token_store`` a ``TokenStore``)."""
+    client, store = options.get("http_client"), options.get("token_store")
+    if client is not None and not isinstance(client, httpx.AsyncClient):
+        raise ConfigurationError(f"{where}http_client must be an httpx.AsyncClient")
+    if store is not None and not isinstance(store, TokenStore):
+        raise ConfigurationError(
+            f"{where}token_store must be a token store such as rai_middleware.redis.RedisTokenStore"
+        )
+    settings, clock = _settings(options, where, keep_warm=True)
+    tokens = TokenService(settings, http_client=client, clock=clock, store=store)
+    return Core(settings, compression_advice=compression_advice), tokens

@@ -23,6 +23,7 @@ __all__ = [
     "Identity",
     "checked_identity",
     "default_identify",
+    "identifiers_of",
     "resolve_identity",
     "resolve_identity_sync",
 ]
@@ -81,6 +82,21 @@ def default_identify(scope: Scope) -> dict[str, str] | None:
         if value is not None and not callable(value) and str(value) != "":
             identifiers["data-customer-id"] = str(value)
             break
+    email = _attribute(user, "email")
+    if isinstance(email, str) and email:
+        identifiers["data-email"] = email
+    return identifiers or None
+
+
+def identifiers_of(user: object, customer_id: Callable[[Any], object]) -> dict[str, str] | None:
+    """A framework user's identifiers: ``customer_id(user)`` as ``data-customer-id`` and its
+    ``email`` as ``data-email``, if ``user.is_authenticated`` is true; None otherwise."""
+    if user is None or _attribute(user, "is_authenticated") is not True:
+        return None
+    identifiers: dict[str, str] = {}
+    customer = customer_id(user)
+    if customer is not None and str(customer) != "":
+        identifiers["data-customer-id"] = str(customer)
     email = _attribute(user, "email")
     if isinstance(email, str) and email:
         identifiers["data-email"] = email

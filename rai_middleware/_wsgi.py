@@ -15,13 +15,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 import httpx
 
 from ._closing import ClosingIterable
-from ._config import Options, build_settings
-from ._core import Core, SyncDriver
+from ._config import Options
+from ._core import SyncDriver, sync_services
 from ._endpoint import REASONS
 from ._exceptions import ConfigurationError
 from ._page import PageRewrite, Step
 from ._store import SyncTokenStore
-from ._sync_tokens import SyncTokenService
 
 if TYPE_CHECKING:  # Unpack is in typing from 3.11; annotations are never evaluated here
     from typing_extensions import Unpack
@@ -71,25 +70,13 @@ class ReturningAIWSGIMiddleware:
     ) -> None:
         if identify is not None and not callable(identify):
             raise ConfigurationError("identify must be a callable taking the WSGI environ")
-        if http_client is not None and not isinstance(http_client, httpx.Client):
-            raise ConfigurationError("http_client must be an httpx.Client")
-        if options.get("keep_warm"):
-            raise ConfigurationError(
-                "keep_warm works with the ASGI middleware only (it renews tokens from a "
-                "background task); leave it at 0 here"
-            )
-        if token_store is not None and not isinstance(token_store, SyncTokenStore):
-            raise ConfigurationError(
-                "token_store must be a synchronous token store such as "
-                "rai_middleware.redis.SyncRedisTokenStore"
-            )
         self.app = app
-        self.settings = build_settings(options)
-        self.core = Core(self.settings, compression_advice=_COMPRESSION_ADVICE)
-        self.identify = identify or default_wsgi_identify
-        self.tokens = SyncTokenService(
-            self.settings, http_client=http_client, clock=clock, store=token_store
+        self.core, self.tokens = sync_services(
+            {**options, "http_client": http_client, "token_store": token_store, "clock": clock},
+            compression_advice=_COMPRESSION_ADVICE,
         )
+        self.settings = self.core.settings
+        self.identify = identify or default_wsgi_identify
         self.tickets = self.core.tickets
         self.driver = SyncDriver(self.core, self.identify, self.tokens)
 

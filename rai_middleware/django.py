@@ -13,36 +13,38 @@ middleware and ``GZipMiddleware``::
     ]
     RETURNING_AI = {"community_id": "...", "access_id": "...", "access_key": "..."}
 
-Translation only: the response's status, headers and body go to the core's page rewrite,
-and its steps come back onto the ``HttpResponse``. In sync mode a ``SyncDriver`` does the
-I/O; in async mode an ``AsyncDriver`` awaits an async ``identify`` (by default
-``request.auser()``) and the asyncio token service (or, when ``http_client`` is an
-``httpx.Client``, the thread-safe one in a worker thread).
+Translation only: the response goes to the core's page rewrite and its steps come back
+onto the ``HttpResponse``. In async mode ``identify`` is awaited (by default through
+``request.auser()``), and so is the asyncio token service.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
-import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import httpx
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.conf import settings as django_settings
 from django.http import HttpResponse
-from django.utils.module_loading import import_string
 
-from ._config import build_settings, option_names
-from ._core import AsyncDriver, Core, SyncDriver
+from ._config import option_names
+from ._core import (
+    AsyncDriver,
+    SyncDriver,
+    TokensInThreads,
+    async_services,
+    load_callable,
+    sync_services,
+)
 from ._endpoint import Reply
 from ._exceptions import ConfigurationError
-from ._identity import Identity
+from ._identity import identifiers_of
 from ._page import PageRewrite, Step
-from ._store import SyncTokenStore, TokenStore
 from ._sync_tokens import SyncTokenService
-from ._tokens import EmbedToken, TokenService
+from ._tokens import TokenService
 
 __all__ = ["ReturningAIMiddleware", "default_identify"]
 
@@ -92,30 +94,7 @@ async def default_aidentify(request: Request) -> dict[str, str] | None:
 
 
 def _identifiers(user: Any) -> dict[str, str] | None:
-    if user is None or getattr(user, "is_authenticated", False) is not True:
-        return None
-    identifiers: dict[str, str] = {}
-    pk = getattr(user, "pk", None)
-    if pk is not None and str(pk) != "":
-        identifiers["data-customer-id"] = str(pk)
-    email = getattr(user, "email", None)
-    if isinstance(email, str) and email:
-        identifiers["data-email"] = email
-    return identifiers or None
-
-
-class _TokensInThreads:
-    """The thread-safe token service, awaited from a worker thread (async mode with a
-    synchronous ``httpx.Client``): never in Django's shared sync thread."""
-
-    def __init__(self, tokens: SyncTokenService) -> None:
-        self._tokens = tokens
-
-    async def get(self, identity: Identity) -> EmbedToken:
-        return await sync_to_async(self._tokens.get, thread_sensitive=False)(identity)
-
-    def now(self) -> float:
-        return self._tokens.now()
+    return identifiers_of(user, lambda found: getattr(found, "pk", None))
 
 
 class ReturningAIMiddleware:
@@ -137,45 +116,25 @@ class ReturningAIMiddleware:
         if self.async_mode:
             markcoroutinefunction(self)
         options = self._read_settings()
-        identify = _identify_option(options.pop("identify", None))
-        http_client = options.pop("http_client", None)
-        store = options.pop("token_store", None)
-        clock = options.pop("clock", time.monotonic)
-        if self.async_mode and options.get("keep_warm"):
-            raise ConfigurationError(f"{SETTING}['keep_warm'] is not supported by Django")
-        self.settings = build_settings(options)
-        self.core = Core(self.settings, compression_advice=_COMPRESSION_ADVICE)
+        identify = load_callable(options.pop("identify", None), f"{SETTING}['identify']")
         self.identify: Callable[[Request], object] = identify or self._default_identify
+        where = f"{SETTING}: "
         self.tokens: TokenService | SyncTokenService
-        if self.async_mode and not isinstance(http_client, httpx.Client):
-            if store is not None and not isinstance(store, TokenStore):
-                raise ConfigurationError(
-                    f"{SETTING}['token_store'] must be an asyncio store in async mode "
-                    "(rai_middleware.redis.RedisTokenStore)"
-                )
-            if http_client is not None and not isinstance(http_client, httpx.AsyncClient):
-                raise ConfigurationError(
-                    f"{SETTING}['http_client'] must be an httpx.Client or httpx.AsyncClient"
-                )
-            self.tokens = TokenService(
-                self.settings, http_client=http_client, clock=clock, store=store
+        if self.async_mode and not isinstance(options.get("http_client"), httpx.Client):
+            self.core, tokens = async_services(
+                options, compression_advice=_COMPRESSION_ADVICE, where=where
             )
-            self.adriver = AsyncDriver(self.core, self._aidentify, self.tokens)
+            self.tokens = tokens
+            self.adriver = AsyncDriver(self.core, self._aidentify, tokens)
         else:
-            if store is not None and not isinstance(store, SyncTokenStore):
-                raise ConfigurationError(
-                    f"{SETTING}['token_store'] must be a synchronous store "
-                    "(rai_middleware.redis.SyncRedisTokenStore)"
-                )
-            if http_client is not None and not isinstance(http_client, httpx.Client):
-                raise ConfigurationError(
-                    f"{SETTING}['http_client'] must be an httpx.Client in sync mode"
-                )
-            self.tokens = SyncTokenService(
-                self.settings, http_client=http_client, clock=clock, store=store
+            self.core, sync_tokens = sync_services(
+                options, compression_advice=_COMPRESSION_ADVICE, where=where
             )
-            self.driver = SyncDriver(self.core, self.identify, self.tokens)
-            self.adriver = AsyncDriver(self.core, self._aidentify, _TokensInThreads(self.tokens))
+            self.tokens = sync_tokens
+            self.driver = SyncDriver(self.core, self.identify, sync_tokens)
+            # Async mode with a synchronous client: its tokens come from worker threads.
+            self.adriver = AsyncDriver(self.core, self._aidentify, TokensInThreads(sync_tokens))
+        self.settings = self.core.settings
         self.tickets = self.core.tickets
 
     @staticmethod
@@ -246,14 +205,10 @@ class ReturningAIMiddleware:
         if response.streaming:
             headers = self.driver.run(rewrite.headers_now(), request, request.path)
             content = response.streaming_content
-            if response.is_async:
-                response.streaming_content = self._arewritten(
-                    rewrite, headers.body, content, True, request
-                )
-            else:
-                response.streaming_content = self._rewritten(
-                    rewrite, headers.body, content, request
-                )
+            driver: AsyncDriver | SyncDriver = self.adriver if response.is_async else self.driver
+            response.streaming_content = driver.stream(
+                rewrite, headers.body, content, request, request.path
+            )
             _set_headers(response, headers.headers)
             return response
         flow = rewrite.feed(response.content, more=False)
@@ -269,8 +224,9 @@ class ReturningAIMiddleware:
         if response.streaming:
             headers = await self.adriver.run(rewrite.headers_now(), request, request.path)
             content = response.streaming_content
-            response.streaming_content = self._arewritten(
-                rewrite, headers.body, content, response.is_async, request
+            chunks = content if response.is_async else _aiter(content)
+            response.streaming_content = self.adriver.stream(
+                rewrite, headers.body, chunks, request, request.path
             )
             _set_headers(response, headers.headers)
             return response
@@ -327,54 +283,6 @@ class ReturningAIMiddleware:
             )
             return None
         return value or None
-
-    # -- StreamingHttpResponse -------------------------------------------------------------
-
-    def _rewritten(
-        self, rewrite: PageRewrite, head: bytes, content: Iterator[bytes], request: Request
-    ) -> Iterator[bytes]:
-        if head:
-            yield head
-        for chunk in content:
-            step = self.driver.run(rewrite.feed(chunk, more=True), request, request.path)
-            if step.body:
-                yield step.body
-            if step.end:
-                return  # after a corrupt compressed chunk nothing sensible can follow
-        step = self.driver.run(rewrite.feed(b"", more=False), request, request.path)
-        if step.body:
-            yield step.body
-
-    async def _arewritten(
-        self, rewrite: PageRewrite, head: bytes, content: Any, is_async: bool, request: Request
-    ) -> AsyncIterator[bytes]:
-        if head:
-            yield head
-        chunks: AsyncIterator[bytes] = content if is_async else _aiter(content)
-        async for chunk in chunks:
-            step = await self.adriver.run(rewrite.feed(chunk, more=True), request, request.path)
-            if step.body:
-                yield step.body
-            if step.end:
-                return
-        step = await self.adriver.run(rewrite.feed(b"", more=False), request, request.path)
-        if step.body:
-            yield step.body
-
-
-def _identify_option(identify: object) -> Callable[[Request], object] | None:
-    if isinstance(identify, str):
-        try:
-            identify = import_string(identify)
-        except ImportError as exc:
-            raise ConfigurationError(
-                f"{SETTING}['identify']: cannot import {identify!r} ({exc})"
-            ) from None
-    if identify is not None and not callable(identify):
-        raise ConfigurationError(
-            f"{SETTING}['identify'] must be a callable taking the request, or its dotted path"
-        )
-    return identify
 
 
 async def _aiter(chunks: Any) -> AsyncIterator[bytes]:

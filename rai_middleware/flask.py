@@ -10,30 +10,24 @@ that ``identify`` can read ``flask_login.current_user``, the session or ``g``. F
 response the visitor is identified there and then, and the body is rewritten as the server
 sends it (tokens need no request context). The refresh endpoint is answered by a
 ``before_request`` function that runs first, so the app needs no route for it.
-
-Translation only: the response's status, headers and body go to the core's page rewrite,
-its steps come back onto the ``Response``; a ``SyncDriver`` calls ``identify`` and the
-thread-safe token service.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
 from flask import Flask, Response, current_app, g, request
-from werkzeug.utils import import_string
 
 from ._closing import ClosingIterable
-from ._config import Settings, build_settings, option_names
-from ._core import Core, SyncDriver
+from ._config import Settings, option_names
+from ._core import Core, SyncDriver, load_callable, sync_services
 from ._endpoint import Reply
 from ._exceptions import ConfigurationError
-from ._page import PageRewrite
+from ._identity import identifiers_of
 from ._sync_tokens import SyncTokenService
 
 __all__ = ["ReturningAI", "config_key", "default_identify"]
@@ -73,17 +67,11 @@ def default_identify(req: Any) -> dict[str, str] | None:
 
 
 def _login_identify(user: Any) -> dict[str, str] | None:
-    if user is None or getattr(user, "is_authenticated", False) is not True:
-        return None
-    identifiers: dict[str, str] = {}
-    get_id = getattr(user, "get_id", None)
-    customer = get_id() if callable(get_id) else None
-    if customer is not None and str(customer) != "":
-        identifiers["data-customer-id"] = str(customer)
-    email = getattr(user, "email", None)
-    if isinstance(email, str) and email:
-        identifiers["data-email"] = email
-    return identifiers or None
+    def customer_id(found: Any) -> object:
+        get_id = getattr(found, "get_id", None)
+        return get_id() if callable(get_id) else None
+
+    return identifiers_of(user, customer_id)
 
 
 @dataclass(frozen=True)
@@ -142,27 +130,9 @@ class ReturningAI:
             if key.startswith("RAI_") and key not in known:
                 logger.warning("app.config[%r] is not a rai-middleware option; ignored", key)
         options.update(self._options)
-        identify: object = options.pop("identify", None)
-        if self._identify is not None:
-            identify = self._identify
-        if isinstance(identify, str):
-            try:
-                identify = import_string(identify)
-            except ImportError as exc:
-                raise ConfigurationError(f"RAI_IDENTIFY: cannot import it ({exc})") from None
-        if identify is not None and not callable(identify):
-            raise ConfigurationError(
-                "identify (RAI_IDENTIFY) must be a callable taking the request, or its dotted path"
-            )
-        chosen = identify if identify is not None else default_identify
-        http_client = options.pop("http_client", None)
-        store = options.pop("token_store", None)
-        clock = options.pop("clock", time.monotonic)
-        if options.get("keep_warm"):
-            raise ConfigurationError("keep_warm works with the ASGI middleware only")
-        settings = build_settings(options)
-        core = Core(settings, compression_advice=_COMPRESSION_ADVICE)
-        tokens = SyncTokenService(settings, http_client=http_client, clock=clock, store=store)
+        identify = self._identify or options.pop("identify", None)
+        chosen = load_callable(identify, "identify (RAI_IDENTIFY)") or default_identify
+        core, tokens = sync_services(options, compression_advice=_COMPRESSION_ADVICE)
         app.extensions[EXTENSION] = _State(core, tokens, SyncDriver(core, chosen, tokens))
         # First, so that no other before_request function (a CSRF check, a login
         # requirement) stands between the page's script and its token.
@@ -212,7 +182,9 @@ class ReturningAI:
             # the server iterates the body.
             step = run(rewrite.headers_now(), _request(), request.path)
             original = response.response
-            chunks = _rewritten(state.driver, rewrite, step.body, response.iter_encoded())
+            chunks = state.driver.stream(
+                rewrite, step.body, response.iter_encoded(), None, request.path
+            )
             response.response = ClosingIterable(chunks, original)
             response.direct_passthrough = False
         else:
@@ -237,22 +209,6 @@ def _csp_nonce() -> str | None:
         if isinstance(nonce, str) and nonce:
             return nonce
     return None
-
-
-def _rewritten(
-    driver: SyncDriver, rewrite: PageRewrite, head: bytes, chunks: Iterable[bytes]
-) -> Iterator[bytes]:
-    if head:
-        yield head
-    for chunk in chunks:
-        step = driver.run(rewrite.feed(chunk, more=True), None)
-        if step.body:
-            yield step.body
-        if step.end:
-            return  # after a corrupt compressed chunk nothing sensible can follow
-    step = driver.run(rewrite.feed(b"", more=False), None)
-    if step.body:
-        yield step.body
 
 
 def _raw_headers(response: Response) -> list[tuple[bytes, bytes]]:
