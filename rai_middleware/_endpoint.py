@@ -18,11 +18,12 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._async_tokens import TokenService
 from ._exceptions import TokenError
 from ._http import same_origin
 from ._identity import Identity
 from ._tickets import TicketSigner
-from ._tokens import EmbedToken, TokenService
+from ._tokens import EmbedToken
 from ._types import Receive, Scope, Send
 
 __all__ = [
