@@ -246,3 +246,26 @@ def test_store_error_is_a_returning_ai_error_importable_from_the_store_module() 
     assert issubclass(StoreError, ReturningAIError)
     assert _store.StoreError is StoreError
     assert StoreError.__module__ == "rai_middleware"
+
+
+def test_no_secret_or_token_in_the_reprs_of_ops_flights_and_services() -> None:
+    from rai_middleware._async_tokens import TokenService
+    from rai_middleware._sync_tokens import SyncTokenService
+    from tests.conftest import ACCESS_ID, ACCESS_KEY
+
+    policy, clock = policy_and_clock()
+    ops = run(flow(policy, clock, store=True), {Load: None, Acquire: "owner-x", Post: ANSWER})
+    flight, _ = policy.join(user(2), deadline=1.0)
+    shown = repr([*ops, flight, policy])
+    shown += repr(TokenService(policy.settings, policy=policy))
+    shown += repr(SyncTokenService(policy.settings, policy=policy))
+    for secret in (ACCESS_KEY, ACCESS_ID, "fresh", "owner-x"):
+        assert secret not in shown
+
+
+def test_the_asyncio_driver_keeps_its_old_import_path() -> None:
+    from rai_middleware import _async_tokens, _tokens
+
+    assert _tokens.TokenService is _async_tokens.TokenService
+    with pytest.raises(AttributeError):
+        _tokens.NoSuchThing  # noqa: B018
