@@ -159,7 +159,7 @@ async def _replay_warm_checks(app: Any, clock: FakeClock, grid: list[float], unt
         if app.tokens.refresh_due():
             # Let those mints land at this moment of the fake clock, as they would in the
             # few milliseconds they take in real time.
-            while app.tokens._inflight:
+            while app.tokens.policy.in_flight():
                 await asyncio.sleep(SIM_LATENCY)
         grid[0] += WARM_INTERVAL
 

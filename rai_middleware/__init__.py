@@ -13,7 +13,8 @@ for the visitor with the site's server-side credentials, and writes the widget i
 from __future__ import annotations
 
 from ._asgi import ReturningAIMiddleware
-from ._exceptions import ConfigurationError, ReturningAIError, TokenError
+from ._exceptions import ConfigurationError, ReturningAIError, StoreError, TokenError
+from ._store import SyncTokenStore, TokenStore
 from ._version import __version__
 from ._wsgi import ReturningAIWSGIMiddleware
 
@@ -22,7 +23,10 @@ __all__ = [
     "ReturningAIError",
     "ReturningAIMiddleware",
     "ReturningAIWSGIMiddleware",
+    "StoreError",
+    "SyncTokenStore",
     "TokenError",
+    "TokenStore",
     "__version__",
 ]
 
@@ -32,7 +36,10 @@ for _name in (
     "ReturningAIError",
     "ReturningAIMiddleware",
     "ReturningAIWSGIMiddleware",
+    "StoreError",
+    "SyncTokenStore",
     "TokenError",
+    "TokenStore",
 ):
     globals()[_name].__module__ = "rai_middleware"
 del _name

@@ -26,6 +26,7 @@ from typing import Any, Protocol, TypeVar
 
 import httpx
 
+from ._async_tokens import TokenService
 from ._config import ADAPTER_KEYWORDS, Settings, build_settings
 from ._endpoint import Reply, answer
 from ._exceptions import ConfigurationError, TokenError
@@ -37,7 +38,7 @@ from ._page import WHOLE_PAGE_LIMIT, PageRewrite, quick_matcher
 from ._store import SyncTokenStore, TokenStore
 from ._sync_tokens import SyncTokenService
 from ._tickets import TicketSigner
-from ._tokens import EmbedToken, TokenService
+from ._tokens import EmbedToken
 
 __all__ = [
     "AsyncDriver",

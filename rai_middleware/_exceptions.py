@@ -2,7 +2,8 @@
 
     ReturningAIError
     ├── ConfigurationError (also a ValueError): bad or missing options, raised at construction
-    └── TokenError: Returning.AI did not give us a usable token
+    ├── TokenError: Returning.AI did not give us a usable token
+    └── StoreError: the shared token store is unavailable, too slow, or answered nonsense
 
 Messages never contain a credential or a token: they name the option, the environment
 variable, the HTTP status or the kind of failure, and nothing that was sent upstream.
@@ -10,7 +11,7 @@ variable, the HTTP status or the kind of failure, and nothing that was sent upst
 
 from __future__ import annotations
 
-__all__ = ["ConfigurationError", "ReturningAIError", "TokenError"]
+__all__ = ["ConfigurationError", "ReturningAIError", "StoreError", "TokenError"]
 
 
 class ReturningAIError(Exception):
@@ -31,3 +32,11 @@ class TokenError(ReturningAIError):
     def __init__(self, message: str, *, status_code: int | None = None) -> None:
         super().__init__(message)
         self.status_code = status_code
+
+
+class StoreError(ReturningAIError):
+    """The shared token store is unavailable, too slow, or answered nonsense.
+
+    Stores raise it; the token service catches it, mints per process for a cool-down and
+    logs once. Its message names the failure, never a URL with credentials in it.
+    """

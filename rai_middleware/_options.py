@@ -346,8 +346,8 @@ OPTIONS: tuple[Option, ...] = (
         "timeout",
         "`float` (s)",
         "Upper bound on one token request as a whole (a slow or trickling answer included); a "
-        "page never waits longer for a token, or 1.5 times `timeout` with a `token_store` whose "
-        "minting process vanished.",
+        "page never waits longer for a token (however many pages share the mint), or 1.5 "
+        "times `timeout` with a `token_store`, however slowly the store answers.",
         _positive,
         3.0,
     ),

@@ -14,14 +14,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+# Defined with the other exceptions (a ReturningAIError); importable from here as before.
+from ._exceptions import StoreError
+
 __all__ = ["STORE_POLL", "StoreError", "StoredToken", "SyncTokenStore", "TokenStore"]
 
 #: How often a process waiting for another's mint looks in the shared store (seconds).
 STORE_POLL = 0.05
-
-
-class StoreError(Exception):
-    """The shared store is unavailable, too slow, or answered nonsense."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,11 @@
-"""The token service for WSGI: the same cache and rules, single flight across threads."""
+"""The thread driver: runs ``mint_flow`` with an ``httpx.Client`` and a ``SyncTokenStore``.
+
+httpx's sync timeouts bound each phase (connecting, each read), not the exchange, so each
+mint runs in a daemon thread of its own and the request threads wait for its flight until
+the flight's deadline: a page has its token or a ``TokenError`` within ``timeout``
+(1.5 x with a store) however slowly Returning.AI or the store answers. The thread goes on
+after delivering (saving, releasing the lock) while the pages are on their way.
+"""
 
 from __future__ import annotations
 
@@ -10,30 +17,24 @@ from collections.abc import Callable
 import httpx
 
 from ._config import Settings
-from ._exceptions import TokenError
+from ._exceptions import ConfigurationError, StoreError
 from ._identity import Identity
-from ._store import STORE_POLL, StoreError, SyncTokenStore
-from ._tokens import EmbedToken, TokenPolicy, client_options, transport_error
-from ._upstream import TokenRequest, read_token, token_request
+from ._store import SyncTokenStore
+from ._token_flow import Acquire, Deliver, Load, Op, Post, Save, Sleep, mint_flow, resume
+from ._tokens import EmbedToken, Flight, TokenPolicy, client_options
+from ._upstream import TokenRequest
 
 __all__ = ["SyncTokenService"]
 
 logger = logging.getLogger("rai_middleware")
 
 
-class _Flight:
-    """One mint in progress; the threads that want the same token wait on it."""
+class SyncTokenService:
+    """Gets a usable token for an identity, from the cache or from Returning.AI (threads).
 
-    __slots__ = ("done", "error", "token")
-
-    def __init__(self) -> None:
-        self.done = threading.Event()
-        self.token: EmbedToken | None = None
-        self.error: TokenError | None = None
-
-
-class SyncTokenService(TokenPolicy):
-    """Gets a usable token for an identity, from the cache or from Returning.AI (threads)."""
+    ``policy``: share one cache (and breaker) with another driver, e.g. the asyncio
+    ``TokenService`` in the same process; ``clock`` and ``wall_clock`` are then the
+    policy's own."""
 
     def __init__(
         self,
@@ -43,21 +44,51 @@ class SyncTokenService(TokenPolicy):
         clock: Callable[[], float] = time.monotonic,
         store: SyncTokenStore | None = None,
         wall_clock: Callable[[], float] = time.time,
+        policy: TokenPolicy | None = None,
     ) -> None:
-        super().__init__(settings, clock=clock, wall_clock=wall_clock)
+        if policy is not None and policy.settings != settings:
+            raise ConfigurationError("policy= must be built from the same settings")
+        self._settings = settings
+        self._policy = policy or TokenPolicy(settings, clock=clock, wall_clock=wall_clock)
         self._store = store
         self._client = http_client
         self._owns_client = http_client is None
-        # Guards the cache, the breaker and the in-flight map; never held during I/O.
+        # Guards the client and the set of mint threads; never held during I/O.
         self._lock = threading.Lock()
-        self._inflight: dict[str, _Flight] = {}
+        self._threads: set[threading.Thread] = set()
+
+    def __repr__(self) -> str:
+        return f"SyncTokenService({self._policy!r})"
+
+    @property
+    def policy(self) -> TokenPolicy:
+        return self._policy
+
+    @property
+    def mint_count(self) -> int:
+        return self._policy.mint_count
+
+    def now(self) -> float:
+        return self._policy.now()
+
+    def cached(self, identity: Identity) -> EmbedToken | None:
+        return self._policy.cached(identity)
+
+    def forget(self, identity: Identity) -> None:
+        self._policy.forget(identity)
 
     @property
     def http_client(self) -> httpx.Client | None:
         return self._client
 
     def close(self) -> None:
-        """Close the client if this service created it, and the store."""
+        """Give running mints up to ``timeout`` to finish (other processes wait for what
+        they save), then close the client if this service created it, and the store."""
+        with self._lock:
+            threads = list(self._threads)
+        until = time.monotonic() + self._settings.timeout
+        for thread in threads:
+            thread.join(max(0.0, until - time.monotonic()))
         with self._lock:
             client, self._client = self._client, None
         if self._owns_client and client is not None:
@@ -68,146 +99,105 @@ class SyncTokenService(TokenPolicy):
             except Exception:  # closing must not fail a shutdown
                 logger.warning("closing the token store failed", exc_info=True)
 
+    # -- tokens ----------------------------------------------------------------------
+
     def get(self, identity: Identity) -> EmbedToken:
-        """A token with at least ``min_token_ttl`` seconds to live. Raises ``TokenError``."""
-        with self._lock:
-            token = self.cached(identity)
-            refresh = (
-                token is not None
-                and self._due_for_refresh(token)
-                and identity.key not in self._inflight
-                and self._clock() >= self._open_until
-            )
-            if refresh:
-                self._inflight[identity.key] = _Flight()
+        """A token with at least ``min_token_ttl`` seconds to live, within the timeout
+        (1.5 x with a store). Raises ``TokenError``."""
+        policy = self._policy
+        token = policy.cached(identity)
         if token is not None:
-            if refresh:
-                # Refresh ahead of expiry in a thread; this request keeps the valid token.
-                threading.Thread(
-                    target=self._refresh, args=(identity,), name="rai-token-refresh", daemon=True
-                ).start()
+            # Refresh ahead of expiry in a thread; this request keeps the valid token.
+            if policy.due_for_refresh(token):
+                background = policy.lead(identity, deadline=self._deadline())
+                if background is not None:
+                    self._launch(background, identity)
             return token
-        with self._lock:
-            flight = self._inflight.get(identity.key)
-            leader = flight is None
-            if flight is None:
-                self._check_breaker()
-                flight = self._inflight[identity.key] = _Flight()
-        if not leader:
-            # The leader's own request is bounded by ``timeout``; wait a little longer.
-            if not flight.done.wait(self._settings.timeout + 1.0):
-                raise TokenError("timed out waiting for another thread's token request")
-            if flight.token is None:
-                raise flight.error or TokenError("another thread's token request failed")
-            return flight.token
-        try:
-            flight.token = self._mint(identity)
-            return flight.token
-        except TokenError as exc:
-            flight.error = exc
-            raise
-        finally:
-            with self._lock:
-                self._inflight.pop(identity.key, None)
-            flight.done.set()
+        flight, leader = policy.join(identity, deadline=self._deadline())
+        if leader:
+            self._launch(flight, identity)
+        return self._wait(flight)
 
-    def _refresh(self, identity: Identity) -> None:
-        with self._lock:
-            flight = self._inflight[identity.key]
-        try:
-            flight.token = self._mint(identity)
-        except TokenError as exc:  # logged by _failed; the cached token serves on
-            flight.error = exc
-        finally:
-            with self._lock:
-                self._inflight.pop(identity.key, None)
-            flight.done.set()
+    def _deadline(self) -> float:
+        return time.monotonic() + self._policy.budget(with_store=self._store is not None)
 
-    def _mint(self, identity: Identity) -> EmbedToken:
-        """One mint for this process; with a shared store, one for all processes."""
+    def _wait(self, flight: Flight) -> EmbedToken:
+        if not flight.settled:
+            woken = threading.Event()
+            self._policy.when_settled(flight, woken.set)
+            if not woken.wait(max(0.0, flight.deadline - time.monotonic())):
+                self._policy.expire(flight)
+        return flight.outcome()
+
+    def _launch(self, flight: Flight, identity: Identity) -> None:
+        thread = threading.Thread(
+            target=self._fly, args=(flight, identity), name="rai-token-mint", daemon=True
+        )
         with self._lock:
-            store = self._store if self._store_in_use() else None
+            self._threads.add(thread)
+        thread.start()
+
+    # -- executing the flow ----------------------------------------------------------
+
+    def _fly(self, flight: Flight, identity: Identity) -> None:
+        flow = mint_flow(
+            self._policy,
+            identity,
+            deadline=flight.deadline,
+            store=self._store is not None,
+            timer=time.monotonic,
+        )
+        try:
+            op = resume(flow)
+            while op is not None:
+                try:
+                    result = self._execute(op, flight)
+                except Exception as exc:
+                    op = resume(flow, error=exc)
+                else:
+                    op = resume(flow, result)
+        except Exception as exc:  # a bug: the waiters raise it now, not at their deadline
+            logger.warning("minting a token failed unexpectedly", exc_info=True)
+            self._policy.abandon(flight, exc)
+        finally:
+            flow.close()
+            with self._lock:
+                self._threads.discard(threading.current_thread())
+
+    def _execute(self, op: Op, flight: Flight) -> object:
+        if isinstance(op, Post):
+            return self._post(op)
+        if isinstance(op, Deliver):
+            self._policy.deliver(flight, op.token, op.error)
+            return None
+        if isinstance(op, Sleep):
+            time.sleep(op.seconds)
+            return None
+        store = self._store
         if store is None:
-            return self._mint_upstream(identity)
-        owner: str | None = None
-        try:
-            token = self._from_store(store, identity)
-            if token is not None:
-                return token
-            owner = store.acquire(identity.key, self._settings.timeout + 1.0)
-            if owner is not None:
-                # Another process may have minted, saved and unlocked since we looked.
-                token = self._from_store(store, identity)
-                if token is not None:
-                    return token
-            else:
-                # Another process is minting: wait for its token (half the timeout, as on
-                # the async side), then mint ourselves.
-                deadline = self._clock() + self._settings.timeout / 2
-                while self._clock() < deadline:
-                    time.sleep(STORE_POLL)
-                    token = self._from_store(store, identity)
-                    if token is not None:
-                        return token
-        except StoreError as exc:
-            with self._lock:
-                self._store_failed(exc)
-            store = None
-        try:
-            token = self._mint_upstream(identity)
-            if store is not None:
-                try:
-                    store.save(identity.key, self._stored(token))
-                except StoreError as exc:
-                    with self._lock:
-                        self._store_failed(exc)
-            return token
-        finally:
-            if store is not None and owner is not None:
-                try:
-                    store.release(identity.key, owner)
-                except StoreError as exc:
-                    with self._lock:
-                        self._store_failed(exc)
+            raise StoreError("no token store is configured")
+        if isinstance(op, Load):
+            return store.load(op.key)
+        if isinstance(op, Acquire):
+            return store.acquire(op.key, op.lease)
+        if isinstance(op, Save):
+            store.save(op.key, op.token)
+        else:
+            store.release(op.key, op.owner)
+        return None
 
-    def _from_store(self, store: SyncTokenStore, identity: Identity) -> EmbedToken | None:
-        stored = store.load(identity.key)
+    def _post(self, op: Post) -> httpx.Response:
         with self._lock:
-            return self._adopt(identity, stored)
-
-    def _mint_upstream(self, identity: Identity) -> EmbedToken:
-        settings = self._settings
-        with self._lock:
-            self.mint_count += 1
             if self._client is None:
-                self._client = httpx.Client(**client_options(settings))
+                self._client = httpx.Client(**client_options(self._settings))
             client = self._client
-        started = self._clock()
-        try:
-            request = token_request(settings, identity)
-            response = _post_within(
-                client, request, settings.timeout, deadline=time.monotonic() + settings.timeout
-            )
-            answer = read_token(settings, response)
-            with self._lock:
-                return self._accept(identity, answer, started)
-        except TokenError as exc:
-            with self._lock:
-                self._failed(exc)
-            raise
-        except httpx.HTTPError as exc:
-            error = transport_error(exc, settings.timeout)
-            with self._lock:
-                self._failed(error)
-            raise error from None
+        return _post_within(client, op.request, op.timeout)
 
 
-def _post_within(
-    client: httpx.Client, request: TokenRequest, timeout: float, *, deadline: float
-) -> httpx.Response:
-    """POST and read the answer by the deadline. httpx's timeouts bound each phase (a
-    read, not the whole body), so a server that trickles its answer is cut off here, as
-    ``asyncio.wait_for`` does on the async side."""
+def _post_within(client: httpx.Client, request: TokenRequest, timeout: float) -> httpx.Response:
+    """POST and read the answer within ``timeout``, as far as a body read in chunks allows:
+    the waiting pages never wait longer, and this bounds how long the mint thread lives."""
+    deadline = time.monotonic() + timeout
     with client.stream(
         "POST", request.url, headers=request.headers, json=request.json, timeout=timeout
     ) as streamed:

@@ -1,13 +1,15 @@
-"""Mint, cache and share Returning.AI tokens. No ASGI or WSGI here.
+"""The token rules, written once for both drivers. No I/O and no ASGI or WSGI here.
 
-``TokenPolicy`` holds what both front ends share: the cache, the expiry rules, the circuit
-breaker and the logging. ``TokenService`` (asyncio) and ``SyncTokenService`` (threads,
-in ``_sync_tokens.py``) only add single flight and I/O with their kind of httpx client.
+``TokenPolicy`` holds the cache and decides; ``_token_flow.mint_flow`` is the mint as a
+sequence of steps; the drivers do the I/O: ``TokenService`` (asyncio, ``_async_tokens``)
+and ``SyncTokenService`` (threads, ``_sync_tokens``).
 
 - One token per identity, reused while it has at least ``min_token_ttl`` seconds left.
   Expiry is computed locally, from the moment the request was sent plus its lifetime,
   on a monotonic clock: wall-clock jumps cannot make a stale token look fresh.
-- Single flight: concurrent requests for one identity share one upstream call.
+- Single flight: concurrent requests for one identity share one upstream call, and wait
+  for it until one deadline (the first request's), so a page never waits longer than
+  ``timeout`` (1.5 x ``timeout`` with a shared store) for a token.
 - Refresh ahead: a token with less than ``min_token_ttl + refresh_ahead`` left is still
   served while one background mint replaces it, so after its first page no visitor waits
   for a mint again (as long as Returning.AI answers).
@@ -15,13 +17,16 @@ in ``_sync_tokens.py``) only add single flight and I/O with their kind of httpx 
   calling upstream for ``failure_cooldown`` seconds (a circuit breaker), so an outage costs
   pages no latency, and it logs once per cool-down rather than once per request.
 - Bounded memory: an LRU of ``cache_maxsize`` identities; the in-flight map drains itself.
+
+Every change to the policy's state happens under one ``threading.Lock``, never held
+during I/O (nor while logging), so one policy can serve an asyncio and a thread driver.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,12 +37,12 @@ import httpx
 from cachetools import LRUCache
 
 from ._config import Settings
-from ._exceptions import TokenError
+from ._exceptions import StoreError, TokenError
 from ._identity import Identity
-from ._store import STORE_POLL, StoredToken, StoreError, TokenStore
-from ._upstream import plausible_token, read_token, token_request
+from ._store import StoredToken
+from ._upstream import plausible_token
 
-__all__ = ["EmbedToken", "TokenPolicy", "TokenService", "client_options"]
+__all__ = ["EmbedToken", "Flight", "TokenPolicy", "client_options"]
 
 logger = logging.getLogger("rai_middleware")
 
@@ -72,62 +77,109 @@ def client_options(settings: Settings) -> dict[str, Any]:
     }
 
 
+class Flight:
+    """One mint in progress for one identity key. Anyone may wait for it (a thread or an
+    event loop) by asking to be woken; the first outcome settles it, later ones are ignored.
+    Only ``TokenPolicy`` changes it, under its lock."""
+
+    __slots__ = ("_wakers", "deadline", "error", "key", "settled", "token")
+
+    def __init__(self, key: str, deadline: float) -> None:
+        self.key = key
+        #: ``time.monotonic()`` by which every waiter has its answer.
+        self.deadline = deadline
+        self.settled = False
+        self.token: EmbedToken | None = None
+        #: A TokenError, or what a driver's bug raised (the caller logs that one loudly).
+        self.error: Exception | None = None
+        self._wakers: list[Callable[[], None]] = []
+
+    def __repr__(self) -> str:
+        return f"Flight(settled={self.settled}, failed={self.error is not None})"
+
+    def outcome(self) -> EmbedToken:
+        """The token, or raise the failure. Each waiter raises its own TokenError: one
+        shared exception would collect the tracebacks of every thread that raised it."""
+        if self.token is not None:
+            return self.token
+        error = self.error or TokenError("no token yet")
+        if isinstance(error, TokenError):
+            raise TokenError(str(error), status_code=error.status_code)
+        raise error
+
+
 class TokenPolicy:
-    """The cache and the rules, shared by the async and the sync service."""
+    """The cache and the rules, thread-safe, shared by the async and the sync driver."""
 
     def __init__(
         self,
         settings: Settings,
         *,
-        clock: Callable[[], float],
+        clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._settings = settings
         self._clock = clock
         self._wall = wall_clock
-        self._store_down_until = -math.inf
+        # Guards everything below. Never held during I/O, logging included.
+        self._lock = threading.Lock()
         self._cache: LRUCache[str, EmbedToken] = LRUCache(maxsize=settings.cache_maxsize)
+        self._inflight: dict[str, Flight] = {}
+        # keep_warm: identities seen lately (key -> identity, when last seen).
+        self._warm: LRUCache[str, tuple[Identity, float]] = LRUCache(settings.cache_maxsize)
         self._consecutive_failures = 0
         self._open_until = -math.inf
-        #: Upstream calls made (successful or not); useful in tests and benchmarks.
-        self.mint_count = 0
+        self._store_down_until = -math.inf
+        self._mints = 0
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(api={self._settings.token_url!r}, cached={len(self._cache)})"
 
+    @property
+    def settings(self) -> Settings:
+        return self._settings
+
+    @property
+    def mint_count(self) -> int:
+        """Upstream calls made (successful or not); useful in tests and benchmarks."""
+        return self._mints
+
     def now(self) -> float:
-        """The service's clock (monotonic seconds), against which expiries are kept."""
+        """The policy's clock (monotonic seconds), against which expiries are kept."""
         return self._clock()
+
+    # -- the cache -------------------------------------------------------------------
 
     def cached(self, identity: Identity) -> EmbedToken | None:
         """The cached token for ``identity`` if it may still be served."""
-        token = self._cache.get(identity.key)
+        with self._lock:
+            return self._servable(identity.key)
+
+    def _servable(self, key: str) -> EmbedToken | None:
+        token = self._cache.get(key)
         if token is not None and token.remaining(self._clock()) >= self._settings.min_token_ttl:
             return token
         return None
 
-    def _due_for_refresh(self, token: EmbedToken) -> bool:
+    def due_for_refresh(self, token: EmbedToken) -> bool:
         """In the refresh-ahead window, and past half its servable life: a short-lived token
         (whose whole life is inside the window) is not renewed on every page."""
         settings = self._settings
         now = self._clock()
-        remaining = token.remaining(now)
-        if remaining >= settings.min_token_ttl + settings.refresh_ahead:
+        if token.remaining(now) >= settings.min_token_ttl + settings.refresh_ahead:
             return False
         servable = token.expires_at - token.issued_at - settings.min_token_ttl
         return now - token.issued_at >= servable / 2
 
     def forget(self, identity: Identity) -> None:
         """Drop the identity's token (after a logout or a change of permissions)."""
-        self._cache.pop(identity.key, None)
+        with self._lock:
+            self._cache.pop(identity.key, None)
 
-    def _check_breaker(self) -> None:
-        if self._clock() < self._open_until:
-            raise TokenError("not calling Returning.AI during the failure cool-down")
-
-    def _accept(
+    def accept(
         self, identity: Identity, answer: tuple[str, float | None], started: float
     ) -> EmbedToken:
+        """Cache the token upstream gave (``started``: when the request was sent)."""
         value, lifetime = answer
         settings = self._settings
         if lifetime is None:
@@ -138,277 +190,188 @@ class TokenPolicy:
                 f"({settings.min_token_ttl:g} s)"
             )
         token = EmbedToken(value=value, expires_at=started + lifetime, issued_at=started)
-        self._cache[identity.key] = token
-        self._consecutive_failures = 0
+        with self._lock:
+            self._cache[identity.key] = token
+            self._consecutive_failures = 0
         return token
 
-    # -- shared store ----------------------------------------------------------------
+    # -- single flight ---------------------------------------------------------------
 
-    def _store_in_use(self) -> bool:
+    def budget(self, *, with_store: bool) -> float:
+        """How long a page may wait for a token: ``timeout``, or 1.5 x that with a store
+        (half a timeout waiting for another process's token, then a mint of our own)."""
+        timeout = self._settings.timeout
+        return timeout * 1.5 if with_store and self.store_in_use() else timeout
+
+    def join(self, identity: Identity, *, deadline: float) -> tuple[Flight, bool]:
+        """The identity's flight and whether the caller leads it (and must start the mint).
+        Raises ``TokenError`` during the failure cool-down, unless a flight is under way."""
+        key = identity.key
+        with self._lock:
+            flight = self._inflight.get(key)
+            if flight is not None:
+                return flight, False
+            token = self._servable(key)
+            if token is not None:  # a flight landed since the caller looked in the cache
+                landed = Flight(key, deadline)
+                landed.token, landed.settled = token, True
+                return landed, False
+            if self._clock() < self._open_until:
+                raise TokenError("not calling Returning.AI during the failure cool-down")
+            flight = self._inflight[key] = Flight(key, deadline)
+            return flight, True
+
+    def lead(self, identity: Identity, *, deadline: float) -> Flight | None:
+        """A new flight for a background mint, or None (one is under way, or cool-down)."""
+        key = identity.key
+        with self._lock:
+            if key in self._inflight or self._clock() < self._open_until:
+                return None
+            flight = self._inflight[key] = Flight(key, deadline)
+            return flight
+
+    def in_flight(self) -> int:
+        """How many mints have not delivered yet."""
+        return len(self._inflight)
+
+    def when_settled(self, flight: Flight, wake: Callable[[], None]) -> None:
+        """Call ``wake`` (from whichever thread settles it) once ``flight`` has an outcome;
+        at once if it has one already."""
+        with self._lock:
+            if not flight.settled:
+                flight._wakers.append(wake)
+                return
+        wake()
+
+    def deliver(
+        self, flight: Flight, token: EmbedToken | None = None, error: TokenError | None = None
+    ) -> None:
+        """The flow's outcome: wake the waiters; a failure counts towards the breaker
+        (unless the flight had already timed out, which counted)."""
+        self._settle(flight, token, error, count=error is not None)
+
+    def expire(self, flight: Flight) -> None:
+        """A waiter's deadline passed with no outcome: fail the flight for every waiter,
+        and count it towards the breaker once (the late outcome will not count again)."""
+        self._settle(flight, None, TokenError("timed out waiting for a token"), count=True)
+
+    def abandon(self, flight: Flight, error: Exception) -> None:
+        """Fail the flight without blaming Returning.AI (shutdown, a bug in a driver)."""
+        self._settle(flight, None, error, count=False)
+
+    def _settle(
+        self, flight: Flight, token: EmbedToken | None, error: Exception | None, *, count: bool
+    ) -> None:
+        warning: tuple[Any, ...] | None = None
+        with self._lock:
+            if flight.settled:
+                return
+            # The outcome before the flag: a waiter may read them without the lock.
+            flight.token, flight.error, flight.settled = token, error, True
+            wakers, flight._wakers = flight._wakers, []
+            if self._inflight.get(flight.key) is flight:
+                del self._inflight[flight.key]
+            if count and isinstance(error, TokenError):
+                warning = self._failed(error)
+        if warning is not None:
+            logger.warning(*warning)
+        for wake in wakers:
+            wake()
+
+    # -- the circuit breaker ---------------------------------------------------------
+
+    def breaker_open(self) -> bool:
+        return self._clock() < self._open_until
+
+    def count_mint(self) -> None:
+        with self._lock:
+            self._mints += 1
+
+    def _failed(self, exc: TokenError) -> tuple[Any, ...]:
+        """Count a failure (under the lock); the warning to log once the lock is released."""
+        self._consecutive_failures += 1
+        settings = self._settings
+        if self._consecutive_failures < settings.failure_threshold:
+            return ("Returning.AI token request failed (%s); serving the placeholder fallback", exc)
+        self._open_until = self._clock() + settings.failure_cooldown
+        # Half-open after the cool-down: one more failure opens it again at once, so a
+        # lasting outage costs one timed-out request per cool-down, not a threshold's.
+        self._consecutive_failures = settings.failure_threshold - 1
+        return (
+            "Returning.AI token request failed (%s); %d failures in a row, so widgets fall "
+            "back to their placeholder content and no token is requested for %.0f s",
+            exc,
+            settings.failure_threshold,
+            settings.failure_cooldown,
+        )
+
+    # -- the shared store ------------------------------------------------------------
+
+    def store_in_use(self) -> bool:
         return self._clock() >= self._store_down_until
 
-    def _adopt(self, identity: Identity, stored: StoredToken | None) -> EmbedToken | None:
+    def adopt(self, identity: Identity, stored: StoredToken | None) -> EmbedToken | None:
         """A token read from the shared store, if it is believable and still servable, and
         (when renewing ours) newer than the one we have."""
         if stored is None or not plausible_token(stored.value):
             return None
-        # Wall-clock expiry from the store, kept locally on our monotonic clock.
-        remaining = stored.expires_at - self._wall()
-        ours = self._cache.get(identity.key)
-        least = self._settings.min_token_ttl
-        if ours is not None:
-            least = max(least, ours.remaining(self._clock()) + 1.0)
-        if not least <= remaining <= _MAX_STORED_LIFETIME:
-            return None  # too old, or an expiry nobody could have been given: not trusted
-        token = EmbedToken(stored.value, self._clock() + remaining)
-        self._cache[identity.key] = token
-        return token
+        with self._lock:
+            # Wall-clock expiry from the store, kept locally on our monotonic clock.
+            remaining = stored.expires_at - self._wall()
+            ours = self._cache.get(identity.key)
+            least = self._settings.min_token_ttl
+            if ours is not None:
+                least = max(least, ours.remaining(self._clock()) + 1.0)
+            if not least <= remaining <= _MAX_STORED_LIFETIME:
+                return None  # too old, or an expiry nobody could have been given: not trusted
+            token = EmbedToken(stored.value, self._clock() + remaining)
+            self._cache[identity.key] = token
+            return token
 
-    def _stored(self, token: EmbedToken) -> StoredToken:
+    def stored(self, token: EmbedToken) -> StoredToken:
+        """``token`` as the store keeps it: with a wall-clock expiry."""
         return StoredToken(token.value, self._wall() + token.remaining(self._clock()))
 
-    def _store_failed(self, exc: StoreError) -> None:
-        """Mint per process for a cool-down, and say so once, not once per request."""
+    def store_failed(self, exc: StoreError) -> None:
+        """Mint per process for a cool-down, and say so once, not once per failure."""
         cooldown = self._settings.failure_cooldown
-        self._store_down_until = self._clock() + cooldown
-        logger.warning(
-            "the shared token store failed (%s); minting per process for %.0f s", exc, cooldown
-        )
-
-    def _failed(self, exc: TokenError) -> None:
-        self._consecutive_failures += 1
-        settings = self._settings
-        if self._consecutive_failures >= settings.failure_threshold:
-            self._open_until = self._clock() + settings.failure_cooldown
-            # Half-open after the cool-down: one more failure opens it again at once, so a
-            # lasting outage costs one timed-out request per cool-down, not a threshold's.
-            self._consecutive_failures = settings.failure_threshold - 1
+        with self._lock:
+            now = self._clock()
+            first = now >= self._store_down_until
+            self._store_down_until = now + cooldown
+        if first:
             logger.warning(
-                "Returning.AI token request failed (%s); %d failures in a row, so widgets fall "
-                "back to their placeholder content and no token is requested for %.0f s",
+                "the shared token store failed (%s); minting per process for %.0f s",
                 exc,
-                settings.failure_threshold,
-                settings.failure_cooldown,
+                cooldown,
             )
-        else:
-            logger.warning(
-                "Returning.AI token request failed (%s); serving the placeholder fallback", exc
-            )
-
-
-def transport_error(exc: Exception, timeout: float) -> TokenError:
-    """The TokenError for an exception raised while talking to Returning.AI."""
-    if isinstance(exc, (httpx.TimeoutException, asyncio.TimeoutError, TimeoutError)):
-        return TokenError(f"timed out after {timeout:g} s")
-    return TokenError(f"{type(exc).__name__}: {exc}"[:300])
-
-
-class TokenService(TokenPolicy):
-    """Gets a usable token for an identity, from the cache or from Returning.AI (asyncio)."""
-
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        http_client: httpx.AsyncClient | None = None,
-        clock: Callable[[], float] = time.monotonic,
-        store: TokenStore | None = None,
-        wall_clock: Callable[[], float] = time.time,
-    ) -> None:
-        super().__init__(settings, clock=clock, wall_clock=wall_clock)
-        self._client = http_client
-        self._owns_client = http_client is None
-        self._client_loop: asyncio.AbstractEventLoop | None = None
-        self._inflight: dict[str, asyncio.Task[EmbedToken]] = {}
-        self._store = store
-        # keep_warm: identities seen lately (key -> identity, when last seen), and the task
-        # that refreshes their tokens before they stop being servable.
-        self._warm: LRUCache[str, tuple[Identity, float]] = LRUCache(settings.cache_maxsize)
-        self._warmer: asyncio.Task[None] | None = None
-
-    # -- lifecycle -------------------------------------------------------------------
-
-    async def startup(self) -> None:
-        """Create the HTTP client now (lifespan startup) rather than on the first page."""
-        self._http_client()
-
-    async def aclose(self) -> None:
-        """Cancel in-flight mints and close the client if this service created it."""
-        if self._warmer is not None:
-            self._warmer.cancel()
-            self._warmer = None
-        for task in list(self._inflight.values()):
-            task.cancel()
-        self._inflight.clear()
-        if self._owns_client and self._client is not None:
-            client, self._client = self._client, None
-            await client.aclose()
-        if self._store is not None:
-            try:
-                await self._store.aclose()
-            except Exception:  # closing must not fail a shutdown
-                logger.warning("closing the token store failed", exc_info=True)
-
-    @property
-    def http_client(self) -> httpx.AsyncClient | None:
-        return self._client
-
-    def _http_client(self) -> httpx.AsyncClient:
-        loop = asyncio.get_running_loop()
-        if self._client is None or (self._owns_client and self._client_loop is not loop):
-            # A client's connection pool belongs to the loop it was used on; a new loop
-            # (tests, a restarted server) gets a new client.
-            self._client = httpx.AsyncClient(**client_options(self._settings))
-            self._client_loop = loop
-        return self._client
-
-    # -- tokens ----------------------------------------------------------------------
-
-    async def get(self, identity: Identity) -> EmbedToken:
-        """A token with at least ``min_token_ttl`` seconds to live. Raises ``TokenError``."""
-        if self._settings.keep_warm > 0:
-            self._seen(identity)
-        token = self.cached(identity)
-        if token is not None:
-            # Refresh ahead of expiry, in the background: this request (and every one until
-            # the new token lands) is served the still-valid token.
-            if (
-                self._due_for_refresh(token)
-                and identity.key not in self._inflight
-                and self._clock() >= self._open_until
-            ):
-                self._start_mint(identity)
-            return token
-        task = self._inflight.get(identity.key)
-        if task is None:
-            self._check_breaker()
-            task = self._start_mint(identity)
-        # Shielded: a waiter cancelled (client gone) must not cancel the mint for the others.
-        return await asyncio.shield(task)
 
     # -- keep warm -------------------------------------------------------------------
 
-    def _seen(self, identity: Identity) -> None:
-        self._warm[identity.key] = (identity, self._clock())
-        if self._warmer is None or self._warmer.done():
-            self._warmer = asyncio.get_running_loop().create_task(self._keep_warm())
+    def seen(self, identity: Identity) -> None:
+        """Note a page for ``identity`` (keep_warm keeps the tokens of recent visitors)."""
+        with self._lock:
+            self._warm[identity.key] = (identity, self._clock())
 
-    async def _keep_warm(self) -> None:
-        while True:
-            await asyncio.sleep(_WARM_INTERVAL)
-            self.refresh_due()
-
-    def refresh_due(self) -> int:
-        """Start a background mint for every identity seen within ``keep_warm`` seconds
-        whose token would stop being servable before the next check. Runs every few
-        seconds on its own (``keep_warm`` > 0); returns how many mints it started."""
+    def warm_due(self) -> list[Identity]:
+        """The identities seen within ``keep_warm`` seconds whose token would stop being
+        servable before the next check; forgets those gone quiet."""
         settings = self._settings
-        now = self._clock()
-        if now < self._open_until:
-            return 0
-        # Refresh while the old token is still servable, with room for a slow mint.
-        horizon = settings.min_token_ttl + 2 * _WARM_INTERVAL + settings.timeout
-        started = 0
-        for key, (identity, last_seen) in list(self._warm.items()):
-            if now - last_seen > settings.keep_warm:
-                del self._warm[key]  # gone quiet: let its token lapse
-                continue
-            token = self._cache.get(key)
-            if key in self._inflight or (token is not None and token.remaining(now) >= horizon):
-                continue
-            if token is None and last_seen < now - _WARM_INTERVAL:
-                continue  # nothing to keep warm: its last mint failed, the next page retries
-            self._start_mint(identity)
-            started += 1
-        return started
-
-    def _start_mint(self, identity: Identity) -> asyncio.Task[EmbedToken]:
-        task = asyncio.get_running_loop().create_task(self._mint(identity))
-        self._inflight[identity.key] = task
-        task.add_done_callback(lambda done: self._mint_done(identity.key, done))
-        return task
-
-    def _mint_done(self, key: str, task: asyncio.Task[EmbedToken]) -> None:
-        if self._inflight.get(key) is task:
-            del self._inflight[key]
-        if not task.cancelled():
-            task.exception()  # retrieved, so that a mint nobody awaits logs nothing extra
-
-    async def _mint(self, identity: Identity) -> EmbedToken:
-        store = self._store if self._store_in_use() else None
-        if store is None:
-            return await self._mint_upstream(identity)
-        owner: str | None = None
-        try:
-            token = await self._from_store(store, identity)
-            if token is not None:
-                return token
-            owner = await store.acquire(identity.key, self._settings.timeout + 1.0)
-            if owner is None:
-                # Another process is minting: wait for its token, as long as a mint may take.
-                token = await self._wait_for_store(store, identity)
-            else:
-                # Another process may have minted, saved and unlocked since we looked.
-                token = await self._from_store(store, identity)
-            if token is not None:
-                return token
-        except StoreError as exc:
-            self._store_failed(exc)
-            store = None
-        try:
-            token = await self._mint_upstream(identity)
-            if store is not None:
-                await self._to_store(store, identity, token)
-            return token
-        finally:
-            if store is not None and owner is not None:
-                try:
-                    await store.release(identity.key, owner)
-                except StoreError as exc:
-                    self._store_failed(exc)
-
-    async def _from_store(self, store: TokenStore, identity: Identity) -> EmbedToken | None:
-        return self._adopt(identity, await store.load(identity.key))
-
-    async def _wait_for_store(self, store: TokenStore, identity: Identity) -> EmbedToken | None:
-        # Half the timeout for the winner's token, so that minting ourselves after it (if
-        # the winner failed or vanished) still keeps a page within 1.5 x timeout.
-        deadline = self._clock() + self._settings.timeout / 2
-        while self._clock() < deadline:
-            await asyncio.sleep(STORE_POLL)
-            token = await self._from_store(store, identity)
-            if token is not None:
-                return token
-        return None
-
-    async def _to_store(self, store: TokenStore, identity: Identity, token: EmbedToken) -> None:
-        try:
-            await store.save(identity.key, self._stored(token))
-        except StoreError as exc:
-            self._store_failed(exc)
-
-    async def _mint_upstream(self, identity: Identity) -> EmbedToken:
-        self.mint_count += 1
-        settings = self._settings
-        started = self._clock()
-        try:
-            request = token_request(settings, identity)
-            # httpx's timeout bounds each phase; wait_for bounds the whole exchange, so a
-            # server that trickles its answer cannot hold a page longer than ``timeout``.
-            response = await asyncio.wait_for(
-                self._http_client().post(
-                    request.url,
-                    headers=request.headers,
-                    json=request.json,
-                    timeout=settings.timeout,
-                ),
-                settings.timeout,
-            )
-            return self._accept(identity, read_token(settings, response), started)
-        except TokenError as exc:
-            self._failed(exc)
-            raise
-        except (httpx.HTTPError, asyncio.TimeoutError) as exc:
-            error = transport_error(exc, settings.timeout)
-            self._failed(error)
-            raise error from None
+        due: list[Identity] = []
+        with self._lock:
+            now = self._clock()
+            if now < self._open_until:
+                return due
+            # Refresh while the old token is still servable, with room for a slow mint.
+            horizon = settings.min_token_ttl + 2 * _WARM_INTERVAL + settings.timeout
+            for key, (identity, last_seen) in list(self._warm.items()):
+                if now - last_seen > settings.keep_warm:
+                    del self._warm[key]  # gone quiet: let its token lapse
+                    continue
+                token = self._cache.get(key)
+                if key in self._inflight or (token is not None and token.remaining(now) >= horizon):
+                    continue
+                if token is None and last_seen < now - _WARM_INTERVAL:
+                    continue  # nothing to keep warm: its last mint failed, the next page retries
+                due.append(identity)
+        return due

@@ -30,6 +30,7 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_asy
 from django.conf import settings as django_settings
 from django.http import HttpResponse
 
+from ._async_tokens import TokenService
 from ._config import option_names
 from ._core import (
     AsyncDriver,
@@ -44,7 +45,6 @@ from ._exceptions import ConfigurationError
 from ._identity import identifiers_of
 from ._page import PageRewrite, Step
 from ._sync_tokens import SyncTokenService
-from ._tokens import TokenService
 
 __all__ = ["ReturningAIMiddleware", "default_identify"]
 

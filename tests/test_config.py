@@ -151,7 +151,10 @@ def test_public_names_are_exported() -> None:
         "ReturningAIError",
         "ReturningAIMiddleware",
         "ReturningAIWSGIMiddleware",
+        "StoreError",
+        "SyncTokenStore",
         "TokenError",
+        "TokenStore",
         "__version__",
     }
     assert ReturningAIMiddleware.__module__ == "rai_middleware"

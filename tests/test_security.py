@@ -72,11 +72,13 @@ async def test_no_secret_in_reprs(upstream: respx.MockRouter) -> None:
         middleware.settings.secret_key,
         middleware.tokens,
         middleware.tickets,
-        *middleware.tokens._cache.values(),
+        *middleware.tokens.policy._cache.values(),
     ):
         assert_no_secret(repr(obj))
         assert_no_secret(str(obj))
-    assert "tok-1" not in repr(middleware.tokens) + repr(list(middleware.tokens._cache.values()))
+    assert "tok-1" not in repr(middleware.tokens) + repr(
+        list(middleware.tokens.policy._cache.values())
+    )
 
 
 def test_no_secret_in_configuration_errors() -> None:

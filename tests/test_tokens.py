@@ -11,9 +11,9 @@ import pytest
 import respx
 
 from rai_middleware import TokenError
+from rai_middleware._async_tokens import TokenService
 from rai_middleware._config import Settings, build_settings
 from rai_middleware._identity import Identity
-from rai_middleware._tokens import TokenService
 from tests.conftest import ACCESS_ID, ACCESS_KEY, TOKEN_URL
 
 
@@ -71,7 +71,7 @@ async def test_cancelled_waiter_does_not_cancel_the_shared_mint(
     assert {token.value for token in results} == {"shared"}
     assert upstream["token"].call_count == 1
     assert first.cancelled()
-    assert service._inflight == {}
+    assert service.policy.in_flight() == 0
     await service.aclose()
 
 
@@ -88,7 +88,7 @@ async def test_failure_reaches_every_waiter_once(upstream: respx.MockRouter) -> 
     )
     assert all(isinstance(result, TokenError) for result in results)
     assert upstream["token"].call_count == 1
-    assert service._inflight == {}
+    assert service.policy.in_flight() == 0
     await service.aclose()
 
 
@@ -97,7 +97,7 @@ async def test_cache_is_bounded_by_cache_maxsize(upstream: respx.MockRouter) -> 
     service = TokenService(settings(cache_maxsize=10))
     for n in range(11):
         await service.get(user(n))
-    assert len(service._cache) == 10
+    assert len(service.policy._cache) == 10
     assert service.cached(user(0)) is None  # least recently used went first
     assert service.cached(user(10)) is not None
     await service.aclose()
@@ -167,9 +167,9 @@ async def test_aclose_cancels_inflight_mints(upstream: respx.MockRouter) -> None
     waiter = asyncio.create_task(service.get(user(1)))
     await asyncio.sleep(0.01)
     await service.aclose()
-    with pytest.raises(asyncio.CancelledError):
+    with pytest.raises(TokenError, match="closing"):  # the page renders its fallback
         await waiter
-    assert service._inflight == {}
+    assert service.policy.in_flight() == 0
 
 
 def test_service_survives_a_new_event_loop() -> None:
