@@ -111,7 +111,7 @@ class ReturningAIMiddleware:
             await self._endpoint(scope, send)
             return
         handled = scope.get(_SCOPE_MARK)
-        if handled is not None and self._tag in handled:
+        if not core.may_rewrite(scope["method"]) or (handled is not None and self._tag in handled):
             await self.app(scope, receive, send)
             return
         scope[_SCOPE_MARK] = (*(handled or ()), self._tag)

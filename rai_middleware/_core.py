@@ -76,6 +76,12 @@ class Core:
 
     # -- pages -------------------------------------------------------------------------
 
+    @staticmethod
+    def may_rewrite(method: str) -> bool:
+        """Can a response to this request method be rewritten at all? (A HEAD response has
+        no body, so an entrance may skip the whole machinery for it.)"""
+        return method != "HEAD"
+
     def page(
         self,
         method: str,
@@ -91,7 +97,7 @@ class Core:
 
         ``stream`` says whether the body is streamed (True), in memory (False), or to be
         decided from its ``Content-Length`` (None)."""
-        if method == "HEAD":
+        if not self.may_rewrite(method):
             return None
         info = inspect_response(status, headers)
         if not info.candidate:

@@ -96,7 +96,8 @@ class ReturningAIWSGIMiddleware:
             return self._endpoint(environ, start_response)
         tag = self.settings.placeholder_tag
         handled = environ.get(_ENVIRON_MARK)
-        if handled is not None and tag in handled:
+        method = environ.get("REQUEST_METHOD", "GET")
+        if not self.core.may_rewrite(method) or (handled is not None and tag in handled):
             return self.app(environ, start_response)
         environ[_ENVIRON_MARK] = (*(handled or ()), tag)
         response = _Response(self, environ, start_response)
