@@ -15,18 +15,18 @@ from collections.abc import Callable
 import httpx
 
 from ._config import Settings
-from ._exceptions import ConfigurationError, StoreError, TokenError
+from ._exceptions import StoreError, TokenError
 from ._identity import Identity
 from ._store import TokenStore
 from ._token_flow import Acquire, Deliver, Load, Op, Post, Save, Sleep, mint_flow, resume
-from ._tokens import _WARM_INTERVAL, EmbedToken, Flight, TokenPolicy, client_options
+from ._tokens import _WARM_INTERVAL, EmbedToken, Flight, PolicyDriver, TokenPolicy, client_options
 
 __all__ = ["TokenService"]
 
 logger = logging.getLogger("rai_middleware")
 
 
-class TokenService:
+class TokenService(PolicyDriver):
     """Gets a usable token for an identity, from the cache or from Returning.AI (asyncio).
 
     ``policy``: share one cache (and breaker) with another driver, e.g. a
@@ -43,10 +43,7 @@ class TokenService:
         wall_clock: Callable[[], float] = time.time,
         policy: TokenPolicy | None = None,
     ) -> None:
-        if policy is not None and policy.settings != settings:
-            raise ConfigurationError("policy= must be built from the same settings")
-        self._settings = settings
-        self._policy = policy or TokenPolicy(settings, clock=clock, wall_clock=wall_clock)
+        super().__init__(settings, clock=clock, wall_clock=wall_clock, policy=policy)
         self._client = http_client
         self._owns_client = http_client is None
         self._client_loop: asyncio.AbstractEventLoop | None = None
@@ -56,26 +53,6 @@ class TokenService:
         self._finishing: set[asyncio.Task[None]] = set()
         # keep_warm: the task that refreshes recent visitors' tokens before they lapse.
         self._warmer: asyncio.Task[None] | None = None
-
-    def __repr__(self) -> str:
-        return f"TokenService({self._policy!r})"
-
-    @property
-    def policy(self) -> TokenPolicy:
-        return self._policy
-
-    @property
-    def mint_count(self) -> int:
-        return self._policy.mint_count
-
-    def now(self) -> float:
-        return self._policy.now()
-
-    def cached(self, identity: Identity) -> EmbedToken | None:
-        return self._policy.cached(identity)
-
-    def forget(self, identity: Identity) -> None:
-        self._policy.forget(identity)
 
     # -- lifecycle -------------------------------------------------------------------
 

@@ -17,11 +17,11 @@ from collections.abc import Callable
 import httpx
 
 from ._config import Settings
-from ._exceptions import ConfigurationError, StoreError
+from ._exceptions import StoreError
 from ._identity import Identity
 from ._store import SyncTokenStore
 from ._token_flow import Acquire, Deliver, Load, Op, Post, Save, Sleep, mint_flow, resume
-from ._tokens import EmbedToken, Flight, TokenPolicy, client_options
+from ._tokens import EmbedToken, Flight, PolicyDriver, TokenPolicy, client_options
 from ._upstream import TokenRequest
 
 __all__ = ["SyncTokenService"]
@@ -29,7 +29,7 @@ __all__ = ["SyncTokenService"]
 logger = logging.getLogger("rai_middleware")
 
 
-class SyncTokenService:
+class SyncTokenService(PolicyDriver):
     """Gets a usable token for an identity, from the cache or from Returning.AI (threads).
 
     ``policy``: share one cache (and breaker) with another driver, e.g. the asyncio
@@ -46,36 +46,13 @@ class SyncTokenService:
         wall_clock: Callable[[], float] = time.time,
         policy: TokenPolicy | None = None,
     ) -> None:
-        if policy is not None and policy.settings != settings:
-            raise ConfigurationError("policy= must be built from the same settings")
-        self._settings = settings
-        self._policy = policy or TokenPolicy(settings, clock=clock, wall_clock=wall_clock)
+        super().__init__(settings, clock=clock, wall_clock=wall_clock, policy=policy)
         self._store = store
         self._client = http_client
         self._owns_client = http_client is None
         # Guards the client and the set of mint threads; never held during I/O.
         self._lock = threading.Lock()
         self._threads: set[threading.Thread] = set()
-
-    def __repr__(self) -> str:
-        return f"SyncTokenService({self._policy!r})"
-
-    @property
-    def policy(self) -> TokenPolicy:
-        return self._policy
-
-    @property
-    def mint_count(self) -> int:
-        return self._policy.mint_count
-
-    def now(self) -> float:
-        return self._policy.now()
-
-    def cached(self, identity: Identity) -> EmbedToken | None:
-        return self._policy.cached(identity)
-
-    def forget(self, identity: Identity) -> None:
-        self._policy.forget(identity)
 
     @property
     def http_client(self) -> httpx.Client | None:

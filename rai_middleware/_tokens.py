@@ -37,12 +37,12 @@ import httpx
 from cachetools import LRUCache
 
 from ._config import Settings
-from ._exceptions import StoreError, TokenError
+from ._exceptions import ConfigurationError, StoreError, TokenError
 from ._identity import Identity
 from ._store import StoredToken
 from ._upstream import plausible_token
 
-__all__ = ["EmbedToken", "Flight", "TokenPolicy", "client_options"]
+__all__ = ["EmbedToken", "Flight", "PolicyDriver", "TokenPolicy", "client_options"]
 
 logger = logging.getLogger("rai_middleware")
 
@@ -375,3 +375,41 @@ class TokenPolicy:
                     continue  # nothing to keep warm: its last mint failed, the next page retries
                 due.append(identity)
         return due
+
+
+class PolicyDriver:
+    """What both drivers share: a policy (their own, or one shared with the other driver)
+    and the read-only views onto it."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Callable[[], float],
+        wall_clock: Callable[[], float],
+        policy: TokenPolicy | None,
+    ) -> None:
+        if policy is not None and policy.settings != settings:
+            raise ConfigurationError("policy= must be built from the same settings")
+        self._settings = settings
+        self._policy = policy or TokenPolicy(settings, clock=clock, wall_clock=wall_clock)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._policy!r})"
+
+    @property
+    def policy(self) -> TokenPolicy:
+        return self._policy
+
+    @property
+    def mint_count(self) -> int:
+        return self._policy.mint_count
+
+    def now(self) -> float:
+        return self._policy.now()
+
+    def cached(self, identity: Identity) -> EmbedToken | None:
+        return self._policy.cached(identity)
+
+    def forget(self, identity: Identity) -> None:
+        self._policy.forget(identity)
