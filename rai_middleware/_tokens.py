@@ -280,9 +280,6 @@ class TokenPolicy:
 
     # -- the circuit breaker ---------------------------------------------------------
 
-    def breaker_open(self) -> bool:
-        return self._clock() < self._open_until
-
     def count_mint(self) -> None:
         with self._lock:
             self._mints += 1
