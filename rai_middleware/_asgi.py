@@ -154,7 +154,8 @@ class ReturningAIMiddleware:
             else:
                 # pathsend, zerocopysend, trailers...: not a body we read. What is held goes
                 # first, then the message.
-                await emit(rewrite.abandon(), more=True)
+                if not finished:
+                    await emit(rewrite.abandon(), more=True)
                 await send(message)
 
         await self.app(scope, receive, send_through_rewrite)

@@ -25,12 +25,23 @@ _CHARSET = re.compile(rb"""charset\s*=\s*["']?([^"';\s]+)""", re.IGNORECASE)
 _NONCE = re.compile(r"'nonce-([A-Za-z0-9+/=_-]+)'")
 _PRIVATE_CACHE_CONTROL = (b"cache-control", b"private, no-store")
 # Headers that describe the body the app wrote, and are wrong for the one we send.
-_VALIDATORS = frozenset({b"etag", b"last-modified", b"content-md5", b"digest"})
+_VALIDATORS = frozenset(
+    {b"etag", b"last-modified", b"content-md5", b"digest", b"content-digest", b"repr-digest"}
+)
 # What tells a cache (the browser's, a proxy's, a CDN's) to keep a page. A page with a
 # token must not be kept by any shared cache: CDNs obey Surrogate-Control and
 # (Cloudflare-)CDN-Cache-Control *instead of* Cache-Control (RFC 9213), so those go too.
+# nginx obeys X-Accel-Expires, and Akamai Edge-Control, over Cache-Control.
 _SHARED_CACHE_HEADERS = frozenset(
-    {b"cache-control", b"expires", b"pragma", b"surrogate-control", b"surrogate-key"}
+    {
+        b"cache-control",
+        b"expires",
+        b"pragma",
+        b"surrogate-control",
+        b"surrogate-key",
+        b"x-accel-expires",
+        b"edge-control",
+    }
 )
 
 
@@ -101,6 +112,7 @@ def _page_encoding(content_type: bytes) -> tuple[str, bool] | None:
         return "utf-8", xhtml
     try:
         encoding = codecs.lookup(match.group(1).decode("latin-1")).name
+        "<".encode(encoding)  # LookupError for rot13, base64...: codecs, not charsets
     except LookupError:
         # Unknown to Python: read tag bytes as ASCII, write only ASCII (char refs).
         return "ascii", xhtml

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ._codec import BodyCodec, codec_for
@@ -50,7 +50,7 @@ class Step:
     ``body``. ``end`` says the response must end here (a corrupt compressed stream)."""
 
     headers: RawHeaders | None
-    body: bytes
+    body: bytes = field(repr=False)  # may hold a token
     end: bool = False
     #: False when a whole page goes out exactly as the app wrote it (headers and bytes).
     changed: bool = True
@@ -135,7 +135,7 @@ class PageRewrite:
                 return (yield from self._whole_page(body))
             if self._buffered <= WHOLE_PAGE_LIMIT:
                 return _NOTHING
-            # Larger than the limit (or than it announced): stream it from here.
+            # Larger than a whole page may be: stream it from here.
             self._whole = False
             chunk = b"".join(self._buffer)
             self._buffer.clear()
@@ -162,12 +162,28 @@ class PageRewrite:
         return Step(None, self._encode(out, final=False))
 
     def abandon(self) -> Step:
-        """The app sends its body some other way (a file, trailers...): from now on the
-        response goes as the app writes it, starting with what is held."""
+        """The app sends its body some other way (a file, WSGI's ``write()``...): from now
+        on the response goes as the app writes it, starting with what is held."""
         held = b"".join(self._buffer)
         self._buffer.clear()
+        if self._sent_headers:
+            held += self._release_scanner()
+            if self._codec is not None:
+                # Our compressed stream cannot be continued with the app's own: finish it.
+                logger.error(
+                    "the app on %s left its compressed stream mid-page; ending the response",
+                    self._path,
+                )
+                self._ended = True
+                return Step(None, self._codec.encode(held, final=True), end=True)
         self._passthrough = True
         return self._unchanged(held)
+
+    def _release_scanner(self) -> bytes:
+        """What the scanner holds, raw; from now on nothing is scanned."""
+        scanner, self._scanner = self._scanner, None
+        self._failed = True
+        return scanner.pending if scanner is not None else b""
 
     # -- whole pages -------------------------------------------------------------------
 
@@ -200,6 +216,7 @@ class PageRewrite:
 
     def _stream(self, chunk: bytes, *, more: bool) -> Flow[Step]:
         first = not self._sent_headers
+        items: list[Item] = []
         try:
             if first:
                 # The headers leave with these bytes, before later chunks are seen: whether
@@ -223,7 +240,10 @@ class PageRewrite:
             if first:
                 self._passthrough = True
                 return self._unchanged(chunk)
-            raise  # pragma: no cover - _scan and _render fail open themselves
+            # The headers are out: the rest goes as the app wrote it (decoded and encoded
+            # again, so that a compressed stream stays one stream).
+            rest = b"".join(item if isinstance(item, bytes) else item.raw for item in items)
+            return Step(None, self._encode(rest + self._release_scanner(), final=not more))
         if not first:
             return Step(None, out)
         self._sent_headers = True

@@ -167,8 +167,11 @@ class _Response:
             "a WSGI app used the write() callable for an HTML page; such pages are sent "
             "unchanged, without replacing their placeholders",
         )
-        self._send(rewrite.abandon())
+        held = rewrite.abandon()
+        self._start_if_headers(held)
         assert self._write is not None
+        if held.body:
+            self._write(held.body)
         return self._write(data)
 
     def wrap(self, result: Iterable[bytes]) -> Iterable[bytes]:
@@ -204,10 +207,10 @@ class _Response:
         step = self._middleware.driver.run(
             rewrite.feed(chunk, more=more), self._environ, str(self._environ.get("PATH_INFO", ""))
         )
-        self._send(step)
+        self._start_if_headers(step)
         return step
 
-    def _send(self, step: Step) -> None:
+    def _start_if_headers(self, step: Step) -> None:
         if step.headers is not None:
             self._write = self._start_response(self._status, _text(step.headers))
 
