@@ -706,3 +706,12 @@ async def test_breaker_reopens_after_one_failure_once_the_cool_down_is_over(
     for _ in range(5):
         await call_asgi(middleware, http_scope())
     assert upstream["token"].call_count == 4  # the probe failed: open again at once
+
+
+async def test_aclose_closes_the_client_the_middleware_made(upstream: respx.MockRouter) -> None:
+    middleware = wrap(html_app(b"<p>x</p>"))
+    await middleware.tokens.startup()
+    client = middleware.tokens.http_client
+    assert client is not None and not client.is_closed
+    await middleware.aclose()
+    assert client.is_closed

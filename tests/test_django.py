@@ -977,3 +977,41 @@ def test_real_asgi_server(site: dict[str, Any], user: Any) -> None:
 
     with serve_asgi(ASGIHandler()) as base_url:
         _real_flow(base_url, user, "/astream")
+
+
+# -- async identify ------------------------------------------------------------------------
+
+
+async def aidentify_header(request: Any) -> dict[str, str] | None:
+    user = request.headers.get("X-User")
+    return {"data-customer-id": f"async-{user}"} if user else None
+
+
+@pytest.mark.anyio
+async def test_async_mode_awaits_an_async_identify(rai: dict[str, Any], upstream: Upstream) -> None:
+    with override_settings(RETURNING_AI={**rai, "identify": aidentify_header}):
+        middleware = ReturningAIMiddleware(apage)
+    response = await middleware(_request())
+    assert TOKENS.findall(response.content) == [b"tok-async-u-1-1"] * 2
+    assert upstream.identifiers == [{"data-customer-id": "async-u-1"}]
+
+
+@pytest.mark.anyio
+async def test_async_mode_reads_the_user_with_auser(
+    rai: dict[str, Any], upstream: Upstream
+) -> None:
+    class User:
+        is_authenticated = True
+        pk = 7
+        email = "ada@example.com"
+
+    async def auser() -> User:
+        return User()
+
+    with override_settings(RETURNING_AI=rai):
+        middleware = ReturningAIMiddleware(apage)
+    request = _request()
+    request.auser = auser  # AuthenticationMiddleware's async accessor, and no request.user
+    response = await middleware(request)
+    assert TOKENS.findall(response.content) == [b"tok-7-1"] * 2
+    assert upstream.identifiers == [{"data-customer-id": "7", "data-email": "ada@example.com"}]

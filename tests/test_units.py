@@ -185,3 +185,9 @@ def test_codec_raw_deflate_corruption_after_the_first_chunk_is_an_error() -> Non
     assert codec.decode(first, final=False) == b"x" * 100
     with pytest.raises(zlib.error):
         codec.decode(b"\xff" * 20 + b"\x00" * 20, final=True)
+
+
+def test_vary_headers_merge_into_one_set_of_tokens() -> None:
+    headers = [(b"Vary", b"Accept, cookie"), (b"X-Other", b"1"), (b"vary", b"Cookie, Origin")]
+    merged = rewrite_headers(headers, content_length=None, private=False, rewritten=True)
+    assert merged == [(b"Vary", b"Accept, cookie, Origin"), (b"X-Other", b"1")]
