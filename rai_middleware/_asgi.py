@@ -1,8 +1,8 @@
 """The ASGI adapter: ASGI messages in and out of the core, nothing else.
 
-Per request, the state lives in the ``send`` wrapper's closure (the held start message and
-the ``PageRewrite``); the middleware object only holds configuration and the shared
-services, so it is safe under any concurrency.
+Per page, the state lives in a ``_Responder`` (the held start message and the
+``PageRewrite``); the middleware object only holds configuration and the shared services,
+so it is safe under any concurrency.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from ._config import Options
 from ._core import AsyncDriver, async_services
 from ._endpoint import first_headers
 from ._exceptions import ConfigurationError
+from ._http import may_be_page
 from ._identity import default_identify
 from ._page import PageRewrite, Step
 from ._store import TokenStore
@@ -74,6 +75,7 @@ class ReturningAIMiddleware:
         self.tickets = self.core.tickets
         self._driver = AsyncDriver(self.core, self._identify, self.tokens)
         self._tag = self.settings.placeholder_tag
+        self._endpoint_suffix = self.core.refresh_path or ""
 
     def __repr__(self) -> str:
         return (
@@ -106,8 +108,14 @@ class ReturningAIMiddleware:
             return
         core = self.core
         path: str = scope["path"]
-        root_path: str = scope.get("root_path", "")
-        if core.is_endpoint(path) or core.is_endpoint(path.removeprefix(root_path)):
+        if (
+            self._endpoint_suffix
+            and path.endswith(self._endpoint_suffix)
+            and (
+                core.is_endpoint(path)
+                or core.is_endpoint(path.removeprefix(scope.get("root_path", "")))
+            )
+        ):
             await self._endpoint(scope, send)
             return
         handled = scope.get(_SCOPE_MARK)
@@ -122,53 +130,27 @@ class ReturningAIMiddleware:
                 key: value for key, value in extensions.items() if key not in _BODYLESS_EXTENSIONS
             }
 
-        rewrite: PageRewrite | None = None
-        start: Message = {}
-        finished = False
-
-        async def emit(step: Step, *, more: bool) -> None:
-            nonlocal finished
-            if step.headers is not None:
-                await send({**start, "headers": step.headers})
-            last = not more or step.end
-            if step.body or last:
-                await send({"type": "http.response.body", "body": step.body, "more_body": not last})
-                finished = last
+        responder: _Responder | None = None
 
         async def send_through_rewrite(message: Message) -> None:
-            nonlocal rewrite, start
-            kind = message["type"]
-            if rewrite is None:
-                if kind == "http.response.start" and not start:
-                    rewrite = self._page(scope, message)
-                    if rewrite is not None:
-                        start = message  # held until the body decides the headers
-                        return
-                await send(message)
-            elif kind == "http.response.body":
-                if finished:
-                    return  # the response was ended (a corrupt compressed stream)
-                more = message.get("more_body", False)
-                flow = rewrite.feed(message.get("body", b""), more=more)
-                await emit(await self._driver.run(flow, scope, path), more=more)
-            else:
-                # pathsend, zerocopysend, trailers...: not a body we read. What is held goes
-                # first, then the message.
-                if not finished:
-                    await emit(rewrite.abandon(), more=True)
-                await send(message)
+            # Decided from the start message: anything but a page goes straight through.
+            nonlocal responder
+            if responder is not None:
+                await responder.send(message)
+                return
+            if message["type"] == "http.response.start" and _may_be_page(message):
+                rewrite = self._page(scope, message)
+                if rewrite is not None:
+                    responder = _Responder(self._driver, scope, send, message, rewrite)
+                    return
+            await send(message)
 
         await self.app(scope, receive, send_through_rewrite)
-        if rewrite is not None and not finished:
-            # The app returned without a last body message; what it gave us goes out.
-            await emit(rewrite.finish(), more=True)
+        if responder is not None:
+            await responder.finish()
 
     def _page(self, scope: Scope, start: Message) -> PageRewrite | None:
-        headers = start.get("headers")
-        if headers is None:
-            headers = start["headers"] = []
-        elif not isinstance(headers, list):
-            headers = start["headers"] = list(headers)  # a tuple or a generator: read it once
+        headers = start["headers"]
         return self.core.page(
             scope["method"],
             start.get("status", 200),
@@ -201,6 +183,60 @@ class ReturningAIMiddleware:
             await send(message)
 
         await self.app(scope, lifespan_receive, lifespan_send)
+
+
+class _Responder:
+    """One page's messages: the start is held until the rewrite decides the headers."""
+
+    __slots__ = ("_driver", "_finished", "_rewrite", "_scope", "_send", "_start")
+
+    def __init__(
+        self, driver: AsyncDriver, scope: Scope, send: Send, start: Message, rewrite: PageRewrite
+    ) -> None:
+        self._driver = driver
+        self._scope = scope
+        self._send = send
+        self._start = start
+        self._rewrite = rewrite
+        self._finished = False
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.body":
+            if self._finished:
+                return  # the response was ended (a corrupt compressed stream)
+            more = message.get("more_body", False)
+            flow = self._rewrite.feed(message.get("body", b""), more=more)
+            step = await self._driver.run(flow, self._scope, self._scope.get("path", ""))
+            await self._emit(step, more=more)
+            return
+        # pathsend, zerocopysend, trailers...: not a body we read. What is held goes first.
+        if not self._finished:
+            await self._emit(self._rewrite.abandon(), more=True)
+        await self._send(message)
+
+    async def finish(self) -> None:
+        """After the app returned: what a response left without a last body goes out."""
+        if not self._finished:
+            await self._emit(self._rewrite.finish(), more=True)
+
+    async def _emit(self, step: Step, *, more: bool) -> None:
+        if step.headers is not None:
+            await self._send({**self._start, "headers": step.headers})
+        last = not more or step.end
+        if step.body or last:
+            await self._send(
+                {"type": "http.response.body", "body": step.body, "more_body": not last}
+            )
+            self._finished = last
+
+
+def _may_be_page(start: Message) -> bool:
+    headers = start.get("headers")
+    if headers is None:
+        return False
+    if not isinstance(headers, list):
+        headers = start["headers"] = list(headers)  # a tuple or a generator: read it once
+    return may_be_page(start.get("status", 200), headers)
 
 
 def _state_nonce(state: object) -> str | None:

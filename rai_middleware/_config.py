@@ -14,7 +14,7 @@ import hashlib
 import hmac
 import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from types import MappingProxyType
@@ -51,6 +51,7 @@ __all__ = [
     "Secret",
     "Settings",
     "build_settings",
+    "check_option_names",
     "option_names",
 ]
 
@@ -178,6 +179,16 @@ class Settings:
     def refresh_path(self) -> str | None:
         """The middleware's own token endpoint for this mode (None: the mode has none)."""
         return self.auth.refresh_path
+
+
+def check_option_names(names: Iterable[object], where: str = "") -> None:
+    """ConfigurationError naming the first name that is no option nor adapter keyword."""
+    unknown = sorted(str(name) for name in names if name not in option_names())
+    if unknown:
+        raise ConfigurationError(
+            f"{where}unknown option {unknown[0]!r}; the options are: "
+            + ", ".join(sorted(option_names()))
+        )
 
 
 def build_settings(

@@ -12,6 +12,7 @@ __all__ = [
     "ResponseInfo",
     "csp_nonce",
     "inspect_response",
+    "may_be_page",
     "rewrite_headers",
     "same_origin",
     "streamed_headers",
@@ -60,6 +61,20 @@ class ResponseInfo:
     xhtml: bool = False
     #: The app's ``Content-Length``, when it sent a valid one.
     content_length: int | None = None
+
+
+_PAGE_TYPES = (b"text/html", b"application/xhtml+xml")
+
+
+def may_be_page(status: int, headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """The cheap first look: a 200 whose Content-Type starts like HTML. A response that
+    fails it is certainly not a candidate; ``inspect_response`` decides for the others."""
+    if status != 200:
+        return False
+    for name, value in headers:
+        if len(name) == 12 and name.lower() == b"content-type":
+            return value.lstrip()[:21].lower().startswith(_PAGE_TYPES)
+    return False
 
 
 def inspect_response(status: int, headers: Iterable[tuple[bytes, bytes]]) -> ResponseInfo:

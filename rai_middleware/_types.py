@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
-from typing import Any, TypeAlias
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
+from types import TracebackType
+from typing import Any, Protocol, TypeAlias
 
 __all__ = [
     "ASGIApp",
+    "Environ",
+    "ExcInfo",
     "Identifiers",
     "IdentifyCallable",
     "Message",
     "Receive",
     "Scope",
     "Send",
+    "StartResponse",
+    "WSGIApp",
+    "WriteCallable",
 ]
 
 Scope: TypeAlias = MutableMapping[str, Any]
@@ -28,3 +34,17 @@ Identifiers: TypeAlias = Mapping[str, str]
 IdentifyCallable: TypeAlias = Callable[
     [Scope], "Identifiers | Awaitable[Identifiers | None] | None"
 ]
+
+# WSGI (PEP 3333).
+Environ: TypeAlias = dict[str, Any]
+ExcInfo: TypeAlias = tuple[type[BaseException], BaseException, TracebackType | None]
+WriteCallable: TypeAlias = Callable[[bytes], object]
+
+
+class StartResponse(Protocol):
+    def __call__(
+        self, status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = ..., /
+    ) -> WriteCallable: ...
+
+
+WSGIApp: TypeAlias = Callable[[Environ, StartResponse], Iterable[bytes]]

@@ -9,8 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -21,6 +20,7 @@ from ._endpoint import REASONS
 from ._exceptions import ConfigurationError
 from ._page import PageRewrite, Step
 from ._store import SyncTokenStore
+from ._types import Environ, ExcInfo, StartResponse, WriteCallable, WSGIApp
 
 if TYPE_CHECKING:  # Unpack is in typing from 3.11; annotations are never evaluated here
     from typing_extensions import Unpack
@@ -29,20 +29,8 @@ __all__ = ["ReturningAIWSGIMiddleware", "default_wsgi_identify"]
 
 logger = logging.getLogger("rai_middleware")
 
-Environ = dict[str, Any]
-ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
-WriteCallable = Callable[[bytes], object]
 _ENVIRON_MARK = "rai_middleware.tags"
 _COMPRESSION_ADVICE = "Put the compression middleware outside ReturningAIWSGIMiddleware."
-
-
-class StartResponse(Protocol):
-    def __call__(
-        self, status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = ..., /
-    ) -> WriteCallable: ...
-
-
-WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 
 
 def default_wsgi_identify(environ: Environ) -> dict[str, str] | None:

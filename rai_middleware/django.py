@@ -31,7 +31,7 @@ from django.conf import settings as django_settings
 from django.http import HttpResponse
 
 from ._async_tokens import TokenService
-from ._config import option_names
+from ._config import check_option_names
 from ._core import (
     AsyncDriver,
     SyncDriver,
@@ -65,8 +65,6 @@ django_csp_nonce = _django_get_nonce()
 
 #: The settings dict the middleware reads.
 SETTING = "RETURNING_AI"
-#: The keys ``RETURNING_AI`` may have.
-OPTION_NAMES = option_names()
 _COMPRESSION_ADVICE = (
     "List GZipMiddleware (or your compression middleware) before ReturningAIMiddleware "
     "in MIDDLEWARE."
@@ -82,15 +80,6 @@ def default_identify(request: Request) -> dict[str, str] | None:
     """``request.user`` as set by ``AuthenticationMiddleware``: an authenticated user's
     ``pk`` as ``data-customer-id`` and ``email`` as ``data-email``; anyone else is anonymous."""
     return _identifiers(getattr(request, "user", None))
-
-
-async def default_aidentify(request: Request) -> dict[str, str] | None:
-    """The same in async mode, through ``await request.auser()`` (Django 5+) so that the
-    session and the user are loaded without blocking the event loop."""
-    auser = getattr(request, "auser", None)
-    if auser is None:
-        return await sync_to_async(default_identify)(request)
-    return _identifiers(await auser())
 
 
 def _identifiers(user: Any) -> dict[str, str] | None:
@@ -144,12 +133,7 @@ class ReturningAIMiddleware:
             configured = {}
         if not isinstance(configured, Mapping):
             raise ConfigurationError(f"settings.{SETTING} must be a dict of options")
-        unknown = sorted(str(key) for key in configured if key not in OPTION_NAMES)
-        if unknown:
-            raise ConfigurationError(
-                f"settings.{SETTING} has unknown option(s) {', '.join(map(repr, unknown))}; "
-                f"the options are {', '.join(sorted(OPTION_NAMES))}"
-            )
+        check_option_names(configured, f"settings.{SETTING}: ")
         return dict(configured)
 
     def __repr__(self) -> str:
@@ -183,10 +167,9 @@ class ReturningAIMiddleware:
 
     async def _aidentify(self, request: Request) -> object:
         identify = self.identify
-        if identify == self._default_identify:
-            if not hasattr(request, "auser") and not hasattr(request, "user"):
-                self._default_identify(request)  # warns
-            return await default_aidentify(request)
+        if identify == self._default_identify and hasattr(request, "auser"):
+            # AuthenticationMiddleware's async accessor (Django 5+): no blocking ORM call.
+            return _identifiers(await request.auser())
         if iscoroutinefunction(identify):
             return await identify(request)
         return await sync_to_async(identify)(request)  # it may use the ORM

@@ -23,10 +23,9 @@ from typing import Any, cast
 from flask import Flask, Response, current_app, g, request
 
 from ._closing import ClosingIterable
-from ._config import Settings, option_names
+from ._config import Settings, check_option_names, option_names
 from ._core import Core, SyncDriver, load_callable, sync_services
 from ._endpoint import Reply
-from ._exceptions import ConfigurationError
 from ._identity import identifiers_of
 from ._sync_tokens import SyncTokenService
 
@@ -106,12 +105,7 @@ class ReturningAI:
         identify: IdentifyCallable | str | None = None,
         **options: Any,
     ) -> None:
-        unknown = sorted(set(options) - OPTION_NAMES)
-        if unknown:
-            raise ConfigurationError(
-                f"ReturningAI: unknown option {unknown[0]!r}; the options are: "
-                + ", ".join(sorted(OPTION_NAMES))
-            )
+        check_option_names(options, "ReturningAI: ")
         self._identify = identify
         self._options = options
         if app is not None:
