@@ -110,6 +110,15 @@ class Core:
                     self.settings.placeholder_tag,
                     self._compression_advice,
                 )
+            if info.skipped_charset is not None:
+                self.warn_once(
+                    "charset " + info.skipped_charset.lower(),
+                    "an HTML page in charset %r was sent without replacing its <%s> "
+                    "placeholders: only charsets Python knows in which ASCII bytes are ASCII "
+                    "(UTF-8, Latin-1, Windows-125x, Shift_JIS...) can be rewritten",
+                    info.skipped_charset,
+                    self.settings.placeholder_tag,
+                )
             return None
         if stream is None:
             length = info.content_length

@@ -57,6 +57,8 @@ class ResponseInfo:
     content_encoding: str | None = None
     #: An HTML page left alone only because of its (unsupported) Content-Encoding.
     skipped_encoding: str | None = None
+    #: An HTML page left alone because its charset is unknown or not ASCII-compatible.
+    skipped_charset: str | None = None
     #: ``application/xhtml+xml``: parsed as XML, so inline scripts need CDATA sections.
     xhtml: bool = False
     #: The app's ``Content-Length``, when it sent a valid one.
@@ -105,6 +107,8 @@ def inspect_response(status: int, headers: Iterable[tuple[bytes, bytes]]) -> Res
     page = _page_encoding(content_type)
     if page is None:
         return ResponseInfo(False)
+    if isinstance(page, str):
+        return ResponseInfo(False, skipped_charset=page)
     encoding, xhtml = page
     if content_encoding is not None and content_encoding not in _DECODABLE:
         return ResponseInfo(False, skipped_encoding=content_encoding)
@@ -114,8 +118,9 @@ def inspect_response(status: int, headers: Iterable[tuple[bytes, bytes]]) -> Res
 
 
 @functools.lru_cache(maxsize=64)
-def _page_encoding(content_type: bytes) -> tuple[str, bool] | None:
-    """(charset, is XHTML) of an HTML Content-Type we can rewrite, or None if it is not one.
+def _page_encoding(content_type: bytes) -> tuple[str, bool] | str | None:
+    """(charset, is XHTML) of an HTML Content-Type we can rewrite; None if it is not HTML;
+    the charset label itself if it is HTML in a charset we must not rewrite.
 
     Sites send a handful of distinct values, so the answer is cached."""
     media_type = content_type.split(b";", 1)[0].strip().lower()
@@ -125,15 +130,29 @@ def _page_encoding(content_type: bytes) -> tuple[str, bool] | None:
     match = _CHARSET.search(content_type)
     if match is None:
         return "utf-8", xhtml
+    label = match.group(1).decode("latin-1")
+    encoding = _ascii_compatible(label)
+    return label if encoding is None else (encoding, xhtml)
+
+
+# Python's names of the charsets in which an ASCII byte need not mean that ASCII character:
+# the HTML standard's non-ASCII-compatible encodings, and the other stateful ones.
+_NOT_ASCII_COMPATIBLE = ("utf-16", "utf-32", "iso2022", "utf-7", "hz")
+_ASCII = bytes(range(128))
+_ASCII_TEXT = _ASCII.decode("ascii")
+
+
+def _ascii_compatible(label: str) -> str | None:
+    """Python's name of the charset ``label``, if Python knows it and every ASCII byte in it
+    stands for that ASCII character (so tags can be found in the bytes); else None."""
     try:
-        encoding = codecs.lookup(match.group(1).decode("latin-1")).name
-        "<".encode(encoding)  # LookupError for rot13, base64...: codecs, not charsets
-    except LookupError:
-        # Unknown to Python: read tag bytes as ASCII, write only ASCII (char refs).
-        return "ascii", xhtml
-    if encoding.startswith(("utf-16", "utf-32")):
-        return None  # tags are not ASCII bytes in these: leave such pages alone
-    return encoding, xhtml
+        encoding = codecs.lookup(label).name
+        same = _ASCII.decode(encoding) == _ASCII_TEXT  # rot13 and base64 raise LookupError
+    except (LookupError, UnicodeError):
+        return None
+    if not same or encoding.startswith(_NOT_ASCII_COMPATIBLE):
+        return None  # EBCDIC, UTF-16 and the like: the page is sent as it is
+    return encoding
 
 
 def csp_nonce(policy: str | None) -> str | None:

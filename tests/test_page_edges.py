@@ -53,12 +53,11 @@ async def test_a_failure_on_a_later_streamed_chunk_sends_the_rest_unchanged(
     assert upstream["token"].call_count == 0
 
 
-async def test_a_page_labelled_with_a_codec_that_is_no_charset_is_still_served(
+async def test_a_page_labelled_with_a_codec_that_is_no_charset_is_sent_as_it_is(
     upstream: respx.MockRouter,
 ) -> None:
     app = html_app([b"<p>head</p>", PAGE], content_type=b"text/html; charset=rot13")
-    messages = await call_asgi(wrap(app), http_scope())
-    assert b'embed-token="tok-1"' in body_of(messages)
+    assert await call_asgi(wrap(app), http_scope()) == await call_asgi(app, http_scope())
 
 
 @pytest.mark.parametrize(

@@ -461,19 +461,31 @@ async def test_windows_1252_page_writes_unencodable_characters_as_references(
     assert b'title="&#20013;\x80"' in body
 
 
-async def test_unknown_charset_writes_ascii_only(upstream: respx.MockRouter) -> None:
+@pytest.mark.parametrize(
+    "label", [b"x-nope", b"ucs-2", b"unicode", b"UTF-16", b"utf-7", b"cp037", b"iso-2022-jp"]
+)
+async def test_a_charset_that_is_unknown_or_not_ascii_compatible_passes_through(
+    upstream: respx.MockRouter, caplog: pytest.LogCaptureFixture, label: bytes
+) -> None:
+    page = '<rai-placeholder widget="store">fallback</rai-placeholder>'.encode("utf-16")
+    app = html_app(page, content_type=b"text/html; charset=" + label)
+    middleware = wrap(app)
+    with caplog.at_level(logging.WARNING, logger="rai_middleware"):
+        for _ in range(3):
+            assert await call_asgi(middleware, http_scope()) == await call_asgi(app, http_scope())
+    # One warning per process, naming the label.
+    assert caplog.text.count(f"in charset {label.decode()!r}") == 1
+    assert upstream["token"].call_count == 0
+
+
+@pytest.mark.parametrize("label", [b"shift_jis", b"windows-1252", b"latin1", b"gb18030"])
+async def test_ascii_compatible_charsets_are_rewritten(
+    upstream: respx.MockRouter, label: bytes
+) -> None:
     app = html_app(
-        b"<rai-placeholder widget='store' title='&eacute;'/>",
-        content_type=b"text/html; charset=x-nope",
+        b'<rai-placeholder widget="store"/>', content_type=b"text/html; charset=" + label
     )
-    body = body_of(await call_asgi(pinned(app), http_scope()))
-    assert b'title="&#233;"' in body
-
-
-async def test_utf16_page_passes_through_untouched(upstream: respx.MockRouter) -> None:
-    page = '<rai-placeholder widget="store"/>'.encode("utf-16")
-    app = html_app(page, content_type=b"text/html; charset=UTF-16")
-    assert await call_asgi(wrap(app), http_scope()) == await call_asgi(app, http_scope())
+    assert b'embed-token="tok-1"' in body_of(await call_asgi(pinned(app), http_scope()))
 
 
 async def test_app_that_returns_mid_stream_still_gets_held_bytes_out(
