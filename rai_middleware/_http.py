@@ -9,10 +9,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 __all__ = [
+    "CACHE_HEADERS",
+    "PRIVATE_PAGE_HEADERS",
     "ResponseInfo",
     "csp_nonce",
     "inspect_response",
     "may_be_page",
+    "private_page_keeps",
     "rewrite_headers",
     "same_origin",
     "streamed_headers",
@@ -29,21 +32,116 @@ _PRIVATE_CACHE_CONTROL = (b"cache-control", b"private, no-store")
 _VALIDATORS = frozenset(
     {b"etag", b"last-modified", b"content-md5", b"digest", b"content-digest", b"repr-digest"}
 )
-# What tells a cache (the browser's, a proxy's, a CDN's) to keep a page. A page with a
-# token must not be kept by any shared cache: CDNs obey Surrogate-Control and
-# (Cloudflare-)CDN-Cache-Control *instead of* Cache-Control (RFC 9213), so those go too.
-# nginx obeys X-Accel-Expires, and Akamai Edge-Control, over Cache-Control.
-_SHARED_CACHE_HEADERS = frozenset(
+#: What every rewritten page varies on: who the visitor is (a session cookie, or HTTP auth).
+_VARY_ON = (b"Cookie", b"Authorization")
+
+# -- the headers of a private page (one that carries a token or an identity) ---------------
+#
+# The rule, an allow-list: a private page keeps an app header when
+#   1. its name is on PRIVATE_PAGE_HEADERS (the standard headers an HTML page uses, none of
+#      which lets a cache keep the page; Set-Cookie, every one, included), or
+#   2. it is no standard header about caching (CACHE_HEADERS) and its name says nothing
+#      about caching either: no word of _CACHE_WORDS between its hyphens, and none of
+#      "cache", "expire", "surrogate" anywhere in it (an app's own X-Request-Id or HX-Trigger
+#      stays; X-Accel-Expires, CDN-Cache-Control, Vercel-CDN-Cache-Control, Edge-Control,
+#      Netlify-Vary, X-Cache-Tags and any vendor's next one go).
+# Everything else is dropped; then ``Cache-Control: private, no-store`` is added and Vary
+# gets Cookie and Authorization (merged with the app's own Vary). Content-Length and the
+# validators of the app's body follow the rules of every rewritten page.
+
+#: The standard response headers a private page keeps as the app sent them.
+PRIVATE_PAGE_HEADERS = frozenset(
     {
+        b"accept-ch",
+        b"accept-ranges",
+        b"access-control-allow-credentials",
+        b"access-control-allow-headers",
+        b"access-control-allow-methods",
+        b"access-control-allow-origin",
+        b"access-control-expose-headers",
+        b"access-control-max-age",  # a CORS preflight's lifetime, not the page's
+        b"allow",
+        b"alt-svc",
+        b"clear-site-data",
+        b"connection",
+        b"content-disposition",
+        b"content-encoding",
+        b"content-language",
+        b"content-location",
+        b"content-security-policy",
+        b"content-security-policy-report-only",
+        b"content-type",
+        b"critical-ch",
+        b"cross-origin-embedder-policy",
+        b"cross-origin-embedder-policy-report-only",
+        b"cross-origin-opener-policy",
+        b"cross-origin-opener-policy-report-only",
+        b"cross-origin-resource-policy",
+        b"date",
+        b"document-policy",
+        b"feature-policy",
+        b"keep-alive",
+        b"link",
+        b"location",
+        b"nel",
+        b"origin-agent-cluster",
+        b"permissions-policy",
+        b"referrer-policy",
+        b"refresh",
+        b"report-to",
+        b"reporting-endpoints",
+        b"retry-after",
+        b"server",
+        b"server-timing",
+        b"set-cookie",
+        b"strict-transport-security",
+        b"timing-allow-origin",
+        b"trailer",
+        b"transfer-encoding",
+        b"via",
+        b"x-content-type-options",
+        b"x-dns-prefetch-control",
+        b"x-frame-options",
+        b"x-permitted-cross-domain-policies",
+        b"x-powered-by",
+        b"x-request-id",
+        b"x-robots-tag",
+        b"x-ua-compatible",
+        b"x-xss-protection",
+    }
+)
+#: Standard headers that let a cache keep (or say it kept) a page: never on a private one.
+#: CDNs obey Surrogate-Control and (Cloudflare-)CDN-Cache-Control *instead of*
+#: Cache-Control (RFC 9213); nginx obeys X-Accel-Expires, and Akamai Edge-Control, over it.
+CACHE_HEADERS = frozenset(
+    {
+        b"age",
         b"cache-control",
+        b"cache-status",
+        b"cdn-cache-control",
+        b"edge-control",
         b"expires",
         b"pragma",
         b"surrogate-control",
         b"surrogate-key",
+        b"warning",
         b"x-accel-expires",
-        b"edge-control",
     }
 )
+_CACHE_WORDS = frozenset(
+    {b"age", b"cache", b"cdn", b"edge", b"expires", b"pragma", b"stale", b"ttl", b"vary"}
+)
+_CACHE_FRAGMENTS = (b"cache", b"expire", b"surrogate")
+
+
+@functools.lru_cache(maxsize=512)
+def private_page_keeps(name: bytes) -> bool:
+    """Whether a private page keeps the app's header ``name`` (lower case): the rule above."""
+    if name in PRIVATE_PAGE_HEADERS:
+        return True
+    if name in CACHE_HEADERS or any(fragment in name for fragment in _CACHE_FRAGMENTS):
+        return False
+    return not _CACHE_WORDS.intersection(name.split(b"-"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,8 +279,10 @@ def rewrite_headers(
     """Headers for a body we changed (or may change, for a stream).
 
     ``content_length`` None drops the header (the server then chunks). ``rewritten``
-    drops validators of the app's body and adds ``Vary: Cookie``; ``private`` (a token is
-    or may be in the page) also sets ``Cache-Control: private, no-store``.
+    drops validators of the app's body and merges ``Cookie, Authorization`` into ``Vary``
+    (the page depends on who the visitor is); ``private`` (a token or an identity is, or
+    may be, in the page) keeps only what ``private_page_keeps`` allows and sets
+    ``Cache-Control: private, no-store``.
     """
     out: RawHeaders = []
     changed = rewritten or private
@@ -195,7 +295,7 @@ def rewrite_headers(
             continue
         if changed and lname in _VALIDATORS:
             continue
-        if private and (lname in _SHARED_CACHE_HEADERS or lname.endswith(b"cdn-cache-control")):
+        if private and lname != b"vary" and not private_page_keeps(lname):
             continue
         if lname == b"vary" and changed:
             for token in value.split(b","):
@@ -208,8 +308,8 @@ def rewrite_headers(
             vary_at = len(out)
         out.append((name, value))
     if changed:
-        if b"cookie" not in seen and b"*" not in seen:
-            vary.append(b"Cookie")
+        if b"*" not in seen:
+            vary.extend(token for token in _VARY_ON if token.lower() not in seen)
         merged = b", ".join(vary)
         if vary_at is None:
             out.append((b"vary", merged))
@@ -225,8 +325,9 @@ def rewrite_headers(
 def streamed_headers(headers: RawHeaders, *, private: bool) -> RawHeaders:
     """Headers of a page whose body streams through the rewrite. They leave before later
     chunks are seen, so: no Content-Length (the server chunks), none of the app's
-    validators and ``Vary: Cookie`` (a later placeholder may still change the body for
-    this visitor), and ``private, no-store`` for a signed-in visitor (a token may follow).
+    validators and ``Vary: Cookie, Authorization`` (a later placeholder may still change
+    the body for this visitor), and the private page's headers for a signed-in visitor (a
+    token may follow).
     Every adapter uses this one rule."""
     return rewrite_headers(headers, content_length=None, private=private, rewritten=True)
 

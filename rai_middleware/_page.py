@@ -205,7 +205,7 @@ class PageRewrite:
             yield from self._authenticate(items)
             out = self._render(items, final=True)
             headers = rewrite_headers(
-                self._headers, content_length=len(out), private=self.token_used, rewritten=True
+                self._headers, content_length=len(out), private=self._private, rewritten=True
             )
         except Exception:  # _CorruptBody included: the app's bytes go out as they are
             logger.exception("rewriting the page failed on %s; sending it unchanged", self._path)
@@ -227,8 +227,7 @@ class PageRewrite:
             yield from self._authenticate(items)
             out = self._render(items, final=not more)
             if first:
-                private = self.token_used or self._identity is not None
-                headers = streamed_headers(self._headers, private=private)
+                headers = streamed_headers(self._headers, private=self._private)
         except _CorruptBody:
             if first:
                 self._passthrough = True
@@ -248,6 +247,12 @@ class PageRewrite:
             return Step(None, out)
         self._sent_headers = True
         return Step(headers, out)
+
+    @property
+    def _private(self) -> bool:
+        """The page carries a token or an identity, or is for a signed-in visitor (a
+        fallback page too): no shared cache may keep it."""
+        return self.token_used or self._identity is not None
 
     def _unchanged(self, data: bytes) -> Step:
         if self._sent_headers:

@@ -78,6 +78,36 @@ SLOW_HEAD = b"<!doctype html><html><head><title>slow</title></head><body><p>head
 SLOW_TAIL = PLACEHOLDER + PAGE_AFTER
 
 
+# What an app may send that lets a shared cache keep a page (each one dropped from a page
+# that carries a token or an identity), and headers such a page keeps.
+CACHE_HEADERS_SENT = (
+    ("Cache-Control", "public, max-age=600"),
+    ("Expires", "Thu, 01 Jan 2037 00:00:00 GMT"),
+    ("Pragma", "cache"),
+    ("Age", "12"),
+    ("Surrogate-Control", "max-age=600"),
+    ("Surrogate-Key", "page"),
+    ("CDN-Cache-Control", "max-age=600"),
+    ("Cloudflare-CDN-Cache-Control", "max-age=600"),
+    ("Vercel-CDN-Cache-Control", "max-age=600"),
+    ("X-Accel-Expires", "600"),
+    ("Edge-Control", "cache-maxage=600s"),
+    ("Netlify-Vary", "query"),
+    ("X-Cache-Tags", "page"),
+    ("X-Varnish-TTL", "600"),
+)
+KEPT_HEADERS_SENT = (
+    ("Set-Cookie", "session=s1; HttpOnly"),
+    ("Content-Security-Policy", "default-src 'self'"),
+    ("X-Frame-Options", "DENY"),
+    ("Strict-Transport-Security", "max-age=63072000"),
+    ("Access-Control-Max-Age", "600"),
+    ("Link", "</app.css>; rel=preload; as=style"),
+    ("X-Request-Id", "r-1"),
+    ("HX-Trigger", "loaded"),
+)
+
+
 @dataclass(frozen=True)
 class Route:
     """What the app answers on one path, whatever the framework."""
@@ -100,6 +130,10 @@ ROUTES: dict[str, Route] = {
     "/json": Route(content_type="application/json", headers=VALIDATORS, body=JSON_BODY),
     "/stream": Route(headers=VALIDATORS, chunks=STREAM_CHUNKS),
     "/slow-stream": Route(chunks=(SLOW_HEAD, SLOW_TAIL), wait_for_client=True),
+    "/page-cached": Route(headers=(*CACHE_HEADERS_SENT, *KEPT_HEADERS_SENT), body=PAGE),
+    "/stream-cached": Route(
+        headers=(*CACHE_HEADERS_SENT, *KEPT_HEADERS_SENT), chunks=STREAM_CHUNKS
+    ),
     "/not-modified": Route(status=304, content_type=None, headers=(("ETag", '"v1"'),)),
 }
 

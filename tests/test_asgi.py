@@ -329,7 +329,9 @@ async def test_token_page_is_private_uncacheable_and_loses_validators(
     assert b"etag" not in names
     assert b"last-modified" not in names
     assert [v for n, v in headers if n.lower() == b"cache-control"] == [b"private, no-store"]
-    assert [v for n, v in headers if n.lower() == b"vary"] == [b"Accept-Encoding, Cookie"]
+    assert [v for n, v in headers if n.lower() == b"vary"] == [
+        b"Accept-Encoding, Cookie, Authorization"
+    ]
     assert [v for n, v in headers if n.lower() == b"set-cookie"] == [b"a=1", b"b=2"]
 
 
@@ -339,7 +341,7 @@ async def test_anonymous_rewritten_page_varies_on_cookie_but_stays_cacheable(
     app = html_app(PAGE, headers=[(b"cache-control", b"max-age=60")])
     headers = headers_of(await call_asgi(wrap(app, identify=lambda s: None), http_scope()))
     assert (b"cache-control", b"max-age=60") in headers
-    assert (b"vary", b"Cookie") in headers
+    assert (b"vary", b"Cookie, Authorization") in headers
 
 
 async def test_headers_given_as_tuple_or_generator_are_handled(upstream: respx.MockRouter) -> None:

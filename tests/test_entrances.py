@@ -184,7 +184,7 @@ def test_signed_in_page_gets_the_widget_with_the_token(site: Site, fake: FakeRet
     assert response.header("Content-Length") == [str(len(response.body))]
     assert response.header("Content-Type") == ["text/html; charset=utf-8"]
     assert response.header("Cache-Control") == ["private, no-store"]
-    assert vary_tokens(response) == ["cookie"]
+    assert vary_tokens(response) == ["cookie", "authorization"]
     assert response.header("ETag") == []
     assert response.header("Last-Modified") == []
     assert_no_secret(response)
@@ -201,9 +201,9 @@ def test_signed_in_page_gets_the_widget_with_the_token(site: Site, fake: FakeRet
 @pytest.mark.parametrize(
     ("path", "expected_vary"),
     [
-        ("/page", ["cookie"]),
-        ("/page-vary-cookie", ["cookie"]),
-        ("/page-vary-list", ["cookie", "accept"]),
+        ("/page", ["cookie", "authorization"]),
+        ("/page-vary-cookie", ["cookie", "authorization"]),
+        ("/page-vary-list", ["cookie", "accept", "authorization"]),
     ],
     ids=["no-vary", "vary-cookie", "vary-cookie-accept"],
 )
@@ -242,7 +242,10 @@ def test_anonymous_visitor_gets_the_fallback_without_upstream_call(
     assert response.body == FALLBACK_PAGE
     assert response.header("Content-Length") == [str(len(FALLBACK_PAGE))]
     assert response.header("Cache-Control") == ["max-age=60"]  # no token in the page
-    assert vary_tokens(response) == ["cookie"]  # but it depends on who the visitor is
+    assert vary_tokens(response) == [
+        "cookie",
+        "authorization",
+    ]  # but it depends on who the visitor is
     assert response.header("ETag") == []
     assert response.header("Last-Modified") == []
     assert fake.calls == 0
@@ -262,7 +265,9 @@ def test_upstream_failure_serves_the_fallback(
     assert response.header("Content-Length") == [str(len(FALLBACK_PAGE))]
     assert b"embed-token" not in response.body
     assert b"data-rai-ticket" not in response.body
-    assert response.header("Cache-Control") == ["max-age=60"]
+    # No token, but a signed-in visitor's page: no shared cache may keep it.
+    assert response.header("Cache-Control") == ["private, no-store"]
+    assert vary_tokens(response) == ["cookie", "authorization"]
     assert_no_secret(response)
     assert fake.calls == 1
 
@@ -306,7 +311,7 @@ def test_streamed_page_is_rewritten_across_chunks(site: Site, fake: FakeReturnin
     assert fake.decode(token)["data-customer-id"] == "alice"
     assert response.header("Content-Length") == []
     assert response.header("Cache-Control") == ["private, no-store"]
-    assert vary_tokens(response) == ["cookie"]
+    assert vary_tokens(response) == ["cookie", "authorization"]
     assert response.header("ETag") == []
     assert fake.calls == 1
 
@@ -317,7 +322,7 @@ def test_streamed_page_for_an_anonymous_visitor(site: Site, fake: FakeReturningA
     assert response.body == STREAM_FALLBACK_PAGE
     assert response.header("Content-Length") == []
     assert response.header("Cache-Control") == ["max-age=60"]
-    assert vary_tokens(response) == ["cookie"]
+    assert vary_tokens(response) == ["cookie", "authorization"]
     assert fake.calls == 0
 
 

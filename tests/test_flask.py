@@ -241,7 +241,7 @@ def test_anonymous_visitor_gets_the_fallback(app: Flask, upstream: Upstream) -> 
     assert response.get_data() == ANONYMOUS
     assert response.headers["Content-Length"] == str(len(ANONYMOUS))
     assert response.headers["Cache-Control"] == "max-age=60"
-    assert response.headers["Vary"] == "Cookie"
+    assert response.headers["Vary"] == "Cookie, Authorization"
     assert upstream.calls == 0
 
 

@@ -88,7 +88,7 @@ async def test_streamed_page_for_anonymous_drops_validators_and_varies_on_cookie
     # a signed-in one): the app's ETag would let a browser revalidate into the wrong page.
     assert headers_of(messages) == [
         (b"content-type", b"text/html; charset=utf-8"),
-        (b"vary", b"Cookie"),
+        (b"vary", b"Cookie, Authorization"),
     ]
     assert body_of(messages) == b"<p>first</p><p>second</p><p>third</p>"
 

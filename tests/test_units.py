@@ -94,7 +94,7 @@ def test_rewrite_headers_keeps_vary_star_and_adds_cookie_once() -> None:
     star = rewrite_headers([(b"vary", b"*")], content_length=1, private=True, rewritten=True)
     assert (b"vary", b"*") in star
     empty = rewrite_headers([(b"Vary", b" ")], content_length=None, private=False, rewritten=True)
-    assert empty == [(b"Vary", b"Cookie")]
+    assert empty == [(b"Vary", b"Cookie, Authorization")]
     untouched = rewrite_headers(
         [(b"etag", b"x"), (b"content-length", b"9")],
         content_length=None,
@@ -190,4 +190,4 @@ def test_codec_raw_deflate_corruption_after_the_first_chunk_is_an_error() -> Non
 def test_vary_headers_merge_into_one_set_of_tokens() -> None:
     headers = [(b"Vary", b"Accept, cookie"), (b"X-Other", b"1"), (b"vary", b"Cookie, Origin")]
     merged = rewrite_headers(headers, content_length=None, private=False, rewritten=True)
-    assert merged == [(b"Vary", b"Accept, cookie, Origin"), (b"X-Other", b"1")]
+    assert merged == [(b"Vary", b"Accept, cookie, Origin, Authorization"), (b"X-Other", b"1")]
