@@ -18,7 +18,7 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +74,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def identify(scope: dict[str, Any]) -> dict[str, str] | None:
+def identify(scope: MutableMapping[str, Any]) -> dict[str, str] | None:
     user = basic_user(scope["headers"])
     return {"data-customer-id": user} if user else None
 
