@@ -14,6 +14,18 @@ that announces its ``Content-Length`` is held up to ``WHOLE_PAGE_LIMIT`` and rew
 one piece with an exact length; anything else streams, its safe bytes leaving as soon as
 they arrive), the quick match that lets a page without a placeholder through untouched,
 compressed bodies, the header rules, and failing open.
+
+A compressed stream (gzip or deflate from a compression middleware further in) is relayed:
+while nothing in it needs rewriting, the client gets the app's own compressed bytes, each
+chunk decoded only to be scanned (and fed to our encoder, whose output is dropped, so that
+it shares the client's history). At the first chunk that must change, our encoder's
+continuation takes over, checked first against a copy of the decoder as it was before
+that chunk: it is used only if it inflates, after the app's bytes so far, to exactly the
+rewritten text (so only where the app flushed its stream at the end of its previous
+chunk, as compression middleware does). Otherwise the page goes on unchanged. So a stream
+that cannot be decoded before anything was rewritten goes out unchanged from its first
+byte to its last; one that breaks after rewritten bytes left ends there, with an error
+logged that says so.
 """
 
 from __future__ import annotations
@@ -22,7 +34,7 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ._codec import BodyCodec, codec_for
 from ._http import RawHeaders, ResponseInfo, rewrite_headers, streamed_headers
@@ -60,7 +72,16 @@ _NOTHING = Step(None, b"")
 
 
 class _CorruptBody(Exception):
-    """The app's compressed body cannot be decoded."""
+    """The app's compressed body cannot be decoded (the reason is the message)."""
+
+
+#: How a sync or full flush of a deflate stream ends (an empty stored block).
+_FLUSHED = b"\x00\x00\xff\xff"
+
+
+def _decoder_of(codec: BodyCodec) -> Any:
+    """The codec's zlib decompressor (copied to test a continuation, read for its end)."""
+    return codec._decoder
 
 
 def quick_matcher(tag: str) -> Callable[[bytes], object]:
@@ -86,6 +107,7 @@ class PageRewrite:
         "_identity_resolved",
         "_info",
         "_passthrough",
+        "_relaying",
         "_scanner",
         "_sent_headers",
         "_whole",
@@ -107,6 +129,8 @@ class PageRewrite:
         self._scanner: PlaceholderScanner | None = None
         self._sent_headers = False
         self._passthrough = False  # failed open after the headers left: the rest as it is
+        #: A compressed stream still sent as the app's own bytes (nothing rewritten yet).
+        self._relaying = info.content_encoding is not None
         self._failed = False  # a rewrite error mid-stream: scan nothing more
         self._ended = False
         self._identity: Identity | None = None
@@ -168,7 +192,7 @@ class PageRewrite:
         self._buffer.clear()
         if self._sent_headers:
             held += self._release_scanner()
-            if self._codec is not None:
+            if self._codec is not None and not self._relaying:
                 # Our compressed stream cannot be continued with the app's own: finish it.
                 logger.error(
                     "the app on %s left its compressed stream mid-page; ending the response",
@@ -207,7 +231,16 @@ class PageRewrite:
             headers = rewrite_headers(
                 self._headers, content_length=len(out), private=self._private, rewritten=True
             )
-        except Exception:  # _CorruptBody included: the app's bytes go out as they are
+        except _CorruptBody as exc:
+            logger.error(
+                "rewriting the page failed on %s: its %s body is corrupt (%s); sending it "
+                "unchanged",
+                self._path,
+                self._info.content_encoding,
+                exc,
+            )
+            return unchanged
+        except Exception:  # the app's bytes go out as they are
             logger.exception("rewriting the page failed on %s; sending it unchanged", self._path)
             return unchanged
         return Step(headers, out)
@@ -216,37 +249,119 @@ class PageRewrite:
 
     def _stream(self, chunk: bytes, *, more: bool) -> Flow[Step]:
         first = not self._sent_headers
+        final = not more
         items: list[Item] = []
+        relaying = self._relaying
+        before: Any = None  # the decoder before this chunk (what the client's is in)
         try:
             if first:
                 # The headers leave with these bytes, before later chunks are seen: whether
                 # the page is private depends on who the visitor is.
                 yield from self._identify()
-            data = self._decode(chunk, final=not more)
-            items = self._scan(data, final=not more)
-            yield from self._authenticate(items)
-            out = self._render(items, final=not more)
+            if relaying and not first and self._codec is not None:
+                before = _decoder_of(self._codec).copy()
+            data = self._decode(chunk, final=final)
+            items = self._scan(data, final=final)
+            if relaying and self._unchanged_items(items) and self._relayable(chunk, final):
+                # Nothing to change: the app's own bytes; our encoder only keeps up.
+                assert self._codec is not None
+                if chunk:
+                    self._codec.encode(data, final=final)
+                out = chunk
+            else:
+                yield from self._authenticate(items)
+                text = self._render_text(items)
+                out = self._encode(text, final=final)
+                if relaying:
+                    self._relaying = False
+                    if before is not None and not self._continues(before, out, text, final):
+                        return self._relay_rest(chunk)
             if first:
                 headers = streamed_headers(self._headers, private=self._private)
-        except _CorruptBody:
-            if first:
-                self._passthrough = True
-                return self._unchanged(chunk)
-            self._ended = True
-            return Step(None, b"", end=True)
+        except _CorruptBody as exc:
+            return self._corrupt(chunk, str(exc), relaying=relaying)
         except Exception:
             logger.exception("rewriting the page failed on %s; sending it unchanged", self._path)
-            if first:
+            if first or relaying:
                 self._passthrough = True
                 return self._unchanged(chunk)
             # The headers are out: the rest goes as the app wrote it (decoded and encoded
             # again, so that a compressed stream stays one stream).
             rest = b"".join(item if isinstance(item, bytes) else item.raw for item in items)
-            return Step(None, self._encode(rest + self._release_scanner(), final=not more))
+            return Step(None, self._encode(rest + self._release_scanner(), final=final))
         if not first:
             return Step(None, out)
         self._sent_headers = True
         return Step(headers, out)
+
+    def _unchanged_items(self, items: list[Item]) -> bool:
+        """This chunk's text needs no change and the scanner holds nothing back."""
+        scanner = self._scanner
+        return (
+            not self._failed
+            and all(isinstance(item, bytes) for item in items)
+            and (scanner is None or not scanner.pending)
+        )
+
+    def _relayable(self, chunk: bytes, final: bool) -> bool:
+        """May this chunk go out as the app's own bytes? Only if a later chunk can still be
+        rewritten after it: it ends the stream, or ends flushed (the ``00 00 ff ff`` of a
+        sync or full flush, as compression middleware sends; a coincidence is caught by
+        ``_continues``). A stream compressed in one piece and cut anywhere is re-encoded
+        from its first chunk instead."""
+        codec = self._codec
+        return (
+            final
+            or not chunk
+            or chunk.endswith(_FLUSHED)
+            or (codec is not None and _decoder_of(codec).eof)
+        )
+
+    def _continues(self, before: Any, out: bytes, text: bytes, final: bool) -> bool:
+        """Does our encoder's ``out``, after the app's compressed bytes so far, inflate to
+        exactly the rewritten text? Only if the app flushed its stream at the end of its
+        previous chunk; ``before`` is a copy of the decoder at that point."""
+        try:
+            got = before.decompress(out)
+            if final:
+                got += before.flush()
+                return bool(got == text and before.eof and not before.unused_data)
+            return bool(got == text)
+        except Exception:  # zlib.error: not a continuation
+            return False
+
+    def _relay_rest(self, chunk: bytes) -> Step:
+        logger.warning(
+            "the app's %s stream on %s is not flushed at the end of each chunk, so it cannot "
+            "be rewritten mid-stream; sending it unchanged",
+            self._info.content_encoding,
+            self._path,
+        )
+        self._passthrough = True
+        return self._unchanged(chunk)
+
+    def _corrupt(self, chunk: bytes, reason: str, *, relaying: bool) -> Step:
+        encoding = self._info.content_encoding
+        if relaying:
+            # Only the app's own bytes have left: the rest of them follow, as they are.
+            logger.error(
+                "the app's %s body on %s is corrupt (%s); nothing of it was rewritten: "
+                "sending it unchanged from its first byte to its last",
+                encoding,
+                self._path,
+                reason,
+            )
+            self._passthrough = True
+            return self._unchanged(chunk)
+        logger.error(
+            "the app's %s body on %s is corrupt (%s) after rewritten bytes had left; "
+            "ending the response there",
+            encoding,
+            self._path,
+            reason,
+        )
+        self._ended = True
+        return Step(None, b"", end=True)
 
     @property
     def _private(self) -> bool:
@@ -274,10 +389,13 @@ class PageRewrite:
             self._codec = codec_for(encoding)
         assert self._codec is not None
         try:
-            return self._codec.decode(chunk, final=final)
+            data = self._codec.decode(chunk, final=final)
         except Exception as exc:  # zlib.error, MemoryError...
-            logger.error("the app's %s body on %s is corrupt (%s)", encoding, self._path, exc)
-            raise _CorruptBody from None
+            raise _CorruptBody(str(exc)) from None
+        decoder = _decoder_of(self._codec)
+        if decoder.eof and decoder.unused_data:
+            raise _CorruptBody("bytes after the end of the compressed stream")
+        return data
 
     def _encode(self, data: bytes, *, final: bool) -> bytes:
         if self._codec is None or not (data or final):
@@ -343,22 +461,24 @@ class PageRewrite:
 
     def _render(self, items: list[Item], *, final: bool) -> bytes:
         """Widget markup in place of each placeholder, encoded for the response."""
+        return self._encode(self._render_text(items), final=final)
+
+    def _render_text(self, items: list[Item]) -> bytes:
         if len(items) == 1 and isinstance(items[0], bytes):
-            out = items[0]
-        else:
-            try:
-                out = b"".join(
-                    item if isinstance(item, bytes) else self._placeholder(item) for item in items
-                )
-            except Exception:
-                logger.exception(
-                    "rewriting the page failed on %s; sending the rest unchanged", self._path
-                )
-                self._failed = True
-                out = b"".join(item if isinstance(item, bytes) else item.raw for item in items)
-                if self._scanner is not None:
-                    out += self._scanner.pending
-        return self._encode(out, final=final)
+            return items[0]
+        try:
+            return b"".join(
+                item if isinstance(item, bytes) else self._placeholder(item) for item in items
+            )
+        except Exception:
+            logger.exception(
+                "rewriting the page failed on %s; sending the rest unchanged", self._path
+            )
+            self._failed = True
+            out = b"".join(item if isinstance(item, bytes) else item.raw for item in items)
+            if self._scanner is not None:
+                out += self._scanner.pending
+            return out
 
     def _placeholder(self, placeholder: Placeholder) -> bytes:
         settings = self._core.settings
