@@ -108,6 +108,25 @@ KEPT_HEADERS_SENT = (
 )
 
 
+def _flushed_gzip(*parts: bytes) -> tuple[bytes, ...]:
+    """``parts`` as a compression middleware streams them: one gzip stream, flushed after
+    each part, finished after the last."""
+    import zlib
+
+    encoder = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    out = [encoder.compress(part) + encoder.flush(zlib.Z_SYNC_FLUSH) for part in parts[:-1]]
+    return (*out, encoder.compress(parts[-1]) + encoder.flush())
+
+
+# Issue 12, item 7: labelled gzip, gzip for its first part and garbage after (330 bytes).
+MISLABELLED_GZIP = (*_flushed_gzip(STREAM_BEFORE, b"<p>more</p>")[:1], b"\x00garbage " * 30)
+# A flushed gzip stream with the placeholder in its second part.
+GZIP_STREAM = _flushed_gzip(STREAM_BEFORE, PLACEHOLDER, STREAM_AFTER)
+# The same, rewritten, then garbage.
+GZIP_THEN_GARBAGE = (*GZIP_STREAM[:2], b"\x00garbage " * 30)
+GZIP = (("Content-Encoding", "gzip"),)
+
+
 @dataclass(frozen=True)
 class Route:
     """What the app answers on one path, whatever the framework."""
@@ -134,6 +153,9 @@ ROUTES: dict[str, Route] = {
     "/stream-cached": Route(
         headers=(*CACHE_HEADERS_SENT, *KEPT_HEADERS_SENT), chunks=STREAM_CHUNKS
     ),
+    "/gzip-mislabelled": Route(headers=GZIP, chunks=MISLABELLED_GZIP),
+    "/gzip-stream": Route(headers=GZIP, chunks=GZIP_STREAM),
+    "/gzip-then-garbage": Route(headers=GZIP, chunks=GZIP_THEN_GARBAGE),
     "/not-modified": Route(status=304, content_type=None, headers=(("ETag", '"v1"'),)),
 }
 
