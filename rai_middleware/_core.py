@@ -31,7 +31,7 @@ from ._config import ADAPTER_KEYWORDS, Settings, build_settings
 from ._endpoint import Reply, answer
 from ._exceptions import ConfigurationError, TokenError
 from ._http import RawHeaders, csp_nonce, inspect_response
-from ._identity import Identity, resolve_identity, resolve_identity_sync
+from ._identity import Identity, IdentityKey, resolve_identity, resolve_identity_sync
 from ._modes import PageContext
 from ._needs import Flow, Grant, Need, TokenNeed
 from ._page import WHOLE_PAGE_LIMIT, PageRewrite, quick_matcher
@@ -62,8 +62,10 @@ class Core:
     def __init__(self, settings: Settings, *, compression_advice: str) -> None:
         self.settings = settings
         self.mode = settings.auth
-        self.tickets = TicketSigner(settings.secret_key.reveal(), max_age=settings.ticket_max_age)
-        self.identity_secret = settings.secret_key.reveal().encode()
+        # Holders, never the revealed string: both are passed down frames a locals-capturing
+        # error reporter may print.
+        self.tickets = TicketSigner(settings.secret_key, max_age=settings.ticket_max_age)
+        self.identity_secret = IdentityKey(settings.secret_key.reveal().encode())
         self.quick_match = quick_matcher(settings.placeholder_tag)
         self.refresh_path = settings.refresh_path
         self._compression_advice = compression_advice
