@@ -72,6 +72,15 @@ class Core:
         # Process-wide, not per request: what was warned about already.
         self._warned: set[str] = set()
         self._warned_lock = threading.Lock()
+        # Once per middleware: the prefix wins over the app's routes at the same path.
+        if self.refresh_path is not None:
+            logger.info(
+                "rai-middleware answers POST %s (before the app: an app route at that path "
+                "is never reached)",
+                self.refresh_path,
+            )
+        else:
+            logger.info("rai-middleware answers no path of its own in mode=%r", self.mode.name)
 
     def __repr__(self) -> str:
         return f"Core(mode={self.mode.name!r}, community_id={self.settings.community_id!r})"
@@ -152,9 +161,11 @@ class Core:
         if missing is None:
             return identity
         logger.warning(
-            "mode=%r needs %r, and identify gave none for %s: treating the visitor as anonymous",
+            "mode=%r needs %r, and identify gave none for visitor %s on %s: treating the "
+            "visitor as anonymous",
             self.mode.name,
             missing,
+            identity.tag,
             path,
         )
         return None
