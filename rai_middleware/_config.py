@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
+import logging
 import os
 import secrets
 from collections.abc import Iterable, Mapping
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from types import MappingProxyType
 from typing import Any, TypedDict
+from urllib.parse import urlsplit
 
 from ._exceptions import ConfigurationError
 from ._modes import AccessKeyMode, AttributesMode, IframeMode, Mode
@@ -54,6 +57,14 @@ __all__ = [
     "check_option_names",
     "option_names",
 ]
+
+logger = logging.getLogger("rai_middleware")
+
+#: A ``secret_key`` shorter than this (in bytes) gets a warning: it keys the ticket
+#: signatures and the identity hashes, so it must not be guessable.
+MIN_SECRET_KEY_BYTES = 32
+#: Set to ``1`` to make the warnings below ``ConfigurationError`` instead.
+STRICT_ENV = "RAI_STRICT"
 
 
 class Secret:
@@ -104,6 +115,7 @@ class Options(TypedDict, total=False):
     api_base_url: str | None
     token_path: str
     sdk_url: str
+    sdk_integrity: str | None
     widgets_base_url: str | None
     loader_url: str
     iframe_segments: Mapping[str, str] | None
@@ -146,6 +158,7 @@ class Settings:
     api_base_url: str
     token_path: str
     sdk_url: str
+    sdk_integrity: str | None
     widgets_base_url: str
     loader_url: str
     iframe_segments: Mapping[str, str]
@@ -210,6 +223,7 @@ def build_settings(
                 f"{name} is required in mode={chosen.name!r}: pass {name}=... to the "
                 f"middleware or set the {SETTINGS[name].env} environment variable"
             )
+    _warn_weak(values, env)
     if values["secret_key"] is None:
         # Attribute Auth needs no credential; its identity hashes still want a key.
         seed = values[chosen.key_seed] if chosen.key_seed else None
@@ -226,6 +240,39 @@ def build_settings(
             value = values[name]
             values[name] = Secret(value) if value is not None and name in kept else None
     return Settings(**values)
+
+
+def _loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _warn_weak(values: Mapping[str, Any], env: Mapping[str, str]) -> None:
+    """Warn (or, with ``RAI_STRICT=1``, refuse) what is accepted but unsafe: a plain-http
+    upstream that is not this machine (the credentials would cross the network in the
+    clear) and a short ``secret_key``. Never shows the key."""
+    problems = [
+        f"{name} is a plain http:// URL ({values[name]}): credentials and tokens would cross "
+        "the network unencrypted; use https:// (loopback hosts are exempt)"
+        for name in ("api_base_url", "widgets_base_url")
+        if values[name].lower().startswith("http://") and not _loopback(values[name])
+    ]
+    key = values["secret_key"]
+    if key is not None and len(key.encode()) < MIN_SECRET_KEY_BYTES:
+        problems.append(
+            f"secret_key is shorter than {MIN_SECRET_KEY_BYTES} bytes: it signs refresh "
+            "tickets and keys the identity hashes; use e.g. secrets.token_hex(32)"
+        )
+    strict = env.get(STRICT_ENV, "").strip() == "1"
+    for problem in problems:
+        if strict:
+            raise ConfigurationError(f"{problem} (refused because {STRICT_ENV}=1)")
+        logger.warning("%s", problem)
 
 
 def _value(option: Option, given: Any, env: Mapping[str, str]) -> Any:

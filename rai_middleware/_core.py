@@ -31,7 +31,7 @@ from ._config import ADAPTER_KEYWORDS, Settings, build_settings
 from ._endpoint import Reply, answer
 from ._exceptions import ConfigurationError, TokenError
 from ._http import RawHeaders, csp_nonce, inspect_response
-from ._identity import Identity, resolve_identity, resolve_identity_sync
+from ._identity import Identity, IdentityKey, resolve_identity, resolve_identity_sync
 from ._modes import PageContext
 from ._needs import Flow, Grant, Need, TokenNeed
 from ._page import WHOLE_PAGE_LIMIT, PageRewrite, quick_matcher
@@ -62,14 +62,25 @@ class Core:
     def __init__(self, settings: Settings, *, compression_advice: str) -> None:
         self.settings = settings
         self.mode = settings.auth
-        self.tickets = TicketSigner(settings.secret_key.reveal(), max_age=settings.ticket_max_age)
-        self.identity_secret = settings.secret_key.reveal().encode()
+        # Holders, never the revealed string: both are passed down frames a locals-capturing
+        # error reporter may print.
+        self.tickets = TicketSigner(settings.secret_key, max_age=settings.ticket_max_age)
+        self.identity_secret = IdentityKey(settings.secret_key.reveal().encode())
         self.quick_match = quick_matcher(settings.placeholder_tag)
         self.refresh_path = settings.refresh_path
         self._compression_advice = compression_advice
         # Process-wide, not per request: what was warned about already.
         self._warned: set[str] = set()
         self._warned_lock = threading.Lock()
+        # Once per middleware: the prefix wins over the app's routes at the same path.
+        if self.refresh_path is not None:
+            logger.info(
+                "rai-middleware answers POST %s (before the app: an app route at that path "
+                "is never reached)",
+                self.refresh_path,
+            )
+        else:
+            logger.info("rai-middleware answers no path of its own in mode=%r", self.mode.name)
 
     def __repr__(self) -> str:
         return f"Core(mode={self.mode.name!r}, community_id={self.settings.community_id!r})"
@@ -150,9 +161,11 @@ class Core:
         if missing is None:
             return identity
         logger.warning(
-            "mode=%r needs %r, and identify gave none for %s: treating the visitor as anonymous",
+            "mode=%r needs %r, and identify gave none for visitor %s on %s: treating the "
+            "visitor as anonymous",
             self.mode.name,
             missing,
+            identity.tag,
             path,
         )
         return None

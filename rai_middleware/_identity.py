@@ -21,6 +21,7 @@ from ._types import Scope
 
 __all__ = [
     "Identity",
+    "IdentityKey",
     "checked_identity",
     "default_identify",
     "identifiers_of",
@@ -36,6 +37,27 @@ _IDENTIFIER_KEY = re.compile(r"data-[A-Za-z0-9_.:-]+\Z")
 _ID_ATTRIBUTES = ("customer_id", "id", "pk", "identity", "username")
 
 
+class IdentityKey:
+    """The key identity hashes are made with, held so that no ``repr()`` shows it.
+
+    It is passed down every call that resolves an identity, so it sits in frames that a
+    locals-capturing error reporter (Sentry, structlog, rich) may print: raw bytes there
+    would be the ``secret_key`` in the report."""
+
+    __slots__ = ("_key",)
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+
+    def digest(self, data: bytes) -> str:
+        return hmac.new(self._key, data, hashlib.sha256).hexdigest()
+
+    def __repr__(self) -> str:
+        return "IdentityKey('**********')"
+
+    __str__ = __repr__
+
+
 @dataclass(frozen=True, slots=True)
 class Identity:
     """A visitor's identifiers and the key that stands for them in caches and tickets.
@@ -49,10 +71,16 @@ class Identity:
     key: str
 
     @classmethod
-    def create(cls, identifiers: Mapping[str, str], secret: bytes) -> Identity:
+    def create(cls, identifiers: Mapping[str, str], secret: IdentityKey | bytes) -> Identity:
+        holder = secret if isinstance(secret, IdentityKey) else IdentityKey(secret)
         canonical = json.dumps(dict(identifiers), sort_keys=True, separators=(",", ":"))
-        digest = hmac.new(secret, canonical.encode(), hashlib.sha256).hexdigest()
-        return cls(identifiers=dict(identifiers), key=digest)
+        return cls(identifiers=dict(identifiers), key=holder.digest(canonical.encode()))
+
+    @property
+    def tag(self) -> str:
+        """What logs may name the visitor by: the first 8 hex digits of ``key``, never an
+        email or an id."""
+        return self.key[:8]
 
     def __repr__(self) -> str:
         return f"Identity(fields={sorted(self.identifiers)!r})"
@@ -144,7 +172,9 @@ def _source(identify: object) -> str:
     return f"identify ({getattr(identify, '__qualname__', None) or identify!r})"
 
 
-def checked_identity(result: object, identify: object, secret: bytes) -> Identity | None:
+def checked_identity(
+    result: object, identify: object, secret: IdentityKey | bytes
+) -> Identity | None:
     """What ``identify`` returned, checked and keyed; None (logged) when unusable."""
     identifiers = _validate(result, _source(identify))
     if identifiers is None:
@@ -153,7 +183,7 @@ def checked_identity(result: object, identify: object, secret: bytes) -> Identit
 
 
 async def resolve_identity(
-    identify: Callable[[Any], object], request: object, secret: bytes
+    identify: Callable[[Any], object], request: object, secret: IdentityKey
 ) -> Identity | None:
     """Call ``identify`` (sync or async) and check its answer. Never raises."""
     try:
@@ -167,7 +197,7 @@ async def resolve_identity(
 
 
 def resolve_identity_sync(
-    identify: Callable[[Any], object], request: object, secret: bytes
+    identify: Callable[[Any], object], request: object, secret: IdentityKey
 ) -> Identity | None:
     """The same for WSGI and framework adapters: ``identify`` must be a plain function."""
     try:

@@ -147,6 +147,21 @@ def _script_url(name: str, value: object) -> str:
         ) from None
 
 
+# Subresource Integrity: one or more "sha256|sha384|sha512-<base64>" separated by spaces.
+_INTEGRITY = re.compile(
+    r"sha(?:256|384|512)-[A-Za-z0-9+/]+={0,2}(?: +sha(?:256|384|512)-[A-Za-z0-9+/]+={0,2})*\Z"
+)
+
+
+def _integrity(name: str, value: object) -> str:
+    value = _string(name, value).strip()
+    if not _INTEGRITY.match(value):
+        raise ConfigurationError(
+            f"{name} must be a Subresource Integrity hash such as 'sha384-<base64>', got {value!r}"
+        )
+    return value
+
+
 def _path(name: str, value: object) -> str:
     if not isinstance(value, str) or not value.startswith("/"):
         raise ConfigurationError(f"{name} must be a path starting with '/'")
@@ -295,6 +310,17 @@ OPTIONS: tuple[Option, ...] = (
         DEFAULT_SDK_URL,
     ),
     Option(
+        "sdk_integrity",
+        "`str`",
+        "Subresource Integrity hash of the script at `sdk_url` (`sha384-...`): the SDK "
+        '`<script>` gets `integrity` and `crossorigin="anonymous"`, so a browser refuses '
+        "a changed script. Compute it from the exact file: `openssl dgst -sha384 -binary "
+        "rai-widget.iife.js \\| openssl base64 -A`, prefixed with `sha384-`. Mode "
+        "`access_key`.",
+        _integrity,
+        default_text="`None` (no check)",
+    ),
+    Option(
         "widgets_base_url",
         "`str`",
         "The widgets host: signin (`/widget/{community_id}/signin`), iframe pages and the "
@@ -323,7 +349,9 @@ OPTIONS: tuple[Option, ...] = (
         "endpoint_prefix",
         "`str`",
         "Where the middleware serves its own endpoints (`{prefix}/embed-token`, or "
-        "`{prefix}/signin` in mode `iframe`).",
+        "`{prefix}/signin` in mode `iframe`). It wins over the app: a route of yours at "
+        "that exact path is never reached. The middleware logs the path it answers (INFO) "
+        "when it is constructed.",
         _prefix,
         "/_rai",
     ),

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import hmac
 import threading
+from typing import TYPE_CHECKING
 
 from cachetools import TTLCache
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 __all__ = ["TicketSigner"]
+
+if TYPE_CHECKING:
+    from ._config import Secret
 
 _SALT = "rai-middleware.refresh-ticket.v1"
 _REUSE_SECONDS = 60
@@ -22,8 +26,11 @@ _REUSE_SECONDS = 60
 class TicketSigner:
     __slots__ = ("_issued", "_lock", "_max_age", "_serializer")
 
-    def __init__(self, secret: str, *, max_age: int) -> None:
-        self._serializer = URLSafeTimedSerializer(secret, salt=_SALT)
+    def __init__(self, secret: Secret | str, *, max_age: int) -> None:
+        # Revealed only inside the serializer (whose repr does not show it): the holder is
+        # what callers keep and pass.
+        key = secret if isinstance(secret, str) else secret.reveal()
+        self._serializer = URLSafeTimedSerializer(key, salt=_SALT)
         self._max_age = max_age
         # Signing costs more than the rest of a page's bookkeeping, and a ticket is good for
         # hours: one visitor's pages share a ticket for up to a minute.

@@ -74,6 +74,8 @@ class WidgetMarkup:
     sdk_url: str
     refresh_url: str
     nonce: str | None = None
+    #: Subresource Integrity of the SDK script (``sdk_integrity``); None: no check.
+    integrity: str | None = None
 
 
 def render_widget(
@@ -103,8 +105,13 @@ def render_widget(
 def render_scripts(markup: WidgetMarkup, *, xhtml: bool = False) -> str:
     """The SDK script and the refresh script, written once per page after the first widget."""
     nonce = f" nonce={quote_attribute(markup.nonce)}" if markup.nonce else ""
+    integrity = (
+        f' integrity={quote_attribute(markup.integrity)} crossorigin="anonymous"'
+        if markup.integrity
+        else ""
+    )
     return (
-        f"<script src={quote_attribute(markup.sdk_url)}{nonce}></script>"
+        f"<script src={quote_attribute(markup.sdk_url)}{integrity}{nonce}></script>"
         f"<script{nonce} data-rai-ticket={quote_attribute(markup.ticket)}"
         f" data-rai-endpoint={quote_attribute(markup.refresh_url)}>"
         f"{inline_script(REFRESH_SCRIPT, xhtml=xhtml)}</script>"
@@ -170,5 +177,6 @@ class AccessKeyMode(Mode):
             sdk_url=settings.sdk_url,
             refresh_url=page.refresh_url,
             nonce=page.nonce,
+            integrity=settings.sdk_integrity,
         )
         return render_scripts(markup, xhtml=page.xhtml)
