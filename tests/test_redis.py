@@ -195,7 +195,7 @@ def test_redis_holds_no_identifier_and_expires_entries(
         client.close()
     assert b"secret.person" not in keys[0] and b"secret.person" not in value
     assert 800_000 < ttl <= 900_000
-    assert set(json.loads(value)) == {"t", "exp"}
+    assert set(json.loads(value)) == {"t", "exp", "m"}  # token, expiry, seal
 
 
 async def _page_then_close(middleware: ReturningAIMiddleware, path: str = "/") -> bytes:
