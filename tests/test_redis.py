@@ -556,7 +556,7 @@ def test_a_slow_redis_does_not_stretch_the_page_past_one_and_a_half_timeouts(
     from rai_middleware.redis import RedisTokenStore, SyncRedisTokenStore
     from tests.test_tokens import settings, user
 
-    timeout, delay, log = 0.6, 0.27, []
+    timeout, delay, log = 0.6, 0.27, list[str]()
     config = settings(timeout=timeout)
     answer = {"data": {"embedToken": "fresh", "expiresIn": 900}}
 
