@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import httpx
 
@@ -19,11 +20,21 @@ from ._exceptions import StoreError, TokenError
 from ._identity import Identity
 from ._store import TokenStore
 from ._token_flow import Acquire, Deliver, Load, Op, Post, Save, Sleep, mint_flow, resume
-from ._tokens import _WARM_INTERVAL, EmbedToken, Flight, PolicyDriver, TokenPolicy, client_options
+from ._tokens import (
+    _WARM_INTERVAL,
+    EmbedToken,
+    Flight,
+    PolicyDriver,
+    TokenPolicy,
+    client_failure,
+    client_options,
+)
 
 __all__ = ["TokenService"]
 
 logger = logging.getLogger("rai_middleware")
+
+T = TypeVar("T")
 
 
 class TokenService(PolicyDriver):
@@ -220,9 +231,9 @@ class TokenService(PolicyDriver):
         if store is None:
             raise StoreError("no token store is configured")
         if isinstance(op, Load):
-            return await store.load(op.key)
+            return await _within(store.load(op.key), op.timeout)
         if isinstance(op, Acquire):
-            return await store.acquire(op.key, op.lease)
+            return await _within(store.acquire(op.key, op.lease), op.timeout)
         if isinstance(op, Save):
             await store.save(op.key, op.token)
         else:
@@ -231,17 +242,37 @@ class TokenService(PolicyDriver):
 
     async def _post(self, op: Post) -> httpx.Response:
         request = op.request
+        failure: Exception | None = None
         try:
             # httpx's timeout bounds each phase; wait_for bounds the whole exchange, so a
             # server that trickles its answer cannot hold a page past its deadline.
             return await asyncio.wait_for(
                 self._http_client().post(
-                    request.url, headers=request.headers, json=request.json, timeout=op.timeout
+                    request.url, headers=request.headers, content=request.body, timeout=op.timeout
                 ),
                 op.timeout,
             )
         except asyncio.TimeoutError:
-            raise TimeoutError from None  # one class for the flow (asyncio's differs on 3.10)
+            failure = TimeoutError()  # one class for the flow (asyncio's differs on 3.10)
+        except httpx.HTTPError as exc:
+            # The flow keeps its class and (for network errors) its text; not its frames.
+            failure = exc.with_traceback(None)
+            failure.__cause__ = failure.__context__ = None
+        except Exception as exc:  # a bug or a broken client: no frame of it goes on
+            failure = client_failure(exc)
+        # Raised outside the except: the client's frames (which hold the request) are not
+        # this exception's context.
+        raise failure
+
+
+async def _within(operation: Awaitable[T], timeout: float | None) -> T:
+    """A store op within the lookup's time: ``StoreError`` after it."""
+    if timeout is None:
+        return await operation
+    try:
+        return await asyncio.wait_for(operation, timeout)
+    except asyncio.TimeoutError:
+        raise StoreError("the shared token store took longer than half the timeout") from None
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

@@ -25,9 +25,15 @@ STORE_POLL = 0.05
 
 @dataclass(frozen=True, slots=True)
 class StoredToken:
+    """A token as stores keep it. A store keeps all three fields and gives them back as
+    they were: the token service refuses a value whose ``seal`` does not match the key it
+    was loaded from."""
+
     value: str = field(repr=False)
     #: Absolute expiry, Unix time (seconds).
     expires_at: float
+    #: An HMAC of (key, value, expiry) with the secret key, written by the token service.
+    seal: str = field(default="", repr=False)
 
 
 @runtime_checkable

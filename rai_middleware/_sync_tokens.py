@@ -21,7 +21,14 @@ from ._exceptions import StoreError
 from ._identity import Identity
 from ._store import SyncTokenStore
 from ._token_flow import Acquire, Deliver, Load, Op, Post, Save, Sleep, mint_flow, resume
-from ._tokens import EmbedToken, Flight, PolicyDriver, TokenPolicy, client_options
+from ._tokens import (
+    EmbedToken,
+    Flight,
+    PolicyDriver,
+    TokenPolicy,
+    client_failure,
+    client_options,
+)
 from ._upstream import TokenRequest
 
 __all__ = ["SyncTokenService"]
@@ -168,7 +175,18 @@ class SyncTokenService(PolicyDriver):
             if self._client is None:
                 self._client = httpx.Client(**client_options(self._settings))
             client = self._client
-        return _post_within(client, op.request, op.timeout)
+        failure: Exception | None = None
+        try:
+            return _post_within(client, op.request, op.timeout)
+        except httpx.HTTPError as exc:
+            # The flow keeps its class and (for network errors) its text; not its frames.
+            failure = exc.with_traceback(None)
+            failure.__cause__ = failure.__context__ = None
+        except Exception as exc:  # a bug or a broken client: no frame of it goes on
+            failure = client_failure(exc)
+        # Raised outside the except: the client's frames (which hold the request) are not
+        # this exception's context.
+        raise failure
 
 
 def _post_within(client: httpx.Client, request: TokenRequest, timeout: float) -> httpx.Response:
@@ -176,7 +194,7 @@ def _post_within(client: httpx.Client, request: TokenRequest, timeout: float) ->
     the waiting pages never wait longer, and this bounds how long the mint thread lives."""
     deadline = time.monotonic() + timeout
     with client.stream(
-        "POST", request.url, headers=request.headers, json=request.json, timeout=timeout
+        "POST", request.url, headers=request.headers, content=request.body, timeout=timeout
     ) as streamed:
         chunks = []
         for chunk in streamed.iter_bytes():

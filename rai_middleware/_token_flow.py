@@ -1,8 +1,15 @@
 """One mint, written once as a generator of operations (sans-IO, like httpx's
 ``Auth.auth_flow``): the flow decides, the drivers do the I/O.
 
-    load from the store -> take the lock -> (not the owner: poll the store until half a
-    timeout has gone) / (the owner: load again) -> post upstream -> deliver -> save -> release
+    build the request -> load from the store -> take the lock -> (not the owner: poll the
+    store) / (the owner: load again) -> post upstream -> deliver -> save -> release
+
+The request is built (identifiers checked, body and headers encoded) before anything
+else: an identity that cannot be sent costs no store round trip and no upstream call.
+The lookup in the store (load, lock, load, polls) has half a timeout: a store op that has
+not answered by then (the asyncio driver stops waiting; the thread driver notices once it
+returns) ends the lookup as a store failure, and the mint still has a whole timeout, so
+the page has its answer within 1.5 x ``timeout``.
 
 The flow yields an op; the driver executes it and sends back its result (``Load``:
 ``StoredToken | None``, ``Acquire``: the owner or None, ``Post``: the ``httpx.Response``,
@@ -45,17 +52,20 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class Load:
-    """Read the stored token for ``key``."""
+    """Read the stored token for ``key``, within ``timeout`` seconds if one is given (a
+    driver that can stop waiting raises ``StoreError`` after it)."""
 
     key: str
+    timeout: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Acquire:
-    """Take the mint lock for ``key`` for ``lease`` seconds."""
+    """Take the mint lock for ``key`` for ``lease`` seconds (within ``timeout``, as Load)."""
 
     key: str
     lease: float
+    timeout: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,69 +125,106 @@ def mint_flow(
     one mint for every process sharing the store."""
     settings = policy.settings
     key = identity.key
+    try:
+        request = token_request(settings, identity)
+    except TokenError as exc:  # raised before any request, naming a field at most
+        refused: TokenError | None = exc
+    else:
+        refused = None
+    if refused is not None:
+        yield Deliver(error=refused)
+        return
     token: EmbedToken | None = None
     owner: str | None = None
     store = store and policy.store_in_use()
     if store:
+        # The lookup must leave a whole timeout for the mint.
+        until = deadline - settings.timeout
         try:
-            token = policy.adopt(identity, (yield Load(key)))
+            token = policy.adopt(identity, (yield Load(key, _left(until, timer))))
+            _in_time(until, timer)
             if token is None:
-                owner = yield Acquire(key, settings.timeout + 1.0)
+                owner = yield Acquire(key, settings.timeout + 1.0, _left(until, timer))
+                _in_time(until, timer)
                 if owner is not None:
                     # Another process may have minted, saved and unlocked since we looked.
-                    token = policy.adopt(identity, (yield Load(key)))
+                    token = policy.adopt(identity, (yield Load(key, _left(until, timer))))
+                    _in_time(until, timer)
                 else:
                     # Another process is minting: wait for its token, but only while a whole
                     # timeout is left for minting ourselves (if it failed or vanished).
-                    while token is None and timer() < deadline - settings.timeout:
+                    while token is None and timer() + STORE_POLL < until:
                         yield Sleep(STORE_POLL)
-                        token = policy.adopt(identity, (yield Load(key)))
+                        token = policy.adopt(identity, (yield Load(key, _left(until, timer))))
+                        _in_time(until, timer)
         except StoreError as exc:
             policy.store_failed(exc)
-            store, owner = False, None
+            store = False  # a lock we hold is still released, after delivery
     if token is not None:
         yield Deliver(token)
     else:
         try:
-            token = yield from _mint(policy, identity, deadline, timer)
+            token = yield from _mint(policy, identity, request, deadline, timer)
         except TokenError as exc:
             yield Deliver(error=exc)
         else:
             yield Deliver(token)
             if store:
                 try:
-                    yield Save(key, policy.stored(token))
+                    yield Save(key, policy.stored(identity, token))
                 except StoreError as exc:
                     policy.store_failed(exc)
-                    store = False
-    if store and owner is not None:
+    if owner is not None:
         try:
             yield Release(key, owner)
         except StoreError as exc:
             policy.store_failed(exc)
 
 
+def _left(until: float, timer: Callable[[], float]) -> float:
+    """What is left of the lookup's time for the next store op (never zero)."""
+    return max(until - timer(), 0.001)
+
+
+def _in_time(until: float, timer: Callable[[], float]) -> None:
+    if timer() > until:
+        raise StoreError("the shared token store took longer than half the timeout")
+
+
 def _mint(
-    policy: TokenPolicy, identity: Identity, deadline: float, timer: Callable[[], float]
+    policy: TokenPolicy,
+    identity: Identity,
+    request: TokenRequest,
+    deadline: float,
+    timer: Callable[[], float],
 ) -> Generator[Op, Any, EmbedToken]:
-    """Ask Returning.AI, within what is left of the deadline. Raises ``TokenError``."""
+    """Ask Returning.AI, within what is left of the deadline. Raises ``TokenError``, never
+    chained to what the HTTP client raised (whose frames hold the request)."""
     settings = policy.settings
-    request = token_request(settings, identity)
     remaining = min(settings.timeout, deadline - timer())
     if remaining <= 0:
         raise TokenError("timed out before asking Returning.AI (the shared store was slow)")
     policy.count_mint()
     started = policy.now()
+    failure: TokenError | None = None
+    response: httpx.Response | None = None
     try:
         response = yield Post(request, remaining)
     except (httpx.HTTPError, TimeoutError) as exc:
-        raise transport_error(exc, settings.timeout) from None
+        failure = transport_error(exc, settings.timeout)
+    if failure is not None:
+        raise failure  # outside the except: no __context__ either
+    assert response is not None
     return policy.accept(identity, read_token(settings, response), started)
 
 
 def transport_error(exc: httpx.HTTPError | TimeoutError, timeout: float) -> TokenError:
     """The TokenError for an exception raised while talking to Returning.AI. Its message
-    names the failure, never what was sent (no credential)."""
+    names the failure, never what was sent (no credential, no identifier): the text of a
+    network error (connection refused, a TLS failure) is kept, that of any other (a
+    protocol error may quote a header) is not."""
     if isinstance(exc, (httpx.TimeoutException, TimeoutError)):
         return TokenError(f"timed out after {timeout:g} s")
-    return TokenError(f"{type(exc).__name__}: {exc}"[:300])
+    if isinstance(exc, httpx.NetworkError):
+        return TokenError(f"{type(exc).__name__}: {exc}"[:300])
+    return TokenError(type(exc).__name__)

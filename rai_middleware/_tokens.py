@@ -13,9 +13,15 @@ and ``SyncTokenService`` (threads, ``_sync_tokens``).
 - Refresh ahead: a token with less than ``min_token_ttl + refresh_ahead`` left is still
   served while one background mint replaces it, so after its first page no visitor waits
   for a mint again (as long as Returning.AI answers).
-- Failures are not cached. After ``failure_threshold`` failures in a row the service stops
-  calling upstream for ``failure_cooldown`` seconds (a circuit breaker), so an outage costs
-  pages no latency, and it logs once per cool-down rather than once per request.
+- Failures are not cached. After ``failure_threshold`` upstream-wide failures in a row
+  (a timeout, a connection or TLS error, a 5xx, 401, 403 or 429, an unusable answer) the
+  service stops calling upstream for ``failure_cooldown`` seconds (a circuit breaker), so
+  an outage costs pages no latency, and it logs once per cool-down rather than once per
+  request. After the cool-down one request probes (half-open); the others get their
+  fallback at once until the probe answers.
+- A failure about one identity (any other 4xx, an identifier that cannot be sent) never
+  counts towards the breaker: that identity alone gets its fallback, without an upstream
+  call, for ``IDENTITY_BACKOFF`` seconds (logged once per backoff).
 - Bounded memory: an LRU of ``cache_maxsize`` identities; the in-flight map drains itself.
 
 Every change to the policy's state happens under one ``threading.Lock``, never held
@@ -24,6 +30,8 @@ during I/O (nor while logging), so one policy can serve an asyncio and a thread 
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import math
 import threading
@@ -34,15 +42,23 @@ from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 
 import httpx
-from cachetools import LRUCache
+from cachetools import LRUCache, TTLCache
 
 from ._config import Settings
 from ._exceptions import ConfigurationError, StoreError, TokenError
 from ._identity import Identity
 from ._store import StoredToken
-from ._upstream import plausible_token
+from ._upstream import blames_identity, plausible_token
 
-__all__ = ["EmbedToken", "Flight", "PolicyDriver", "TokenPolicy", "client_options"]
+__all__ = [
+    "IDENTITY_BACKOFF",
+    "EmbedToken",
+    "Flight",
+    "PolicyDriver",
+    "TokenPolicy",
+    "client_failure",
+    "client_options",
+]
 
 logger = logging.getLogger("rai_middleware")
 
@@ -50,6 +66,9 @@ logger = logging.getLogger("rai_middleware")
 _WARM_INTERVAL = 5.0
 # A token read from a shared store claiming to live longer than this is not believed.
 _MAX_STORED_LIFETIME = 24 * 60 * 60
+#: Seconds during which an identity that Returning.AI refused with a 4xx about it (not 401,
+#: 403 or 429), or whose identifiers cannot be sent, gets its fallback without a request.
+IDENTITY_BACKOFF = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +94,16 @@ def client_options(settings: Settings) -> dict[str, Any]:
         "follow_redirects": False,
         "headers": {"Accept": "application/json"},
     }
+
+
+def client_failure(exc: Exception) -> RuntimeError:
+    """What a driver raises for an HTTP client that failed other than with an
+    ``httpx.HTTPError`` (a bug, a closed or broken client): its class and, for a
+    RuntimeError, its message; not the exception itself, whose traceback runs through
+    frames that hold the request (credentials), nor its repr (a UnicodeError's holds
+    the text it could not encode)."""
+    detail = f": {str(exc)[:200]}" if type(exc) is RuntimeError else ""
+    return RuntimeError(f"the HTTP client raised {type(exc).__name__}{detail}")
 
 
 class Flight:
@@ -104,7 +133,7 @@ class Flight:
             return self.token
         error = self.error or TokenError("no token yet")
         if isinstance(error, TokenError):
-            raise TokenError(str(error), status_code=error.status_code)
+            raise type(error)(str(error), status_code=error.status_code)
         raise error
 
 
@@ -129,8 +158,21 @@ class TokenPolicy:
         self._warm: LRUCache[str, tuple[Identity, float]] = LRUCache(settings.cache_maxsize)
         self._consecutive_failures = 0
         self._open_until = -math.inf
+        # Opened at least once and no success since: after the cool-down, one probe at a time.
+        self._tripped = False
+        self._probe: Flight | None = None
+        self._probe_until = -math.inf
+        # Identities refused lately (key -> True): their fallback, without an upstream call.
+        self._backoff: TTLCache[str, bool] = TTLCache(
+            maxsize=settings.cache_maxsize, ttl=IDENTITY_BACKOFF, timer=clock
+        )
         self._store_down_until = -math.inf
         self._mints = 0
+        # Seals store values to their key; derived, so that it is no other key's twin.
+        self._seal_key = hmac.new(
+            settings.secret_key.reveal().encode(), b"rai-middleware/stored-token/v1", "sha256"
+        ).digest()
+        self._distrusted: set[str] = set()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(api={self._settings.token_url!r}, cached={len(self._cache)})"
@@ -193,6 +235,7 @@ class TokenPolicy:
         with self._lock:
             self._cache[identity.key] = token
             self._consecutive_failures = 0
+            self._tripped = False  # Returning.AI answered: the breaker is closed
         return token
 
     # -- single flight ---------------------------------------------------------------
@@ -205,7 +248,8 @@ class TokenPolicy:
 
     def join(self, identity: Identity, *, deadline: float) -> tuple[Flight, bool]:
         """The identity's flight and whether the caller leads it (and must start the mint).
-        Raises ``TokenError`` during the failure cool-down, unless a flight is under way."""
+        Raises ``TokenError`` at once, unless a flight is under way: during the failure
+        cool-down, while the probe after it is out, and during the identity's backoff."""
         key = identity.key
         with self._lock:
             flight = self._inflight.get(key)
@@ -216,19 +260,39 @@ class TokenPolicy:
                 landed = Flight(key, deadline)
                 landed.token, landed.settled = token, True
                 return landed, False
-            if self._clock() < self._open_until:
-                raise TokenError("not calling Returning.AI during the failure cool-down")
+            if key in self._backoff:
+                raise TokenError("not asking again for this visitor yet (refused lately)")
+            refusal = self._breaker_refusal()
+            if refusal is not None:
+                raise TokenError(refusal)
             flight = self._inflight[key] = Flight(key, deadline)
+            if self._tripped:  # half-open: this flight is the one probe
+                self._probe = flight
+                self._probe_until = self._clock() + 2 * self._settings.timeout
             return flight, True
 
     def lead(self, identity: Identity, *, deadline: float) -> Flight | None:
-        """A new flight for a background mint, or None (one is under way, or cool-down)."""
+        """A new flight for a background mint, or None (one is under way, the identity is
+        backing off, or the breaker is not closed: a background mint is never the probe)."""
         key = identity.key
         with self._lock:
-            if key in self._inflight or self._clock() < self._open_until:
+            if key in self._inflight or key in self._backoff or self._tripped:
+                return None
+            if self._clock() < self._open_until:
                 return None
             flight = self._inflight[key] = Flight(key, deadline)
             return flight
+
+    def _breaker_refusal(self) -> str | None:
+        """Why no new mint may start (under the lock), or None."""
+        now = self._clock()
+        if now < self._open_until:
+            return "not calling Returning.AI during the failure cool-down"
+        if self._tripped and self._probe is not None:
+            if now < self._probe_until:
+                return "not calling Returning.AI until the probe after the cool-down answers"
+            self._probe = None  # its outcome is long overdue: let another request probe
+        return None
 
     def in_flight(self) -> int:
         """How many mints have not delivered yet."""
@@ -246,8 +310,9 @@ class TokenPolicy:
     def deliver(
         self, flight: Flight, token: EmbedToken | None = None, error: TokenError | None = None
     ) -> None:
-        """The flow's outcome: wake the waiters; a failure counts towards the breaker
-        (unless the flight had already timed out, which counted)."""
+        """The flow's outcome: wake the waiters; an upstream-wide failure counts towards
+        the breaker (unless the flight had already timed out, which counted), a failure
+        about the identity starts its backoff."""
         self._settle(flight, token, error, count=error is not None)
 
     def expire(self, flight: Flight) -> None:
@@ -271,8 +336,13 @@ class TokenPolicy:
             wakers, flight._wakers = flight._wakers, []
             if self._inflight.get(flight.key) is flight:
                 del self._inflight[flight.key]
+            if self._probe is flight:
+                self._probe = None
             if count and isinstance(error, TokenError):
-                warning = self._failed(error)
+                if blames_identity(error):
+                    warning = self._refused(flight.key, error)
+                else:
+                    warning = self._failed(error)
         if warning is not None:
             logger.warning(*warning)
         for wake in wakers:
@@ -284,6 +354,17 @@ class TokenPolicy:
         with self._lock:
             self._mints += 1
 
+    def _refused(self, key: str, exc: TokenError) -> tuple[Any, ...]:
+        """Back off from one identity (under the lock); the warning to log afterwards. The
+        message names a field at most, never an identifier's value."""
+        self._backoff[key] = True
+        return (
+            "Returning.AI token request failed for one visitor (%s); that visitor gets the "
+            "placeholder fallback for %.0f s without a request (not counted by the breaker)",
+            exc,
+            IDENTITY_BACKOFF,
+        )
+
     def _failed(self, exc: TokenError) -> tuple[Any, ...]:
         """Count a failure (under the lock); the warning to log once the lock is released."""
         self._consecutive_failures += 1
@@ -291,8 +372,9 @@ class TokenPolicy:
         if self._consecutive_failures < settings.failure_threshold:
             return ("Returning.AI token request failed (%s); serving the placeholder fallback", exc)
         self._open_until = self._clock() + settings.failure_cooldown
-        # Half-open after the cool-down: one more failure opens it again at once, so a
-        # lasting outage costs one timed-out request per cool-down, not a threshold's.
+        self._tripped = True
+        # Half-open after the cool-down: one probe, and one more failure opens it again at
+        # once, so a lasting outage costs one timed-out request per cool-down.
         self._consecutive_failures = settings.failure_threshold - 1
         return (
             "Returning.AI token request failed (%s); %d failures in a row, so widgets fall "
@@ -309,8 +391,28 @@ class TokenPolicy:
 
     def adopt(self, identity: Identity, stored: StoredToken | None) -> EmbedToken | None:
         """A token read from the shared store, if it is believable and still servable, and
-        (when renewing ours) newer than the one we have."""
-        if stored is None or not plausible_token(stored.value):
+        (when renewing ours) newer than the one we have. It must carry the seal of this
+        identity's key: a value copied under another key is not adopted."""
+        if stored is None:
+            return None
+        if (
+            not isinstance(stored, StoredToken)
+            or not plausible_token(stored.value)
+            or isinstance(stored.expires_at, bool)
+            or not isinstance(stored.expires_at, (int, float))
+            or not math.isfinite(stored.expires_at)
+        ):
+            self._distrust("shape", "is not a token and an expiry")
+            return None
+        seal = stored.seal
+        if not (isinstance(seal, str) and seal.isascii()) or not hmac.compare_digest(
+            seal, self._seal(identity.key, stored.value, stored.expires_at)
+        ):
+            self._distrust(
+                "seal",
+                "was not sealed for its key (copied from another key, altered, or written "
+                "with another secret_key or by an older version)",
+            )
             return None
         with self._lock:
             # Wall-clock expiry from the store, kept locally on our monotonic clock.
@@ -325,9 +427,29 @@ class TokenPolicy:
             self._cache[identity.key] = token
             return token
 
-    def stored(self, token: EmbedToken) -> StoredToken:
-        """``token`` as the store keeps it: with a wall-clock expiry."""
-        return StoredToken(token.value, self._wall() + token.remaining(self._clock()))
+    def stored(self, identity: Identity, token: EmbedToken) -> StoredToken:
+        """``token`` as the store keeps it under ``identity``'s key: with a wall-clock
+        expiry, and sealed (an HMAC of key, token and expiry with the secret key)."""
+        expires_at = self._wall() + token.remaining(self._clock())
+        return StoredToken(
+            token.value, expires_at, seal=self._seal(identity.key, token.value, expires_at)
+        )
+
+    def _seal(self, key: str, value: str, expires_at: float) -> str:
+        message = f"{key}\n{value}\n{float(expires_at)!r}".encode()
+        return hmac.new(self._seal_key, message, hashlib.sha256).hexdigest()
+
+    def _distrust(self, reason: str, what: str) -> None:
+        """Log a refused store value once per reason (per process), not once per page."""
+        with self._lock:
+            first = reason not in self._distrusted
+            self._distrusted.add(reason)
+        if first:
+            logger.warning(
+                "a value in the shared token store %s; ignored (a token is minted and "
+                "stored instead). Said once.",
+                what,
+            )
 
     def store_failed(self, exc: StoreError) -> None:
         """Mint per process for a cool-down, and say so once, not once per failure."""
@@ -366,7 +488,9 @@ class TokenPolicy:
                     del self._warm[key]  # gone quiet: let its token lapse
                     continue
                 token = self._cache.get(key)
-                if key in self._inflight or (token is not None and token.remaining(now) >= horizon):
+                if key in self._inflight or key in self._backoff:
+                    continue
+                if token is not None and token.remaining(now) >= horizon:
                     continue
                 if token is None and last_seen < now - _WARM_INTERVAL:
                     continue  # nothing to keep warm: its last mint failed, the next page retries

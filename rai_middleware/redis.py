@@ -8,20 +8,25 @@
 Install with ``pip install "rai-middleware[redis]"`` (redis-py's asyncio client).
 
 What is stored, under ``{prefix}tok:{key}`` where ``key`` is an HMAC of the visitor's
-identifiers with the secret key (no email or customer id reaches Redis): the token and its
-absolute expiry, as JSON, with a Redis TTL so that expired entries vanish on their own.
+identifiers with the secret key (no email or customer id reaches Redis): the token, its
+absolute expiry and its seal (an HMAC of key, token and expiry with the secret key), as
+one flat JSON object, with a Redis TTL so that expired entries vanish on their own.
 The mint lock is ``{prefix}lock:{key}``, taken with ``SET NX PX`` and a random owner value
 and released only by its owner (a compare-and-delete script); a lock whose owner died
-expires after its lease. Nothing read from Redis is trusted blindly: a malformed value is
-ignored (and overwritten by the next mint).
+expires after its lease. Nothing read from Redis is trusted blindly: a value over 8 KiB,
+nested, of another shape, or sealed for another key is ignored (logged once per store,
+never raised) and overwritten by the next mint.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
+import re
 import secrets
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -40,7 +45,32 @@ if redis.call("get", KEYS[1]) == ARGV[1] then
 end
 return 0
 """
-_MAX_VALUE = 32 * 1024
+_MAX_VALUE = 8 * 1024
+# JSON strings, to look at the structure around them without parsing (a value nested
+# thousands deep would make json.loads raise RecursionError).
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+
+logger = logging.getLogger("rai_middleware")
+
+
+class _Once:
+    """Says why a stored value was ignored, once per reason (a store per process: once
+    per process), not once per page."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._said: set[str] = set()
+
+    def __call__(self, reason: str) -> None:
+        with self._lock:
+            if reason in self._said:
+                return
+            self._said.add(reason)
+        logger.warning(
+            "a token value in Redis is %s; ignored (a new token is minted and stored over "
+            "it). Said once.",
+            reason,
+        )
 
 
 class RedisTokenStore:
@@ -56,6 +86,7 @@ class RedisTokenStore:
         self._client, self._owns_client = _client(url_or_client, op_timeout, asyncio=True)
         self._prefix = _checked_prefix(prefix)
         self._op_timeout = op_timeout
+        self._ignored = _Once()
 
     def __repr__(self) -> str:
         # The URL may carry a password: never shown.
@@ -70,7 +101,7 @@ class RedisTokenStore:
             raise StoreError(f"Redis failed: {type(exc).__name__}") from None
 
     async def load(self, key: str) -> StoredToken | None:
-        return _parse(await self._run(self._client.get(self._prefix + "tok:" + key)))
+        return _parse(await self._run(self._client.get(self._prefix + "tok:" + key)), self._ignored)
 
     async def save(self, key: str, token: StoredToken) -> None:
         ttl_ms = _ttl_ms(token)
@@ -103,6 +134,7 @@ class SyncRedisTokenStore:
         # The socket timeouts bound every command: the sync client has no wait_for.
         self._client, self._owns_client = _client(url_or_client, op_timeout, asyncio=False)
         self._prefix = _checked_prefix(prefix)
+        self._ignored = _Once()
 
     def __repr__(self) -> str:
         # The URL may carry a password: never shown.
@@ -115,7 +147,8 @@ class SyncRedisTokenStore:
             raise StoreError(f"Redis failed: {type(exc).__name__}") from None
 
     def load(self, key: str) -> StoredToken | None:
-        return _parse(self._run(lambda: self._client.get(self._prefix + "tok:" + key)))
+        raw = self._run(lambda: self._client.get(self._prefix + "tok:" + key))
+        return _parse(raw, self._ignored)
 
     def save(self, key: str, token: StoredToken) -> None:
         ttl_ms = _ttl_ms(token)
@@ -164,7 +197,9 @@ def _checked_prefix(prefix: object) -> str:
 
 
 def _serialize(token: StoredToken) -> str:
-    return json.dumps({"t": token.value, "exp": token.expires_at}, separators=(",", ":"))
+    return json.dumps(
+        {"t": token.value, "exp": token.expires_at, "m": token.seal}, separators=(",", ":")
+    )
 
 
 def _ttl_ms(token: StoredToken) -> int:
@@ -176,22 +211,45 @@ def _lease_ms(lease: float) -> int:
     return max(1, int(lease * 1000))
 
 
-def _parse(raw: object) -> StoredToken | None:
+def _parse(raw: object, ignored: Callable[[str], None]) -> StoredToken | None:
+    """The stored token, or None: absent, or not one flat object of the expected fields
+    (``ignored`` says why, once). Never raises."""
     if raw is None:
         return None
-    if not isinstance(raw, (bytes, str)) or len(raw) > _MAX_VALUE:
+    if not isinstance(raw, (bytes, str)):
+        ignored("not a string")
+        return None
+    if len(raw) > _MAX_VALUE:
+        ignored(f"over {_MAX_VALUE // 1024} KiB")
         return None
     try:
-        data = json.loads(raw)
-    except ValueError:
+        text = raw.decode() if isinstance(raw, bytes) else raw
+    except UnicodeDecodeError:
+        ignored("not UTF-8")
+        return None
+    bare = _JSON_STRING.sub('""', text)
+    if bare.count("{") + bare.count("[") > 1:
+        ignored("nested (one flat object was expected)")
+        return None
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        ignored("not JSON")
         return None
     if not isinstance(data, dict):
+        ignored("not a JSON object")
         return None
-    value, expires_at = data.get("t"), data.get("exp")
-    if not isinstance(value, str) or not value or not value.isascii() or not value.isprintable():
+    value, expires_at, seal = data.get("t"), data.get("exp"), data.get("m", "")
+    if (
+        not isinstance(value, str)
+        or not value
+        or not value.isascii()
+        or not value.isprintable()
+        or isinstance(expires_at, bool)
+        or not isinstance(expires_at, (int, float))
+        or not math.isfinite(expires_at)
+        or not isinstance(seal, str)
+    ):
+        ignored("not a token, an expiry and a seal")
         return None
-    if isinstance(expires_at, bool) or not isinstance(expires_at, (int, float)):
-        return None
-    if not math.isfinite(expires_at):
-        return None
-    return StoredToken(value, float(expires_at))
+    return StoredToken(value, float(expires_at), seal=seal)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import multiprocessing
 import os
 import shutil
@@ -195,7 +196,7 @@ def test_redis_holds_no_identifier_and_expires_entries(
         client.close()
     assert b"secret.person" not in keys[0] and b"secret.person" not in value
     assert 800_000 < ttl <= 900_000
-    assert set(json.loads(value)) == {"t", "exp"}
+    assert set(json.loads(value)) == {"t", "exp", "m"}  # token, expiry, seal
 
 
 async def _page_then_close(middleware: ReturningAIMiddleware, path: str = "/") -> bytes:
@@ -395,3 +396,213 @@ def test_wsgi_redis_down_pages_still_served(
     assert all(b"embed-token" in body for body in bodies)
     assert fake.calls == 3
     assert sum("shared token store failed" in r.getMessage() for r in caplog.records) == 1
+
+
+# -- store values bound to their key (issue 12, item 6) ---------------------------------
+
+
+def _token_in(body: bytes) -> str:
+    return body.split(b'embed-token="')[1].split(b'"')[0].decode()
+
+
+@pytest.mark.parametrize("entrance", ["asgi", "wsgi"])
+def test_a_value_copied_under_another_key_gives_that_visitor_no_token(
+    fresh_redis: RedisServer,
+    upstream: tuple[FakeReturningAI, str],
+    caplog: pytest.LogCaptureFixture,
+    entrance: str,
+) -> None:
+    from tests.test_wsgi import call
+
+    fake, url = upstream
+
+    def page(user: str) -> bytes:
+        if entrance == "asgi":
+            return asyncio.run(_page_then_close(site(url, fresh_redis.url), f"/{user}"))
+        wsgi = _wsgi_site(url, fresh_redis.url)
+        try:
+            return call(wsgi, f"/{user}")[2]
+        finally:
+            wsgi.close()
+
+    alice = _token_in(page("alice"))
+    client = fresh_redis.sync_client()
+    try:
+        secret = b"shared-secret-for-every-process"
+        from rai_middleware._identity import Identity
+
+        keys = {u: Identity.create({"data-customer-id": u}, secret).key for u in ("alice", "bob")}
+        client.set("test:tok:" + keys["bob"], client.get("test:tok:" + keys["alice"]), px=60_000)
+    finally:
+        client.close()
+    with caplog.at_level(logging.WARNING, logger="rai_middleware"):
+        bob = _token_in(page("bob"))
+    assert bob != alice
+    assert fake.decode(bob)["data-customer-id"] == "bob"  # he minted his own
+    assert fake.calls == 2
+    assert "not sealed for its key" in caplog.text
+
+
+@pytest.mark.parametrize("kind", ["async", "sync"])
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (b"[" * 10_000 + b"]" * 10_000, "over 8 KiB"),
+        (b"[" * 3_000 + b"]" * 3_000, "nested"),
+        (b'{"t": {"t": {"t": "x"}}, "exp": 1}', "nested"),
+        (b'{"t": "' + b"a" * 9000 + b'", "exp": 1, "m": ""}', "over 8 KiB"),
+        (b'{"t": "tok", "exp": "soon", "m": ""}', "not a token"),
+    ],
+)
+def test_a_value_of_the_wrong_shape_size_or_depth_is_ignored_and_logged_once(
+    fresh_redis: RedisServer,
+    caplog: pytest.LogCaptureFixture,
+    kind: str,
+    value: bytes,
+    reason: str,
+) -> None:
+    from rai_middleware.redis import RedisTokenStore, SyncRedisTokenStore
+
+    client = fresh_redis.sync_client()
+    try:
+        client.set("rai:tok:k", value)
+    finally:
+        client.close()
+    with caplog.at_level(logging.WARNING, logger="rai_middleware"):
+        if kind == "async":
+
+            async def loads() -> list[Any]:
+                store = RedisTokenStore(fresh_redis.url)
+                try:
+                    return [await store.load("k") for _ in range(5)]
+                finally:
+                    await store.aclose()
+
+            found = asyncio.run(loads())
+        else:
+            store = SyncRedisTokenStore(fresh_redis.url)
+            found = [store.load("k") for _ in range(5)]
+            store.close()
+    assert found == [None] * 5  # ignored, never raised (before: RecursionError each time)
+    said = [r.getMessage() for r in caplog.records if "token value in Redis" in r.getMessage()]
+    assert len(said) == 1 and reason in said[0]
+
+
+def test_a_deeply_nested_value_costs_its_visitor_nothing(
+    fresh_redis: RedisServer, upstream: tuple[FakeReturningAI, str]
+) -> None:
+    fake, url = upstream
+    middleware = site(url, fresh_redis.url)
+    client = fresh_redis.sync_client()
+    try:
+        client.set("test:tok:" + _identity_key(middleware, "deep"), b"[" * 10_000 + b"]" * 10_000)
+    finally:
+        client.close()
+    body = asyncio.run(_page_then_close(middleware, "/deep"))
+    assert fake.decode(_token_in(body))["data-customer-id"] == "deep"
+
+
+# -- one deadline with a slow Redis (issue 12, item 4) -----------------------------------
+
+
+def _kind(command: str, options: dict[str, Any]) -> str:
+    """load (GET), lock (SET NX), save (SET), release (EVAL)."""
+    if command == "set":
+        return "lock" if options.get("nx") else "save"
+    return {"get": "load", "eval": "release"}.get(command, command)
+
+
+class _SlowRedis:
+    """A redis-py client (asyncio or not) whose every reply comes just under op_timeout."""
+
+    def __init__(self, client: Any, delay: float, log: list[str], *, asynchronous: bool) -> None:
+        self._client, self._delay, self._log, self._async = client, delay, log, asynchronous
+
+    def __getattr__(self, name: str) -> Any:
+        command = getattr(self._client, name)
+        if name in {"close", "aclose"}:
+            return command
+        if self._async:
+
+            async def slow_async(*args: Any, **kwargs: Any) -> Any:
+                await asyncio.sleep(self._delay)
+                result = await command(*args, **kwargs)
+                self._log.append(_kind(name, kwargs))
+                return result
+
+            return slow_async
+
+        def slow(*args: Any, **kwargs: Any) -> Any:
+            time.sleep(self._delay)
+            result = command(*args, **kwargs)
+            self._log.append(_kind(name, kwargs))
+            return result
+
+        return slow
+
+
+@pytest.mark.parametrize("kind", ["async", "sync"])
+def test_a_slow_redis_does_not_stretch_the_page_past_one_and_a_half_timeouts(
+    fresh_redis: RedisServer, kind: str
+) -> None:
+    """Redis answers each command in 0.27 s (op_timeout 0.3), Returning.AI in 0.2 s,
+    timeout 0.6: before, load + lock + load (0.81 s) left 0.09 s to mint, and the page
+    had no token (and the breaker counted a timeout). Now the lookup stops at 0.3 s."""
+    from redis import Redis as SyncRedis
+    from redis.asyncio import Redis as AsyncRedis
+
+    from rai_middleware._async_tokens import TokenService
+    from rai_middleware._sync_tokens import SyncTokenService
+    from rai_middleware.redis import RedisTokenStore, SyncRedisTokenStore
+    from tests.test_tokens import settings, user
+
+    timeout, delay, log = 0.6, 0.27, list[str]()
+    config = settings(timeout=timeout)
+    answer = {"data": {"embedToken": "fresh", "expiresIn": 900}}
+
+    if kind == "async":
+
+        async def upstream(request: Any) -> Any:
+            import httpx
+
+            await asyncio.sleep(0.2)
+            return httpx.Response(200, json=answer)
+
+        async def scenario() -> tuple[Any, float, list[str], int]:
+            import httpx
+
+            raw = AsyncRedis.from_url(fresh_redis.url)
+            store = RedisTokenStore(_SlowRedis(raw, delay, log, asynchronous=True), op_timeout=0.3)
+            async with httpx.AsyncClient(transport=httpx.MockTransport(upstream)) as client:
+                service = TokenService(config, http_client=client, store=store)
+                started = time.monotonic()
+                token = await service.get(user(1))
+                elapsed, done = time.monotonic() - started, list(log)
+                await service.aclose()
+            await raw.aclose()
+            return token, elapsed, done, service.policy._consecutive_failures
+
+        token, elapsed, done_by_then, failures = asyncio.run(scenario())
+    else:
+        import httpx
+
+        def sync_upstream(request: Any) -> Any:
+            time.sleep(0.2)
+            return httpx.Response(200, json=answer)
+
+        raw = SyncRedis.from_url(fresh_redis.url)
+        store = SyncRedisTokenStore(_SlowRedis(raw, delay, log, asynchronous=False))
+        client = httpx.Client(transport=httpx.MockTransport(sync_upstream))
+        service = SyncTokenService(config, http_client=client, store=store)
+        started = time.monotonic()
+        token = service.get(user(1))
+        elapsed, done_by_then = time.monotonic() - started, list(log)
+        failures = service.policy._consecutive_failures
+        service.close()
+        client.close()
+        raw.close()
+    assert token.value == "fresh"
+    assert elapsed < 1.5 * timeout
+    # The lookup stopped at half the timeout; saving and releasing come after the page.
+    assert done_by_then == (["load"] if kind == "async" else ["load", "lock"])
+    assert failures == 0  # the slow store cost the upstream breaker nothing

@@ -273,12 +273,12 @@ def test_sync_get_with_a_slow_store_answers_within_one_and_a_half_timeouts(delay
     outcome, elapsed = timed_sync(lambda: service.get(user(1)))
     done_by_then = list(store.log)
     assert elapsed < 1.5 * TIMEOUT + SLACK
-    if delay == 0.15:  # load, acquire, load: 0.45 s, and the mint fits in what is left
-        assert outcome.value == "fresh"
-        assert done_by_then == ["load", "acquire", "load"]  # saving is not the page's wait
-    else:  # 0.9 s in the store alone: past the deadline, nothing is asked upstream
-        assert isinstance(outcome, TokenError)
-        assert service.mint_count == 0
+    # The lookup has half the timeout (0.25 s): the op that ends past it ends the lookup
+    # (a thread cannot stop waiting for it), and the mint still has its time.
+    assert outcome.value == "fresh"
+    assert done_by_then == (["load", "acquire"] if delay == 0.15 else ["load"])
+    assert service.mint_count == 1
+    assert not service.policy.store_in_use()  # too slow: minting per process for a while
     service.close()
     client.close()
 
@@ -293,12 +293,12 @@ async def test_async_get_with_a_slow_store_answers_within_one_and_a_half_timeout
         service = TokenService(settings(timeout=TIMEOUT), http_client=client, store=store)
         outcome, elapsed = await timed(service.get(user(1)))
         done_by_then = list(store.log)
-        assert elapsed < 1.5 * TIMEOUT + SLACK
-        if delay == 0.15:
-            assert outcome.value == "fresh"
-            assert done_by_then == ["load", "acquire", "load"]
-        else:
-            assert isinstance(outcome, TokenError)
+        # asyncio stops waiting for the store at half the timeout: the page is that late.
+        assert elapsed < 0.5 * TIMEOUT + SLACK
+        assert outcome.value == "fresh"
+        assert done_by_then == (["load"] if delay == 0.15 else [])
+        assert service.mint_count == 1
+        assert not service.policy.store_in_use()
         await service.aclose()
 
 

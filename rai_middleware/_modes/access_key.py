@@ -18,7 +18,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from rai_middleware._exceptions import TokenError
 from rai_middleware._identity import Identity
 from rai_middleware._render import Attribute, container_id, inline_script, quote_attribute
-from rai_middleware._upstream import TokenRequest, json_body, plausible_token
+from rai_middleware._upstream import (
+    TokenRequest,
+    checked_identifiers,
+    encode_json,
+    json_body,
+    plausible_token,
+)
 
 from ._base import Mode, PageAuth, PageContext, Widget
 
@@ -133,12 +139,17 @@ class AccessKeyMode(Mode):
         settings = self.settings
         if settings.access_id is None or settings.access_key is None:  # pragma: no cover
             raise TokenError("mode='access_key' has no access_id/access_key")
-        payload = {
-            "accessId": settings.access_id.reveal(),
-            "accessKey": settings.access_key.reveal(),
-            "userIdentifiers": dict(identity.identifiers),
-        }
-        return TokenRequest(self.token_url, {}, payload)
+        # Checked first, and encoded here: nothing that can fail is left for the HTTP
+        # client, and no local of this frame holds a revealed credential.
+        checked_identifiers(identity)
+        body = encode_json(
+            {
+                "accessId": settings.access_id.reveal(),
+                "accessKey": settings.access_key.reveal(),
+                "userIdentifiers": dict(identity.identifiers),
+            }
+        )
+        return TokenRequest(self.token_url, {b"content-type": b"application/json"}, body)
 
     def read_token(self, response: httpx.Response) -> tuple[str, float | None]:
         body: Any = json_body(response)

@@ -26,7 +26,14 @@ from urllib.parse import quote, urlsplit
 from rai_middleware._exceptions import TokenError
 from rai_middleware._identity import Identity
 from rai_middleware._render import Attribute, inline_script, quote_attribute
-from rai_middleware._upstream import TokenRequest, json_body, plausible_token
+from rai_middleware._upstream import (
+    IdentityRefused,
+    TokenRequest,
+    checked_identifiers,
+    header_value,
+    json_body,
+    plausible_token,
+)
 
 from ._base import Mode, PageAuth, PageContext, Widget, widget_page
 
@@ -34,6 +41,9 @@ if TYPE_CHECKING:
     import httpx
 
 __all__ = ["IFRAME_AUTH_SCRIPT", "IframeAuth", "IframeMode", "render_iframe", "render_iframe_auth"]
+
+# Identifiers the signin request sends as header values.
+_IN_HEADERS = frozenset({"data-email"})
 
 # Attributes of the placeholder that make sense on the iframe element itself.
 _CARRIED = ("width", "height", "class", "style", "title")
@@ -134,13 +144,18 @@ class IframeMode(Mode):
             raise TokenError("mode='iframe' has no widget_api_key")
         email = identity.identifiers.get("data-email")
         if not email:
-            raise TokenError("the visitor has no data-email, which the signin flow needs")
+            raise IdentityRefused("the visitor has no data-email, which the signin flow needs")
+        # The email travels in a header: checked (no CR/LF, latin-1) before any request.
+        checked_identifiers(identity, in_headers=_IN_HEADERS)
+        api_key = header_value(key.reveal())  # a temporary: no local holds the revealed key
+        if api_key is None:
+            raise TokenError("widget_api_key cannot be sent in an HTTP header")
         headers = {
-            "returningai-api-key": key.reveal(),
-            "email": email,
-            "content-type": "application/json",
+            b"returningai-api-key": api_key,
+            b"email": email.encode("latin-1"),
+            b"content-type": b"application/json",
         }
-        return TokenRequest(self.token_url, headers, None)
+        return TokenRequest(self.token_url, headers)
 
     def read_token(self, response: httpx.Response) -> tuple[str, float | None]:
         body: Any = json_body(response)
@@ -178,7 +193,7 @@ def _jwt_expiry(token: str) -> float | None:
         return None
     try:
         claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-    except (ValueError, binascii.Error):
+    except (ValueError, binascii.Error, RecursionError):
         return None
     exp = claims.get("exp") if isinstance(claims, dict) else None
     if isinstance(exp, bool) or not isinstance(exp, (int, float)) or not math.isfinite(exp):
