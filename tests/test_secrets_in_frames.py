@@ -70,20 +70,7 @@ class Case:
     store: bool = False
     broken_render: bool = False
     timeout: float = 2.0
-    #: Set when the leak is in the token files (another worktree fixes them): the reason.
-    token_files: str | None = None
 
-
-LEAK_IN_BODY = (
-    "token files: _modes/access_key.py token_request and _token_flow.py/_sync_tokens.py/"
-    "_async_tokens.py: httpx encodes the JSON body in the mint's frames, and the "
-    "UnicodeEncodeError (kept in their locals) holds the whole body with accessKey"
-)
-LEAK_IN_HEADERS = (
-    "token files: _modes/iframe.py token_request and _token_flow.py/_sync_tokens.py/"
-    "_async_tokens.py: httpx encodes the headers in the mint's frames, whose locals "
-    "hold the returningai-api-key header"
-)
 
 CASES: dict[str, Case] = {
     "upstream-500": Case(fail={"status": 500}),
@@ -93,10 +80,10 @@ CASES: dict[str, Case] = {
     "timeout": Case(fail={"mode": "hang"}, timeout=0.3),
     "disconnect": Case(fail={"mode": "disconnect"}),
     "connection-refused": Case(refused=True),
-    "lone-surrogate": Case(user="surrogate", token_files=LEAK_IN_BODY),
+    "lone-surrogate": Case(user="surrogate"),
     "iframe-500": Case(mode="iframe", fail={"status": 500}),
     "iframe-timeout": Case(mode="iframe", fail={"mode": "hang"}, timeout=0.3),
-    "iframe-non-ascii-email": Case(user="non-ascii", mode="iframe", token_files=LEAK_IN_HEADERS),
+    "iframe-non-ascii-email": Case(user="non-ascii", mode="iframe"),
     "iframe-crlf-email": Case(user="crlf", mode="iframe"),
     "failing-store": Case(store=True),
     "failing-identify": Case(user="raises"),
@@ -285,18 +272,8 @@ def leaks(texts: list[str]) -> list[str]:
     ]
 
 
-def case_params() -> list[Any]:
-    params = []
-    for name, case in CASES.items():
-        marks = []
-        if case.token_files:
-            marks.append(pytest.mark.xfail(strict=True, reason=case.token_files))
-        params.append(pytest.param(name, marks=marks, id=name))
-    return params
-
-
 @pytest.mark.parametrize("entrance", ENTRANCES)
-@pytest.mark.parametrize("name", case_params())
+@pytest.mark.parametrize("name", list(CASES))
 def test_no_secret_in_any_frame(
     entrance: str, name: str, fake_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -305,21 +282,10 @@ def test_no_secret_in_any_frame(
     assert leaks(logs + raised) == []
 
 
-EMAIL_IN_CLIENT_ERROR = (
-    "token files: _tokens.py logs the HTTP client's error text, and h11's LocalProtocolError "
-    "quotes the refused header value (the email)"
-)
-
-
 @pytest.mark.parametrize("entrance", ["asgi", "wsgi"])
 @pytest.mark.parametrize(
     "name",
-    [
-        pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=EMAIL_IN_CLIENT_ERROR))
-        if name == "iframe-crlf-email"
-        else name
-        for name in CASES
-    ],
+    list(CASES),
 )
 def test_no_identifier_in_log_messages(
     entrance: str, name: str, fake_url: str, monkeypatch: pytest.MonkeyPatch
@@ -367,7 +333,7 @@ def sentry_capture() -> Iterator[list[str]]:
 
 
 @pytest.mark.parametrize("entrance", ["asgi", "wsgi"])
-@pytest.mark.parametrize("name", case_params())
+@pytest.mark.parametrize("name", list(CASES))
 def test_no_secret_in_sentry_events(
     entrance: str, name: str, fake_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
