@@ -117,10 +117,7 @@ async def interleave(subjects: Mapping[str, Batch], *, rounds: int, seconds: flo
 
 def percentile(values: Sequence[float], fraction: float) -> float:
     """Nearest-rank percentile (``fraction`` in 0..1)."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    return ordered[max(1, math.ceil(fraction * len(ordered))) - 1]
+    return sorted(values)[max(1, math.ceil(fraction * len(values))) - 1]
 
 
 def us(seconds: float) -> str:

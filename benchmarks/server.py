@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import selectors
+import select
 import socket
 import statistics
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,50 +35,42 @@ from .harness import Figure, Plan, percentile
 from .site import USER_HEADER
 
 VARIANTS = {"bare": "/page", "wrapped": "/page", "recipe": "/recipe"}
+Ask = Callable[..., str]
 MARKERS = {"bare": b"<rai-placeholder", "wrapped": b"embed-token=", "recipe": b"embed-token="}
 
 
-class Child:
-    """``python -m benchmarks.server ARGS``, spoken to line by line."""
+@contextmanager
+def child(*args: str) -> Iterator[Ask]:
+    """``python -m benchmarks.server ARGS``, as ``ask(line=None)``: send a line, return
+    the last word of the child's next line. Stopped by closing its stdin."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.server", *args],
+        cwd=Path(__file__).resolve().parent.parent,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    stdin, stdout = process.stdin, process.stdout
+    assert stdin is not None and stdout is not None
 
-    def __init__(self, *args: str) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.server", *args],
-            cwd=Path(__file__).resolve().parent.parent,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-
-    def ask(self, line: str | None = None, timeout: float = 30.0) -> str:
-        stdin, stdout = self.process.stdin, self.process.stdout
-        assert stdin is not None and stdout is not None
+    def ask(line: str | None = None) -> str:
         if line is not None:
             stdin.write(line + "\n")
             stdin.flush()
-        with selectors.DefaultSelector() as selector:
-            selector.register(stdout, selectors.EVENT_READ)
-            if not selector.select(timeout) or not (answer := stdout.readline()):
-                raise RuntimeError(f"{self.process.args!r} died or said nothing")
+        answer = stdout.readline() if select.select([stdout], [], [], 30)[0] else ""
+        if not answer:
+            raise RuntimeError(f"{args!r} died or said nothing")
         return answer.split()[-1]
 
-    def stop(self) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.close()  # the child's signal to stop
-        try:
-            self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-
-@contextmanager
-def child(*args: str) -> Iterator[Child]:
-    process = Child(*args)
     try:
-        yield process
+        yield ask
     finally:
-        process.stop()
+        stdin.close()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 @dataclass
@@ -98,6 +90,14 @@ class Window:
     def cpu(self) -> float:
         """Server CPU seconds per request."""
         return self.server_cpu / max(len(self.latencies), 1)
+
+    @property
+    def p50(self) -> float:
+        return percentile(self.latencies, 0.5)
+
+    @property
+    def p99(self) -> float:
+        return percentile(self.latencies, 0.99)
 
 
 async def load(client: httpx.AsyncClient, name: str, seconds: float, plan: Plan) -> Window:
@@ -126,27 +126,24 @@ async def load(client: httpx.AsyncClient, name: str, seconds: float, plan: Plan)
     return result
 
 
-async def _drive(
-    plan: Plan, servers: dict[str, tuple[Child, str]], upstream: Child
-) -> dict[str, list[Window]]:
+async def _drive(plan: Plan, servers: dict[str, Ask], upstream: Ask) -> dict[str, list[Window]]:
     results: dict[str, list[Window]] = {name: [] for name in servers}
     limits = httpx.Limits(max_connections=plan.concurrency)
     clients = {
-        name: httpx.AsyncClient(base_url=url, limits=limits, timeout=30)
-        for name, (_, url) in servers.items()
+        name: httpx.AsyncClient(base_url=f"http://127.0.0.1:{ask('port')}", limits=limits)
+        for name, ask in servers.items()
     }
     names = list(servers)
     try:
         for number in range(plan.server_rounds):
-            shift = number % len(names)
-            for name in names[shift:] + names[:shift]:
-                server, client = servers[name][0], clients[name]
+            for name in names[number % 3 :] + names[: number % 3]:
+                ask, client = servers[name], clients[name]
                 # A long first warm-up mints the middleware's tokens outside the windows.
                 await load(client, name, plan.server_warmup * (4 if number == 0 else 1), plan)
-                calls, cpu = int(upstream.ask("calls")), float(server.ask("cpu"))
+                calls, cpu = int(upstream("calls")), float(ask("cpu"))
                 window = await load(client, name, plan.server_seconds, plan)
-                window.server_cpu = float(server.ask("cpu")) - cpu
-                window.upstream_calls = int(upstream.ask("calls")) - calls
+                window.server_cpu = float(ask("cpu")) - cpu
+                window.upstream_calls = int(upstream("calls")) - calls
                 if window.errors or not window.latencies:
                     raise RuntimeError(f"{name}: {window.errors} failed requests")
                 results[name].append(window)
@@ -159,103 +156,52 @@ async def _drive(
 def case3(plan: Plan) -> list[Figure]:
     with ExitStack() as stack:
         upstream = stack.enter_context(child("upstream", str(plan.upstream_latency)))
-        apps = {name: stack.enter_context(child("app", name)) for name in VARIANTS}
-        upstream_url = upstream.ask()
-        servers = {
-            name: (app, f"http://127.0.0.1:{app.ask(upstream_url)}") for name, app in apps.items()
-        }
-        for _, url in servers.values():
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    if time.monotonic() > deadline:
-                        raise
-                time.sleep(0.05)
-        return _figures(plan, asyncio.run(_drive(plan, servers, upstream)))
-
-
-def _figures(plan: Plan, results: dict[str, list[Window]]) -> list[Figure]:
-    def ratios(a: str, b: str, value: str) -> list[float]:
-        pairs = zip(results[a], results[b], strict=True)
-        return [getattr(x, value) / getattr(y, value) for x, y in pairs]
-
-    def p50(window: Window) -> float:
-        return percentile(window.latencies, 0.5)
-
-    def p99(window: Window) -> float:
-        return percentile(window.latencies, 0.99)
-
+        url = upstream()
+        servers = {name: stack.enter_context(child("app", name, url)) for name in VARIANTS}
+        results = asyncio.run(_drive(plan, servers, upstream))
     figures = []
-    for label, name in (
-        ("(i) bare", "bare"),
-        ("(ii) wrapped", "wrapped"),
-        ("(iii) recipe", "recipe"),
-    ):
-        windows = results[name]
-        per_request = statistics.median(x.cpu for x in windows)
+    for label, (name, windows) in zip(("(i)", "(ii)", "(iii)"), results.items(), strict=True):
         busy = statistics.median(x.server_cpu / x.seconds for x in windows)
         client = statistics.median(x.client_cpu / x.seconds for x in windows)
         figures.append(
             Figure(
                 "3",
-                f"{label}: requests per second",
+                f"{label} {name}: requests per second",
                 statistics.median(x.rps for x in windows),
                 "req/s",
-                detail=f"server CPU {per_request * 1e3:.2f} ms per request; "
-                f"p50 {statistics.median(map(p50, windows)) * 1e3:.1f} ms, p99 "
-                f"{statistics.median(p99(x) for x in windows) * 1e3:.1f} ms; "
+                detail=f"server CPU {statistics.median(x.cpu for x in windows) * 1e3:.2f} ms "
+                f"per request; p50 {statistics.median(x.p50 for x in windows) * 1e3:.1f} ms, "
+                f"p99 {statistics.median(x.p99 for x in windows) * 1e3:.1f} ms; "
                 f"busy: server {busy:.0%}, load generator {client:.0%}",
                 rounds=[x.rps for x in windows],
             )
         )
-    latency = [p50(r) - p50(w) for r, w in zip(results["recipe"], results["wrapped"], strict=True)]
-    p50_ratios = [p50(w) / p50(b) for w, b in zip(results["wrapped"], results["bare"], strict=True)]
-    recipe_calls = sum(x.upstream_calls for x in results["recipe"])
-    recipe_requests = sum(len(x.latencies) for x in results["recipe"])
-    rps = ratios("wrapped", "bare", "rps")
-    cpu = ratios("wrapped", "bare", "cpu")
+    pairs = list(zip(results["bare"], results["wrapped"], results["recipe"], strict=True))
+    rps = [w.rps / b.rps for b, w, _ in pairs]
+    p50 = [w.p50 / b.p50 for b, w, _ in pairs]
+    cpu = [w.cpu / b.cpu for b, w, _ in pairs]
+    extra = [(r.p50 - w.p50) / plan.upstream_latency for _, w, r in pairs]
+    recipe_calls = sum(r.upstream_calls for _, _, r in pairs)
+    recipe_requests = sum(len(r.latencies) for _, _, r in pairs)
+    median = statistics.median
     return [
         *figures,
-        Figure(
-            "3",
-            "(ii) / (i): requests per second",
-            statistics.median(rps),
-            "ratio",
-            (">=", 0.90),
-            rounds=rps,
-        ),
-        Figure(
-            "3",
-            "(ii) / (i): p50 latency",
-            statistics.median(p50_ratios),
-            "ratio",
-            ("<=", 1.10),
-            rounds=p50_ratios,
-        ),
-        Figure(
-            "3",
-            "(ii) / (i): server CPU time per request",
-            statistics.median(cpu),
-            "ratio",
-            detail="steadier than req/s: it does not depend on how much CPU the server gets",
-            rounds=cpu,
-        ),
+        Figure("3", "(ii) / (i): requests per second", median(rps), "ratio", (">=", 0.9), "", rps),
+        Figure("3", "(ii) / (i): p50 latency", median(p50), "ratio", ("<=", 1.1), "", p50),
+        Figure("3", "(ii) / (i): server CPU time per request", median(cpu), "ratio", rounds=cpu),
         Figure(
             "3",
             "(iii) - (ii) p50, in upstream latencies",
-            statistics.median(latency) / plan.upstream_latency,
+            median(extra),
             "ratio",
             (">=", 1.0),
-            f"recipe: {recipe_calls} upstream calls for {recipe_requests} requests",
-            [x / plan.upstream_latency for x in latency],
+            f"recipe: {recipe_calls} upstream calls, {recipe_requests} requests in the windows",
+            extra,
         ),
         Figure(
             "3",
-            "(ii) wrapped: upstream calls in the measured windows",
-            sum(x.upstream_calls for x in results["wrapped"]),
+            "(ii): upstream calls in the measured windows",
+            sum(w.upstream_calls for _, w, _ in pairs),
             "count",
             ("==", 0),
             f"the {plan.server_users} users' tokens are minted in the first warm-up",
@@ -266,27 +212,24 @@ def _figures(plan: Plan, results: dict[str, list[Window]]) -> list[Figure]:
 # -- the child processes --------------------------------------------------------------------
 
 
-def _serve_app(variant: str) -> None:
+def _serve_app(variant: str, upstream: str) -> None:
     import uvicorn
 
     from .site import build_app, wrap
 
-    upstream = sys.stdin.readline().strip()
     app = build_app(upstream_url=upstream)
     asgi = wrap(app, api_base_url=upstream) if variant == "wrapped" else app
     sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        asgi, host="127.0.0.1", port=port, http="h11", access_log=False, log_level="warning"
-    )
+    config = uvicorn.Config(asgi, http="h11", access_log=False, log_level="warning")
     server = uvicorn.Server(config)
 
     def answer() -> None:
-        print(f"PORT {port}", flush=True)
-        for _ in sys.stdin:  # "cpu"
-            print(time.process_time(), flush=True)
+        for line in sys.stdin:  # "port" (once the server listens), then "cpu"
+            while not server.started:
+                time.sleep(0.01)
+            port = sock.getsockname()[1]
+            print(port if line.strip() == "port" else time.process_time(), flush=True)
         server.should_exit = True
 
     threading.Thread(target=answer, daemon=True).start()
@@ -303,13 +246,8 @@ def _serve_upstream(latency: float) -> None:
             print(fake.calls, flush=True)
 
 
-def main(argv: Sequence[str]) -> None:
-    command, argument = argv
-    if command == "app":
-        _serve_app(argument)
-    else:
-        _serve_upstream(float(argument))
-
-
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    if sys.argv[1] == "app":
+        _serve_app(*sys.argv[2:])
+    else:
+        _serve_upstream(float(sys.argv[2]))

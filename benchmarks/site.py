@@ -19,7 +19,7 @@ import contextlib
 import functools
 import random
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -312,7 +312,6 @@ class Sent:
     status: int = 0
     body: bytes = b""
     messages: int = 0
-    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
 
 
 class Client:
@@ -369,7 +368,6 @@ class Client:
             response.messages += 1
             if message["type"] == "http.response.start":
                 response.status = message["status"]
-                response.headers = list(message.get("headers", []))
             else:
                 parts.append(bytes(message.get("body", b"")))
 
