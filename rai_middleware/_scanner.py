@@ -90,6 +90,7 @@ _THEN_FOREIGN = 4  # <svg>, <math>: one level deeper, unless self-closing
 _THEN_UNFOREIGN = 5  # </svg>, </math>
 _THEN_OPEN = 6  # the start tag of a placeholder
 _THEN_CLOSE = 7  # the end tag of a placeholder
+_THEN_GIVEN_UP = 8  # the start tag of a placeholder given up on (oversized)
 
 # -- sub-states of script data ------------------------------------------------------------
 _SCRIPT_DATA = 0
@@ -117,6 +118,13 @@ _ATTRIBUTES = (
 )
 # The rest of a tag from the "before attribute name" state to its ``>``, in one step.
 _TAG_REST = re.compile(_ATTRIBUTES + rb">")
+# The same attributes, remembering where the last one began: for a tag that does not end
+# in the buffer, only that last attribute is walked through in Python.
+_LAST_ATTRIBUTE = re.compile(
+    rb"(?:[" + _WS + rb"/]++|([^" + _WS + rb"/>][^" + _WS + rb"/>=]*+"
+    rb"(?>[" + _WS + rb"]*+=[" + _WS + rb"]*+"
+    rb"(?:\"[^\"]*+\"?+|'[^']*+'?+|[^" + _WS + rb">\"'][^" + _WS + rb">]*+)?)?))*+"
+)
 _SPACE_SLASH = re.compile(rb"[" + _WS + rb"/]*+")
 _SPACES = re.compile(rb"[" + _WS + rb"]*+")
 _TAG_NAME_RUN = re.compile(rb"[^" + _WS + rb"/>]*+")
@@ -188,6 +196,7 @@ class PlaceholderScanner:
         "_close",
         "_foreign",
         "_foreign_at_open",
+        "_last_byte",
         "_longest",
         "_max_size",
         "_mode",
@@ -229,6 +238,7 @@ class PlaceholderScanner:
         self._open_end = 0  # offset just after its start tag
         self._skipping = False  # inside a placeholder given up on (oversized)
         self._slash = False  # the tag just read ended with a self-closing ``/>``
+        self._last_byte = 0  # the last byte of the previous chunk, inside a tag
         #: How many placeholders were given up on because they exceeded ``max_size``.
         self.oversized = 0
         #: Bytes examined by Python-level steps and C calls; for tests of linear cost.
@@ -375,7 +385,7 @@ class PlaceholderScanner:
             self._skipping = True
             self._start = start = -1
             if self._mode == _TAG and self._then == _THEN_OPEN:
-                self._then = _THEN_DATA  # still in its start tag: the rest is fallback
+                self._then = _THEN_GIVEN_UP  # still in its start tag
             elif self._mode == _TAG and self._then == _THEN_CLOSE:
                 self._then = _THEN_DATA  # in its end tag: the placeholder is over
                 self._skipping = False
@@ -393,6 +403,8 @@ class PlaceholderScanner:
             self._start = start - keep
             self._open_end = max(self._open_end - keep, 0)
         self._tag_start -= keep
+        if self._mode == _TAG and n:
+            self._last_byte = buf[n - 1]  # for ``/>`` cut between the two bytes
 
     # -- data state: what the fast run stopped at ------------------------------------------
 
@@ -506,7 +518,14 @@ class PlaceholderScanner:
             match = _TAG_REST.match(buf, pos)
             if match is not None:
                 return match.end()
+        skipped = False
         while True:
+            if state == _BEFORE_NAME and not skipped:
+                skipped = True
+                last = _LAST_ATTRIBUTE.match(buf, pos)
+                if last is not None and last.end() >= n and last.start(1) > pos:
+                    pos = last.start(1)  # everything before it is complete attributes
+                    slash = False
             if state == _BEFORE_NAME:
                 run_end = _SPACE_SLASH.match(buf, pos).end()  # type: ignore[union-attr]
                 if run_end > pos:
@@ -649,6 +668,10 @@ class PlaceholderScanner:
                 self._foreign += 1
         elif then == _THEN_UNFOREIGN:
             self._foreign -= 1
+        elif then == _THEN_GIVEN_UP:
+            # A self-closing one is over; otherwise its fallback follows.
+            before = buf[end - 2] if end >= 2 else self._last_byte
+            self._skipping = before != 0x2F
         self._then = _THEN_DATA
 
     # -- script data ---------------------------------------------------------------------
