@@ -205,6 +205,7 @@ class PlaceholderScanner:
         "_open_end",
         "_pos",
         "_raw_end",
+        "_runs",
         "_script_state",
         "_skipping",
         "_slash",
@@ -221,6 +222,11 @@ class PlaceholderScanner:
         self._open = b"<" + self._name
         self._close = b"</" + self._name
         self._max_size = max_size
+        self._runs = tuple(
+            _run_pattern(self._name, foreign=foreign, inside=inside).match
+            for foreign in (False, True)
+            for inside in (False, True)
+        )
         # The longest tag name whose identity matters: a name cut by the chunk end is held
         # until it is this long or ends.
         self._longest = max(len(self._name), *(len(name) for name in _SPECIAL_ELEMENTS))
@@ -308,9 +314,10 @@ class PlaceholderScanner:
         while pos < n:
             mode = self._mode
             if mode == _DATA:
+                # Inside a placeholder, its end tag stops the run and its start tag does not.
                 inside = self._start >= 0 or self._skipping
-                run = _run_pattern(self._name, foreign=self._foreign > 0, inside=inside)
-                pos = run.match(buf, pos).end()  # type: ignore[union-attr]
+                run = self._runs[2 * (self._foreign > 0) + inside]
+                pos = run(buf, pos).end()  # type: ignore[union-attr]
                 if pos >= n:
                     break
                 result = self._dispatch(buf, pos, n, final)
@@ -389,22 +396,20 @@ class PlaceholderScanner:
             elif self._mode == _TAG and self._then == _THEN_CLOSE:
                 self._then = _THEN_DATA  # in its end tag: the placeholder is over
                 self._skipping = False
-        keep = min(hold, start) if start >= 0 else hold
-        if keep > emitted:
-            out.append(bytes(buf[emitted:keep]))
-        if keep >= n:
-            self._buf = b""
-        elif keep > 0:
-            self._buf = bytearray(buf[keep:])
-        else:
-            self._buf = buf
-        self._pos = hold - keep
-        if start >= 0:
-            self._start = start - keep
-            self._open_end = max(self._open_end - keep, 0)
-        self._tag_start -= keep
         if self._mode == _TAG and n:
             self._last_byte = buf[n - 1]  # for ``/>`` cut between the two bytes
+        keep = start if 0 <= start < hold else hold
+        if keep > emitted:
+            out.append(bytes(buf[emitted:keep]))
+        self._pos = hold - keep
+        if keep == 0:
+            self._buf = buf  # typically a placeholder still growing: nothing moves
+            return
+        self._buf = bytearray(buf[keep:]) if keep < n else b""
+        if start >= 0:
+            self._start = start - keep
+            self._open_end -= keep
+        self._tag_start -= keep
 
     # -- data state: what the fast run stopped at ------------------------------------------
 
