@@ -109,11 +109,12 @@ _FOREIGN_ELEMENTS = frozenset((b"svg", b"math"))
 _SPECIAL_ELEMENTS = _RAW_ELEMENTS | _FOREIGN_ELEMENTS | {b"script", b"plaintext"}
 
 # Attributes, exactly as the tokenizer reads them (names may start with ``=``, ``"`` or
-# ``<``; a value is quoted only right after ``=``). Possessive and atomic, so that an
-# unfinished quoted value never lets a later ``>`` be taken for the end of the tag.
+# ``<``; a value is quoted only right after ``=``). Possessive, and a quoted value matches
+# even unfinished (to the end of the buffer), so that no later ``>`` is ever taken for the
+# end of the tag by backtracking.
 _ATTRIBUTES = (
     rb"(?:[" + _WS + rb"/]++|[^" + _WS + rb"/>][^" + _WS + rb"/>=]*+"
-    rb"(?>[" + _WS + rb"]*+=[" + _WS + rb"]*+"
+    rb"(?:[" + _WS + rb"]*=[" + _WS + rb"]*+"
     rb"(?:\"[^\"]*+\"?+|'[^']*+'?+|[^" + _WS + rb">\"'][^" + _WS + rb">]*+)?)?)*+"
 )
 # The rest of a tag from the "before attribute name" state to its ``>``, in one step.
@@ -131,6 +132,8 @@ _TAG_NAME_RUN = re.compile(rb"[^" + _WS + rb"/>]*+")
 _ATTRIBUTE_NAME_RUN = re.compile(rb"[^" + _WS + rb"/>=]*+")
 _UNQUOTED_RUN = re.compile(rb"[^" + _WS + rb">]*+")
 _COMMENT_END = re.compile(rb"--!?>")
+# A ``<`` that opens a tag, an end tag, a bogus comment or a doctype.
+_OPENS = re.compile(rb"<[a-zA-Z!?/]")
 _SCRIPT_DATA_STOP = re.compile(rb"(?i)</script(?=[" + _WS + rb"/>])|<!--")
 _SCRIPT_ESCAPED_STOP = re.compile(rb"(?i)-->|</?script(?=[" + _WS + rb"/>])")
 _SCRIPT_DOUBLE_STOP = re.compile(rb"(?i)-->|</script(?=[" + _WS + rb"/>])")
@@ -184,6 +187,24 @@ def _run_pattern(name: bytes, *, foreign: bool, inside: bool) -> re.Pattern[byte
 
 
 @functools.lru_cache(maxsize=64)
+def _candidate_pattern(name: bytes, *, foreign: bool, inside: bool) -> re.Pattern[bytes]:
+    """The constructs ``_run_pattern`` stops at, found directly, without reading the
+    tags in between: a cheap one-byte gate after ``<``, then a group-free alternation.
+    A match is only a candidate: it may sit inside a tag (see ``_sync``)."""
+    starts = set(_SPECIAL_ELEMENTS) | (set() if inside else {name})
+    ends = (set(_FOREIGN_ELEMENTS) if foreign else set()) | ({name} if inside else set())
+    delimiter = rb"(?=[" + _WS + rb"/>])"
+    firsts = {b"!"} | {start[:1] for start in starts} | ({b"/"} if ends else set())
+    gate = b"".join(re.escape(first) + re.escape(first.upper()) for first in sorted(firsts))
+    alternatives = [rb"!--", rb"!\[CDATA\[" if foreign else b""]
+    alternatives.append(rb"(?i:" + _names(starts) + rb")" + delimiter)
+    if ends:
+        alternatives.append(rb"/(?i:" + _names(ends) + rb")" + delimiter)
+    body = b"|".join(alternative for alternative in alternatives if alternative)
+    return re.compile(rb"<(?=[" + gate + rb"])(?:" + body + rb")")
+
+
+@functools.lru_cache(maxsize=64)
 def _end_tag_pattern(name: bytes) -> re.Pattern[bytes]:
     return re.compile(rb"(?i)</" + re.escape(name) + rb"(?=[" + _WS + rb"/>])")
 
@@ -193,6 +214,7 @@ class PlaceholderScanner:
 
     __slots__ = (
         "_buf",
+        "_candidates",
         "_close",
         "_foreign",
         "_foreign_at_open",
@@ -222,6 +244,11 @@ class PlaceholderScanner:
         self._open = b"<" + self._name
         self._close = b"</" + self._name
         self._max_size = max_size
+        self._candidates = tuple(
+            _candidate_pattern(self._name, foreign=foreign, inside=inside).search
+            for foreign in (False, True)
+            for inside in (False, True)
+        )
         self._runs = tuple(
             _run_pattern(self._name, foreign=foreign, inside=inside).match
             for foreign in (False, True)
@@ -259,6 +286,20 @@ class PlaceholderScanner:
         """Scan the next chunk; return what can be released now, in order."""
         if not data:
             return []
+        if isinstance(data, memoryview):
+            data = data.tobytes()  # (``in`` on a memoryview compares items, not bytes)
+        if self._mode == _DATA and self._pos == len(self._buf) and b"<" not in data:
+            # Text in the data state changes nothing: pass it on, or add it to the
+            # placeholder being held, without scanning (1-byte chunks stay cheap).
+            self.steps += len(data)
+            if self._start < 0:
+                return [bytes(data)]
+            if len(self._buf) + len(data) - self._start <= self._max_size:
+                if not isinstance(self._buf, bytearray):
+                    self._buf = bytearray(self._buf)
+                self._buf += data
+                self._pos = len(self._buf)
+                return []
         if self._buf:
             if not isinstance(self._buf, bytearray):
                 self._buf = bytearray(self._buf)
@@ -315,11 +356,35 @@ class PlaceholderScanner:
             mode = self._mode
             if mode == _DATA:
                 # Inside a placeholder, its end tag stops the run and its start tag does not.
-                inside = self._start >= 0 or self._skipping
-                run = self._runs[2 * (self._foreign > 0) + inside]
-                pos = run(buf, pos).end()  # type: ignore[union-attr]
+                kind = 2 * (self._foreign > 0) + (self._start >= 0 or self._skipping)
+                # Jump to just before the next construct that matters, when the bytes
+                # before it show that no tag is open there; then read exactly from there.
+                candidate = self._candidates[kind](buf, pos)
+                target = candidate.start() if candidate is not None else n
+                pos = _sync(buf, pos, target)
+                if pos != target:
+                    opens = _OPENS.search(buf, pos, target)
+                    if opens is not None and buf.find(b">", opens.start()) < 0:
+                        pos = opens.start()  # a tag that cannot end in this buffer: go in
+                    else:
+                        pos = self._runs[kind](buf, pos).end()  # type: ignore[union-attr]
                 if pos >= n:
                     break
+                if pos == target and buf[pos + 1 : pos + 4] == b"!--" and n - pos > 5:
+                    # A comment, the most common construct: skip it in one step.
+                    third = buf[pos + 4]
+                    if third == 0x3E or (third == 0x2D and buf[pos + 5] == 0x3E):
+                        pos += 5 if third == 0x3E else 6  # <!--> and <!--->
+                        continue
+                    closing = _COMMENT_END.search(buf, pos + 4)
+                    if closing is not None:
+                        pos = closing.end()
+                        continue
+                elif pos == target and candidate is not None and buf[pos + 1] in _LETTERS:
+                    skipped = _skip_raw(buf, pos, candidate.end(), n)
+                    if skipped > 0:  # a whole script or style block in one step
+                        pos = skipped
+                        continue
                 result = self._dispatch(buf, pos, n, final)
                 if result < 0:  # undecided until more bytes come
                     hold = pos
@@ -367,12 +432,18 @@ class PlaceholderScanner:
                     hold = pos if final else max(pos, n - len(self._raw_end) - 2)
                     break
                 pos = self._enter_end_tag(match.end())
+                if pos < n and buf[pos] == 0x3E:  # the usual ``</style>``: done
+                    self._mode = _DATA
+                    pos += 1
             elif mode == _SCRIPT:
                 result = self._script(buf, pos, n)
                 if result < 0:  # ``~result``: where the current escaping state began
                     hold = n if final else max(~result, n - 8)
                     break
                 pos = result
+                if pos < n and buf[pos] == 0x3E:  # the usual ``</script>``: done
+                    self._mode = _DATA
+                    pos += 1
             else:  # _PLAINTEXT
                 pos = n
                 break
@@ -517,7 +588,22 @@ class PlaceholderScanner:
         the sub-state saved if the buffer ends first. Sets ``_slash`` for ``/>``."""
         state = self._tag_state
         slash = self._slash
-        if state == _BEFORE_NAME and self._then != _THEN_FOREIGN:
+        # An ordinary tag only comes here when it does not end in the buffer (the run
+        # would have read it): no use trying to read its end in one step.
+        unfinished = state == _TAG_NAME and self._then == _THEN_DATA
+        if state == _TAG_NAME:
+            pos = _TAG_NAME_RUN.match(buf, pos).end()  # type: ignore[union-attr]
+            if pos >= n:
+                self._slash = False
+                return -1
+            byte = buf[pos]
+            pos += 1
+            if byte == 0x3E:
+                self._slash = False
+                return pos
+            state = _BEFORE_NAME
+            slash = byte == 0x2F
+        if state == _BEFORE_NAME and self._then != _THEN_FOREIGN and not unfinished:
             # The whole rest of the tag in C. If it does not match, the tag does not end
             # in this buffer, and the loop below only finds the sub-state to resume in.
             match = _TAG_REST.match(buf, pos)
@@ -718,6 +804,70 @@ class PlaceholderScanner:
                     pos = match.end() + 1  # the delimiter goes with it
                     continue
                 pos = match.end()
+
+
+def _skip_raw(buf: bytes | bytearray, pos: int, name_end: int, n: int) -> int:
+    """The usual raw text element at ``pos`` (``<script ...>...</script>``, no script
+    escapes, all in the buffer): the offset after it, or 0 to take the general way."""
+    name = bytes(buf[pos + 1 : name_end]).lower()
+    if name == b"script":
+        stop = _SCRIPT_DATA_STOP
+    elif name in _RAW_ELEMENTS:
+        stop = _end_tag_pattern(name)
+    else:
+        return 0
+    if buf[name_end] == 0x3E:
+        body = name_end + 1
+    else:
+        rest = _TAG_REST.match(buf, name_end)
+        if rest is None:
+            return 0
+        body = rest.end()
+    end = stop.search(buf, body)
+    if end is None or buf[end.start() + 1] != 0x2F:  # not found, or ``<!--`` first
+        return 0
+    close = end.end()
+    if close < n and buf[close] == 0x3E:
+        return close + 1
+    return 0
+
+
+def _sync(buf: bytes | bytearray, pos: int, target: int) -> int:
+    """A position at or after ``pos`` (in the data state) and at or before ``target``
+    that is certainly in the data state, as close to ``target`` as can be told cheaply.
+
+    Between ``pos`` and ``target`` there is no comment, raw text element or other
+    construct that changes the state, only text, tags, bogus comments and doctypes; in
+    those a ``>`` ends what it is in unless it is inside a quoted attribute value. It is
+    not, if the last quote of each kind before it cannot open a value (a value's opening
+    quote always follows ``=`` and optional spaces). Then the state after it is data."""
+    gt = buf.rfind(b">", pos, target)
+    if gt < 0:
+        return _text_until(buf, pos, target)
+    for quote in (b'"', b"'"):
+        at = buf.rfind(quote, pos, gt)
+        if at > pos:
+            before = buf[at - 1]
+            if before == 0x3D or (
+                before in _SPACE
+                and bytes(buf[max(pos, at - 64) : at]).rstrip(b"\t\n\f\r ").endswith(b"=")
+            ):
+                return pos  # it may open a value that hides this ``>``: read from ``pos``
+        elif at == pos:
+            return pos
+    return _text_until(buf, gt + 1, target)
+
+
+def _text_until(buf: bytes | bytearray, pos: int, target: int) -> int:
+    """From ``pos`` (data state): ``target`` if all before it is text, else ``pos``. At
+    the end of the buffer, a last ``<`` may begin a construct: stop there."""
+    if _OPENS.search(buf, pos, target):
+        return pos
+    if target == len(buf):
+        last = buf.rfind(b"<", pos, target)
+        if last >= 0:
+            return last
+    return target
 
 
 def _joined(items: list[Item]) -> list[Item]:
