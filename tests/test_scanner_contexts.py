@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 
 import pytest
@@ -184,6 +185,9 @@ def test_oversized_placeholder_keeps_its_fallback_as_fallback() -> None:
 # -- cost -------------------------------------------------------------------------------------
 
 MB = 1 << 20
+# Under a tracer (coverage runs the whole suite under one) Python code runs ~3x slower;
+# the limits are for the scanner, not for the tracer.
+LIMIT = 0.1 * (3 if sys.gettrace() is not None else 1)
 
 
 def pathological(shape: str, size: int) -> bytes:
@@ -229,7 +233,7 @@ def _seconds(data: bytes, chunk: int = 0) -> float:
 
 def test_192_kb_of_unescaped_lt_takes_under_a_tenth_of_a_second() -> None:
     page = b"<p>" + b"if a < b and c <d then " * (192 * 1024 // 24) + b"</p>"
-    assert min(_seconds(page) for _ in range(3)) < 0.1
+    assert min(_seconds(page) for _ in range(3)) < LIMIT
 
 
 def test_64_kb_placeholder_in_one_byte_chunks_takes_under_a_tenth_of_a_second() -> None:
@@ -241,7 +245,7 @@ def test_64_kb_placeholder_in_one_byte_chunks_takes_under_a_tenth_of_a_second() 
         found = [item for i in range(len(data)) for item in scanner.feed(data[i : i + 1])]
         best = min(best, time.perf_counter() - start)
     assert found[-1] == Placeholder(data, b" widget=x", data[26:-18], False)
-    assert best < 0.1
+    assert best < LIMIT
 
 
 @pytest.mark.parametrize("shape", SHAPES)
