@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = ["Placeholder", "PlaceholderScanner", "scan"]
@@ -204,6 +205,22 @@ def _candidate_pattern(name: bytes, *, foreign: bool, inside: bool) -> re.Patter
     return re.compile(rb"<(?=[" + gate + rb"])(?:" + body + rb")")
 
 
+Search = Callable[[bytes | bytearray, int], "re.Match[bytes] | None"]
+
+
+@functools.lru_cache(maxsize=16)
+def _patterns(name: bytes) -> tuple[tuple[Search, ...], tuple[Search, ...]]:
+    """Candidate searches and exact runs, by ``2 * foreign + inside``; built once per tag
+    name, so that a scanner costs little to create (one per response)."""
+    variants = [(foreign, inside) for foreign in (False, True) for inside in (False, True)]
+    candidates = tuple(
+        _candidate_pattern(name, foreign=foreign, inside=inside).search
+        for foreign, inside in variants
+    )
+    runs = tuple(_run_pattern(name, foreign=f, inside=i).match for f, i in variants)
+    return candidates, runs
+
+
 @functools.lru_cache(maxsize=64)
 def _end_tag_pattern(name: bytes) -> re.Pattern[bytes]:
     return re.compile(rb"(?i)</" + re.escape(name) + rb"(?=[" + _WS + rb"/>])")
@@ -215,7 +232,6 @@ class PlaceholderScanner:
     __slots__ = (
         "_buf",
         "_candidates",
-        "_close",
         "_foreign",
         "_foreign_at_open",
         "_last_byte",
@@ -242,18 +258,8 @@ class PlaceholderScanner:
     def __init__(self, tag: str = "rai-placeholder", *, max_size: int = 64 * 1024) -> None:
         self._name = tag.lower().encode("ascii")
         self._open = b"<" + self._name
-        self._close = b"</" + self._name
         self._max_size = max_size
-        self._candidates = tuple(
-            _candidate_pattern(self._name, foreign=foreign, inside=inside).search
-            for foreign in (False, True)
-            for inside in (False, True)
-        )
-        self._runs = tuple(
-            _run_pattern(self._name, foreign=foreign, inside=inside).match
-            for foreign in (False, True)
-            for inside in (False, True)
-        )
+        self._candidates, self._runs = _patterns(self._name)
         # The longest tag name whose identity matters: a name cut by the chunk end is held
         # until it is this long or ends.
         self._longest = max(len(self._name), *(len(name) for name in _SPECIAL_ELEMENTS))
