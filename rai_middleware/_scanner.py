@@ -133,6 +133,8 @@ _TAG_NAME_RUN = re.compile(rb"[^" + _WS + rb"/>]*+")
 _ATTRIBUTE_NAME_RUN = re.compile(rb"[^" + _WS + rb"/>=]*+")
 _UNQUOTED_RUN = re.compile(rb"[^" + _WS + rb">]*+")
 _COMMENT_END = re.compile(rb"--!?>")
+# Bytes before a quote that make it possibly the opening quote of an attribute value.
+_MAY_OPEN = frozenset(b"=\t\n\f\r ")
 # A ``<`` that opens a tag, an end tag, a bogus comment or a doctype.
 _OPENS = re.compile(rb"<[a-zA-Z!?/]")
 _SCRIPT_DATA_STOP = re.compile(rb"(?i)</script(?=[" + _WS + rb"/>])|<!--")
@@ -386,7 +388,17 @@ class PlaceholderScanner:
                 # before it show that no tag is open there; then read exactly from there.
                 candidate = self._candidates[kind](buf, pos)
                 target = candidate.start() if candidate is not None else n
-                pos = _sync(buf, pos, target)
+                # ``_sync``, with its usual case inline: a ``>`` right before the target,
+                # after quotes that close values (not after ``=`` or spaces).
+                gt = buf.rfind(b">", pos, target)
+                double = buf.rfind(b'"', pos, gt) if gt == target - 1 else pos
+                single = buf.rfind(b"'", pos, gt) if gt == target - 1 else pos
+                if (double < 0 or (double > pos and buf[double - 1] not in _MAY_OPEN)) and (
+                    single < 0 or (single > pos and buf[single - 1] not in _MAY_OPEN)
+                ):
+                    pos = target
+                else:
+                    pos = _sync(buf, pos, target)
                 if pos != target:
                     opens = _OPENS.search(buf, pos, target)
                     if opens is not None and buf.find(b">", opens.start()) < 0:
