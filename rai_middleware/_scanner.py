@@ -189,22 +189,6 @@ def _run_pattern(name: bytes, *, foreign: bool, inside: bool) -> re.Pattern[byte
     return re.compile(pattern)
 
 
-# ``<!--`` (not ``<!-->`` or ``<!--->``) to the first ``--!?>``.
-_WHOLE_COMMENT = rb"!--(?!-?>)(?:[^-]++|-(?!-!?>))*+--!?>"
-
-
-def _whole_raw(element: bytes) -> bytes:
-    """``<script ...>...</script>`` with no ``<!--`` inside (for a script) and an end tag
-    that is just ``</script>``; anything else is left to the general way."""
-    delimiter = rb"(?=[" + _WS + rb"/>])"
-    end = rb"/(?i:" + element + rb")"
-    stop = rb"!--|" + end + rb"[" + _WS + rb"/>]" if element == b"script" else end + delimiter
-    return (
-        rb"(?i:" + element + rb")" + delimiter + _ATTRIBUTES + rb">"
-        rb"[^<]*+(?:<(?!" + stop + rb")[^<]*+)*+<" + end + rb">"
-    )
-
-
 @functools.lru_cache(maxsize=64)
 def _candidate_pattern(name: bytes, *, foreign: bool, inside: bool) -> re.Pattern[bytes]:
     """The constructs ``_run_pattern`` stops at, found directly, without reading the
@@ -215,10 +199,10 @@ def _candidate_pattern(name: bytes, *, foreign: bool, inside: bool) -> re.Patter
     delimiter = rb"(?=[" + _WS + rb"/>])"
     firsts = {b"!"} | {start[:1] for start in starts} | ({b"/"} if ends else set())
     gate = b"".join(re.escape(first) + re.escape(first.upper()) for first in sorted(firsts))
-    # The usual comment, script and style are matched whole (they end in ``>``; nothing
-    # else matched here does), so that the caller skips them in one step.
-    alternatives = [_WHOLE_COMMENT, _whole_raw(b"script"), _whole_raw(b"style")]
-    alternatives += [rb"!--", rb"!\[CDATA\[" if foreign else b""]
+    # Nothing here may look past the construct's own name: a candidate inside an
+    # attribute value is searched past again and again, so matching, say, a whole comment
+    # here would read to the end of the page for each one (quadratic).
+    alternatives = [rb"!--", rb"!\[CDATA\[" if foreign else b""]
     alternatives.append(rb"(?i:" + _names(starts) + rb")" + delimiter)
     if ends:
         alternatives.append(rb"/(?i:" + _names(ends) + rb")" + delimiter)
@@ -407,11 +391,6 @@ class PlaceholderScanner:
                         pos = self._runs[kind](buf, pos).end()  # type: ignore[union-attr]
                 if pos >= n:
                     break
-                if pos == target and candidate is not None:
-                    whole = candidate.end()
-                    if buf[whole - 1] == 0x3E:  # a whole comment, script or style
-                        pos = whole
-                        continue
                 if pos == target and buf[pos + 1 : pos + 4] == b"!--" and n - pos > 5:
                     # A comment, the most common construct: skip it in one step.
                     third = buf[pos + 4]
