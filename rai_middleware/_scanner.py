@@ -366,46 +366,9 @@ class PlaceholderScanner:
         while pos < n:
             mode = self._mode
             if mode == _DATA:
-                # Inside a placeholder, its end tag stops the run and its start tag does not.
-                kind = 2 * (self._foreign > 0) + (self._start >= 0 or self._skipping)
-                # Jump to just before the next construct that matters, when the bytes
-                # before it show that no tag is open there; then read exactly from there.
-                candidate = self._candidates[kind](buf, pos)
-                target = candidate.start() if candidate is not None else n
-                # ``_sync``, with its usual case inline: a ``>`` right before the target,
-                # after quotes that close values (not after ``=`` or spaces).
-                gt = buf.rfind(b">", pos, target)
-                double = buf.rfind(b'"', pos, gt) if gt == target - 1 else pos
-                single = buf.rfind(b"'", pos, gt) if gt == target - 1 else pos
-                if (double < 0 or (double > pos and buf[double - 1] not in _MAY_OPEN)) and (
-                    single < 0 or (single > pos and buf[single - 1] not in _MAY_OPEN)
-                ):
-                    pos = target
-                else:
-                    pos = _sync(buf, pos, target)
-                if pos != target:
-                    opens = _OPENS.search(buf, pos, target)
-                    if opens is not None and buf.find(b">", opens.start()) < 0:
-                        pos = opens.start()  # a tag that cannot end in this buffer: go in
-                    else:
-                        pos = self._runs[kind](buf, pos).end()  # type: ignore[union-attr]
+                pos = self._data(buf, pos, n)
                 if pos >= n:
                     break
-                if pos == target and buf[pos + 1 : pos + 4] == b"!--" and n - pos > 5:
-                    # A comment, the most common construct: skip it in one step.
-                    third = buf[pos + 4]
-                    if third == 0x3E or (third == 0x2D and buf[pos + 5] == 0x3E):
-                        pos += 5 if third == 0x3E else 6  # <!--> and <!--->
-                        continue
-                    closing = _COMMENT_END.search(buf, pos + 4)
-                    if closing is not None:
-                        pos = closing.end()
-                        continue
-                elif pos == target and candidate is not None and buf[pos + 1] in _LETTERS:
-                    skipped = _skip_raw(buf, pos, candidate.end(), n)
-                    if skipped > 0:  # a whole script or style block in one step
-                        pos = skipped
-                        continue
                 result = self._dispatch(buf, pos, n, final)
                 if result < 0:  # undecided until more bytes come
                     hold = pos
@@ -503,7 +466,56 @@ class PlaceholderScanner:
             self._open_end -= keep
         self._tag_start -= keep
 
-    # -- data state: what the fast run stopped at ------------------------------------------
+    # -- data state --------------------------------------------------------------------------
+
+    def _data(self, buf: bytes | bytearray, pos: int, n: int) -> int:
+        """Through the data state to the next construct that changes the state (returned,
+        for ``_dispatch``), skipping the usual comments and raw text blocks on the way."""
+        # Inside a placeholder, its end tag stops the search and its start tag does not.
+        kind = 2 * (self._foreign > 0) + (self._start >= 0 or self._skipping)
+        search = self._candidates[kind]
+        while True:
+            # Jump to just before the next construct that matters when the bytes before
+            # it show that no tag is open there; else read exactly from where we are.
+            candidate = search(buf, pos)
+            target = candidate.start() if candidate is not None else n
+            # ``_sync``, with its usual case inline: a ``>`` right before the target,
+            # after quotes that close values (not after ``=`` or spaces).
+            gt = buf.rfind(b">", pos, target)
+            double = buf.rfind(b'"', pos, gt) if gt == target - 1 else pos
+            single = buf.rfind(b"'", pos, gt) if gt == target - 1 else pos
+            if (double < 0 or (double > pos and buf[double - 1] not in _MAY_OPEN)) and (
+                single < 0 or (single > pos and buf[single - 1] not in _MAY_OPEN)
+            ):
+                pos = target
+            else:
+                pos = _sync(buf, pos, target)
+                if pos != target:
+                    opens = _OPENS.search(buf, pos, target)
+                    if opens is not None and buf.find(b">", opens.start()) < 0:
+                        return opens.start()  # a tag that cannot end in this buffer
+                    return self._runs[kind](buf, pos).end()  # type: ignore[union-attr]
+            if candidate is None or n - pos < 6:
+                return pos
+            second = buf[pos + 1]
+            if second == 0x21:  # <!-- (or CDATA): the most common construct, in one step
+                if buf[pos + 2] != 0x2D:
+                    return pos
+                third = buf[pos + 4]
+                if third == 0x3E or (third == 0x2D and buf[pos + 5] == 0x3E):
+                    pos += 5 if third == 0x3E else 6  # <!--> and <!--->
+                    continue
+                closing = _COMMENT_END.search(buf, pos + 4)
+                if closing is None:
+                    return pos
+                pos = closing.end()
+            else:
+                skipped = _skip_raw(buf, pos, candidate.end(), n) if second in _LETTERS else 0
+                if not skipped:
+                    return pos
+                pos = skipped  # a whole script or style block in one step
+
+    # -- what the data state stopped at ------------------------------------------------
 
     def _dispatch(self, buf: bytes | bytearray, pos: int, n: int, final: bool) -> int:
         """At a ``<`` the run did not consume: enter the construct and return where to
