@@ -488,6 +488,8 @@ class PlaceholderScanner:
                 single < 0 or (single > pos and buf[single - 1] not in _MAY_OPEN)
             ):
                 pos = target
+            elif gt < 0 and target < n and buf.find(b"<", pos, target) < 0:
+                pos = target  # only text since the last construct (``-->\n<script``)
             else:
                 pos = _sync(buf, pos, target)
                 if pos != target:
