@@ -31,11 +31,15 @@ A placeholder still open at the end of the body is sent as written, and the fall
 scanned once more for complete placeholders inside it.
 
 Cost: every byte is examined a bounded number of times, whatever the input or chunking.
-The state between chunks (the tokenizer state, and inside a tag the exact sub-state) is
-carried over and resumed, never re-scanned; only a few bytes that might begin a token cut by
-the chunk end (``<scri``, ``</rai-placeh``, ``--``) are held and looked at again. Runs of
-text and ordinary tags are consumed by one regular expression in C; Python only sees the
-rare constructs that change the state.
+The state between chunks (the tokenizer state, and inside a tag or script the exact
+sub-state) is carried over and resumed, never re-scanned; only a few bytes that might begin
+a token cut by the chunk end (``<scri``, ``</rai-placeh``, ``--``) are held and looked at
+again. The fast path: one case-insensitive search (a one-byte gate after ``<``, then a
+group-free alternation) finds the next construct that could change the state; the last
+``>`` before it shows whether a tag may be open there (only a quoted value, whose opening
+quote follows ``=``, can hide a ``>``). If none can be, the tags in between are never
+read; otherwise one regular expression reads them exactly, in C. Comments and ordinary
+script and style blocks are then skipped with one search for their end.
 
 Memory: what is held between chunks is an unfinished placeholder (at most ``max_size``
 bytes; a longer one is given up, sent on as text and counted in ``oversized``) or such a
@@ -99,7 +103,6 @@ _SCRIPT_ESCAPED = 1
 _SCRIPT_DOUBLE_ESCAPED = 2
 
 _WS = rb"\t\n\f\r "
-_DELIMITERS = frozenset(b"\t\n\f\r />")
 _SPACE = frozenset(b"\t\n\f\r ")
 _LETTERS = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
