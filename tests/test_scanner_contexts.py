@@ -301,3 +301,13 @@ def test_bytes_examined_grow_linearly_with_input_size(shape: str, units: int, ch
     # grows with the input.
     assert per_byte[1] <= 20
     assert per_byte[1] <= per_byte[0] * 1.25 + 0.1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap: foreign content is modelled for CDATA only; in <svg>, <style> is "
+    "an SVG element whose content is tokenized (here a comment), not raw text",
+)
+def test_style_inside_svg_is_not_raw_text() -> None:
+    data = b"<svg><style><!--</style></svg><rai-placeholder widget=x/>--></svg>"
+    check(data, [data])
