@@ -1,56 +1,148 @@
 """Find placeholder elements in HTML bytes, chunk by chunk, without decoding the page.
 
-``PlaceholderScanner`` is a small incremental tokenizer. It is fed the body as it arrives
-and returns, for each chunk, the bytes that are certainly not part of a placeholder
-(to be sent on at once) and every complete ``Placeholder`` it found. What it holds back
-between chunks is at most one unfinished placeholder (capped at ``max_size`` bytes) or a
-tail of a few bytes that might start one, so memory is bounded by the largest
-placeholder, never by the page.
+``PlaceholderScanner`` is an incremental tokenizer that follows the HTML standard's
+tokenizer for one question: is this ``<`` the start of a real placeholder start tag? A
+placeholder is only recognised where the browser's tokenizer is in the *data state*. The
+contexts it tracks, as the standard defines them:
 
-It knows just enough HTML to leave alone what a browser would not parse as an element:
-comments, and the raw text of ``<script>``, ``<style>``, ``<textarea>``, ``<title>``,
-``<xmp>``, ``<iframe>``, ``<noembed>`` and ``<noframes>``. A ``<`` that
-appears inside another tag (in an attribute value) is skipped too, using the nearest
-``<``/``>`` before it; a ``>`` inside a quoted attribute value earlier in that tag can
-fool this check, which is the one known limit.
+* tags, start and end, with their attribute names and quoted and unquoted values (a ``>``
+  inside a quoted value does not end the tag; a ``<`` anywhere in a tag is part of it);
+* comments, including the abrupt ``<!-->`` and ``<!--->`` and the ``--!>`` ending;
+* bogus comments (``<?...>``, ``</`` followed by a non-letter, ``<!x...>``) and doctypes,
+  which end at the first ``>``;
+* ``<![CDATA[...]]>`` in foreign content (inside ``<svg>``/``<math>``, counted by nesting
+  depth); elsewhere it is a bogus comment. Foreign content changes nothing else here: a
+  ``<script>`` inside ``<svg>`` is treated as raw text, as in HTML;
+* raw text and RCDATA (``script``, ``style``, ``xmp``, ``iframe``, ``noembed``,
+  ``noframes``, ``noscript``, ``textarea``, ``title``), which end only at their own end tag
+  (``</script`` followed by a tag delimiter, any case);
+* the script data escaped and double-escaped states (``<!--`` in a script, then
+  ``<script>`` inside that, so that a later ``</script>`` does not end the script);
+* ``<plaintext>``: everything after it is text, to the end of the body.
 
-Everything is done on bytes: tag names are ASCII, and ``bytes.lower()`` only touches
-ASCII letters, so offsets in the lowered copy are offsets in the page for every
-ASCII-compatible charset (UTF-8, Latin-1, Windows-125x, ...). UTF-16/32 pages must not
-be fed here; the adapters pass them through.
+Placeholders: ``<rai-placeholder ...>fallback</rai-placeholder>`` ends at the first
+``</rai-placeholder`` end tag that the tokenizer sees in the data state (one inside a
+comment or a script in the fallback does not count). A placeholder start tag inside the
+fallback is part of the fallback, so the outer placeholder is replaced whole, and the end
+tag that closes it is the first one (the browser would close the inner element there; the
+stray end tag the rewrite leaves is ignored by browsers). A start tag whose attributes end
+with ``/`` is a complete, self-closing placeholder (our convention; browsers ignore ``/``).
+A placeholder still open at the end of the body is sent as written, and the fallback is
+scanned once more for complete placeholders inside it.
+
+Cost: every byte is examined a bounded number of times, whatever the input or chunking.
+The state between chunks (the tokenizer state, and inside a tag or script the exact
+sub-state) is carried over and resumed, never re-scanned; only a few bytes that might begin
+a token cut by the chunk end (``<scri``, ``</rai-placeh``, ``--``) are held and looked at
+again. The fast path: one case-insensitive search (a one-byte gate after ``<``, then a
+group-free alternation) finds the next construct that could change the state; the last
+``>`` before it shows whether a tag may be open there (only a quoted value, whose opening
+quote follows ``=``, can hide a ``>``). If none can be, the tags in between are never
+read; otherwise one regular expression reads them exactly, in C. Comments and ordinary
+script and style blocks are then skipped with one search for their end.
+
+Memory: what is held between chunks is an unfinished placeholder (at most ``max_size``
+bytes; a longer one is given up, sent on as text and counted in ``oversized``) or such a
+short tail.
+
+Everything is done on bytes: tag names are ASCII and matched ASCII-case-insensitively, so
+offsets are offsets in the page for every ASCII-compatible charset (UTF-8, Latin-1,
+Windows-125x, ...). UTF-16/32 pages must not be fed here; the adapters pass them through.
 
 Joining every passthrough chunk with each placeholder's ``raw`` bytes gives back exactly
 the input: nothing is lost, whatever the input.
+
+The interface is small on purpose, so that a compiled accelerator could replace the
+implementation: the ``PlaceholderScanner`` class (``feed``, ``close``, ``pending``,
+``oversized``), the ``Placeholder`` record and the module-level ``scan`` function.
 """
 
 from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = ["Placeholder", "PlaceholderScanner", "scan"]
 
-_TEXT = 0
-_COMMENT = 1
-_RAWTEXT = 2
+# -- modes: where the tokenizer is between two bytes ---------------------------------------
+_DATA = 0
+_TAG = 1  # inside a tag; ``_tag_state`` says where exactly
+_COMMENT = 2
+_BOGUS = 3  # bogus comment or doctype: ends at the first ``>``
+_CDATA = 4
+_RAW = 5  # raw text or RCDATA: ends at ``</name`` + delimiter
+_SCRIPT = 6  # script data; ``_script_state`` says which escaping state
+_PLAINTEXT = 7
 
-# What may follow a tag name for it to be that tag (``<script>``, not ``<scripts>``).
-_TAG_DELIMITERS = frozenset(b" \t\n\r\f/>")
-_QUOTE_OR_END = re.compile(rb"[>\"']")
-# Elements whose content a browser reads as text, not markup: a placeholder there is text.
-_RAWTEXT_ELEMENTS = (
-    b"script",
-    b"style",
-    b"textarea",
-    b"title",
-    b"xmp",
-    b"iframe",
-    b"noembed",
-    b"noframes",
+# -- sub-states inside a tag (the standard's, merged where they act the same for us) -------
+_TAG_NAME = 0
+_BEFORE_NAME = 1  # before attribute name, after a quoted value, self-closing start tag
+_NAME = 2
+_AFTER_NAME = 3
+_BEFORE_VALUE = 4
+_DOUBLE = 5
+_SINGLE = 6
+_UNQUOTED = 7
+
+# -- what the end of the current tag leads to ---------------------------------------------
+_THEN_DATA = 0
+_THEN_RAW = 1
+_THEN_SCRIPT = 2
+_THEN_PLAINTEXT = 3
+_THEN_FOREIGN = 4  # <svg>, <math>: one level deeper, unless self-closing
+_THEN_UNFOREIGN = 5  # </svg>, </math>
+_THEN_OPEN = 6  # the start tag of a placeholder
+_THEN_CLOSE = 7  # the end tag of a placeholder
+_THEN_GIVEN_UP = 8  # the start tag of a placeholder given up on (oversized)
+
+# -- sub-states of script data ------------------------------------------------------------
+_SCRIPT_DATA = 0
+_SCRIPT_ESCAPED = 1
+_SCRIPT_DOUBLE_ESCAPED = 2
+
+_WS = rb"\t\n\f\r "
+_SPACE = frozenset(b"\t\n\f\r ")
+_LETTERS = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+_RAW_ELEMENTS = frozenset(
+    (b"style", b"xmp", b"iframe", b"noembed", b"noframes", b"noscript", b"textarea", b"title")
 )
-# Bytes scanned at a time (see ``feed``).
-_WINDOW = 64 * 1024
+_FOREIGN_ELEMENTS = frozenset((b"svg", b"math"))
+_SPECIAL_ELEMENTS = _RAW_ELEMENTS | _FOREIGN_ELEMENTS | {b"script", b"plaintext"}
+
+# Attributes, exactly as the tokenizer reads them (names may start with ``=``, ``"`` or
+# ``<``; a value is quoted only right after ``=``). Possessive, and a quoted value matches
+# even unfinished (to the end of the buffer), so that no later ``>`` is ever taken for the
+# end of the tag by backtracking.
+_ATTRIBUTES = (
+    rb"(?:[" + _WS + rb"/]++|[^" + _WS + rb"/>][^" + _WS + rb"/>=]*+"
+    rb"(?:[" + _WS + rb"]*=[" + _WS + rb"]*+"
+    rb"(?:\"[^\"]*+\"?+|'[^']*+'?+|[^" + _WS + rb">\"'][^" + _WS + rb">]*+)?)?)*+"
+)
+# The rest of a tag from the "before attribute name" state to its ``>``, in one step.
+_TAG_REST = re.compile(_ATTRIBUTES + rb">")
+# The same attributes, remembering where the last one began: for a tag that does not end
+# in the buffer, only that last attribute is walked through in Python.
+_LAST_ATTRIBUTE = re.compile(
+    rb"(?:[" + _WS + rb"/]++|([^" + _WS + rb"/>][^" + _WS + rb"/>=]*+"
+    rb"(?>[" + _WS + rb"]*+=[" + _WS + rb"]*+"
+    rb"(?:\"[^\"]*+\"?+|'[^']*+'?+|[^" + _WS + rb">\"'][^" + _WS + rb">]*+)?)?))*+"
+)
+_SPACE_SLASH = re.compile(rb"[" + _WS + rb"/]*+")
+_SPACES = re.compile(rb"[" + _WS + rb"]*+")
+_TAG_NAME_RUN = re.compile(rb"[^" + _WS + rb"/>]*+")
+_ATTRIBUTE_NAME_RUN = re.compile(rb"[^" + _WS + rb"/>=]*+")
+_UNQUOTED_RUN = re.compile(rb"[^" + _WS + rb">]*+")
+_COMMENT_END = re.compile(rb"--!?>")
+# Bytes before a quote that make it possibly the opening quote of an attribute value.
+_MAY_OPEN = frozenset(b"=\t\n\f\r ")
+# A ``<`` that opens a tag, an end tag, a bogus comment or a doctype.
+_OPENS = re.compile(rb"<[a-zA-Z!?/]")
+_SCRIPT_DATA_STOP = re.compile(rb"(?i)</script(?=[" + _WS + rb"/>])|<!--")
+_SCRIPT_ESCAPED_STOP = re.compile(rb"(?i)-->|</?script(?=[" + _WS + rb"/>])")
+_SCRIPT_DOUBLE_STOP = re.compile(rb"(?i)-->|</script(?=[" + _WS + rb"/>])")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,248 +163,760 @@ class Placeholder:
 Item = bytes | Placeholder
 
 
+def _names(names: frozenset[bytes] | set[bytes]) -> bytes:
+    return b"|".join(re.escape(name) for name in sorted(names, key=len, reverse=True))
+
+
+@functools.lru_cache(maxsize=64)
+def _run_pattern(name: bytes, *, foreign: bool, inside: bool) -> re.Pattern[bytes]:
+    """Text and ordinary tags, consumed in C until something that changes the state.
+
+    Stops before: a comment, a start tag that switches the tokenizer (raw text, script,
+    plaintext, svg/math) or is a placeholder (outside one), a placeholder end tag (inside
+    one), ``</svg``/``</math`` and CDATA (in foreign content), and anything unfinished at
+    the end of the buffer (every alternative needs its closing ``>`` in the buffer)."""
+    special_start = set(_SPECIAL_ELEMENTS) | (set() if inside else {name})
+    special_end = (set(_FOREIGN_ELEMENTS) if foreign else set()) | ({name} if inside else set())
+    delimiter = rb"(?=[" + _WS + rb"/>])"
+    start = rb"<(?!(?i:" + _names(special_start) + rb")" + delimiter + rb")[a-zA-Z]"
+    end = rb"</"
+    if special_end:
+        end += rb"(?!(?i:" + _names(special_end) + rb")" + delimiter + rb")"
+    end += rb"[a-zA-Z]"
+    markup = rb"<!(?!--|\[CDATA\[)" if foreign else rb"<!(?!--)"
+    pattern = (
+        rb"(?:[^<]++|<(?=[^a-zA-Z!?/])"
+        rb"|(?:" + start + rb"|" + end + rb")[^" + _WS + rb"/>]*+" + _ATTRIBUTES + rb">"
+        rb"|</>|</(?=[^a-zA-Z>])[^>]*+>|<\?[^>]*+>|" + markup + rb"[^>]*+>)*+"
+    )
+    return re.compile(pattern)
+
+
+@functools.lru_cache(maxsize=64)
+def _candidate_pattern(name: bytes, *, foreign: bool, inside: bool) -> re.Pattern[bytes]:
+    """The constructs ``_run_pattern`` stops at, found directly, without reading the
+    tags in between: a cheap one-byte gate after ``<``, then a group-free alternation.
+    A match is only a candidate: it may sit inside a tag (see ``_sync``)."""
+    starts = set(_SPECIAL_ELEMENTS) | (set() if inside else {name})
+    ends = (set(_FOREIGN_ELEMENTS) if foreign else set()) | ({name} if inside else set())
+    delimiter = rb"(?=[" + _WS + rb"/>])"
+    firsts = {b"!"} | {start[:1] for start in starts} | ({b"/"} if ends else set())
+    gate = b"".join(re.escape(first) + re.escape(first.upper()) for first in sorted(firsts))
+    # Nothing here may look past the construct's own name: a candidate inside an
+    # attribute value is searched past again and again, so matching, say, a whole comment
+    # here would read to the end of the page for each one (quadratic).
+    alternatives = [rb"!--", rb"!\[CDATA\[" if foreign else b""]
+    alternatives.append(rb"(?i:" + _names(starts) + rb")" + delimiter)
+    if ends:
+        alternatives.append(rb"/(?i:" + _names(ends) + rb")" + delimiter)
+    body = b"|".join(alternative for alternative in alternatives if alternative)
+    return re.compile(rb"<(?=[" + gate + rb"])(?:" + body + rb")")
+
+
+Search = Callable[[bytes | bytearray, int], "re.Match[bytes] | None"]
+
+
+@functools.lru_cache(maxsize=16)
+def _patterns(name: bytes) -> tuple[tuple[Search, ...], tuple[Search, ...]]:
+    """Candidate searches and exact runs, by ``2 * foreign + inside``; built once per tag
+    name, so that a scanner costs little to create (one per response)."""
+    variants = [(foreign, inside) for foreign in (False, True) for inside in (False, True)]
+    candidates = tuple(
+        _candidate_pattern(name, foreign=foreign, inside=inside).search
+        for foreign, inside in variants
+    )
+    runs = tuple(_run_pattern(name, foreign=f, inside=i).match for f, i in variants)
+    return candidates, runs
+
+
+@functools.lru_cache(maxsize=64)
+def _end_tag_pattern(name: bytes) -> re.Pattern[bytes]:
+    return re.compile(rb"(?i)</" + re.escape(name) + rb"(?=[" + _WS + rb"/>])")
+
+
 class PlaceholderScanner:
     """Incremental scanner. One instance per response; not shared between requests."""
 
     __slots__ = (
-        "_close",
-        "_in_tag",
+        "_buf",
+        "_candidates",
+        "_foreign",
+        "_foreign_at_open",
+        "_last_byte",
+        "_longest",
         "_max_size",
-        "_needle_numbers",
-        "_needles",
+        "_mode",
+        "_name",
         "_open",
-        "_pattern",
-        "_pending",
-        "_rawtext_end",
-        "_state",
+        "_open_end",
+        "_pos",
+        "_raw_end",
+        "_runs",
+        "_script_state",
+        "_skipping",
+        "_slash",
+        "_start",
+        "_tag_start",
+        "_tag_state",
+        "_then",
         "oversized",
+        "steps",
     )
 
     def __init__(self, tag: str = "rai-placeholder", *, max_size: int = 64 * 1024) -> None:
-        name = tag.lower().encode("ascii")
-        self._open = b"<" + name
-        self._close = b"</" + name
+        self._name = tag.lower().encode("ascii")
+        self._open = b"<" + self._name
         self._max_size = max_size
-        # (needle, kind, needs a delimiter after it); kind: _COMMENT, _RAWTEXT, or -1 for ours.
-        self._needles: tuple[tuple[bytes, int, bool], ...] = (
-            (b"<!--", _COMMENT, False),
-            *((b"<" + element, _RAWTEXT, True) for element in _RAWTEXT_ELEMENTS),
-            (self._open, -1, True),
-        )
-        self._pattern = _construct_pattern(tuple(needle for needle, _, _ in self._needles))
-        self._needle_numbers = {needle: i for i, (needle, _, _) in enumerate(self._needles)}
-        self._pending = b""
-        self._state = _TEXT
-        self._rawtext_end = b""
-        self._in_tag = False
+        self._candidates, self._runs = _patterns(self._name)
+        # The longest tag name whose identity matters: a name cut by the chunk end is held
+        # until it is this long or ends.
+        self._longest = max(len(self._name), *(len(name) for name in _SPECIAL_ELEMENTS))
+        self._buf: bytes | bytearray = b""  # bytes not yet released
+        self._pos = 0  # where scanning resumes in ``_buf``
+        self._mode = _DATA
+        self._tag_state = _TAG_NAME
+        self._tag_start = 0
+        self._then = _THEN_DATA
+        self._raw_end = b""
+        self._script_state = _SCRIPT_DATA
+        self._foreign = 0
+        self._foreign_at_open = 0
+        self._start = -1  # offset of the open placeholder's ``<`` in ``_buf``, or -1
+        self._open_end = 0  # offset just after its start tag
+        self._skipping = False  # inside a placeholder given up on (oversized)
+        self._slash = False  # the tag just read ended with a self-closing ``/>``
+        self._last_byte = 0  # the last byte of the previous chunk, inside a tag
         #: How many placeholders were given up on because they exceeded ``max_size``.
         self.oversized = 0
+        #: Bytes examined by Python-level steps and C calls; for tests of linear cost.
+        self.steps = 0
 
     @property
     def pending(self) -> bytes:
         """The bytes held back, not yet returned by ``feed``."""
-        return self._pending
+        return bytes(self._buf)
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Item]:
         """Scan the next chunk; return what can be released now, in order."""
-        out: list[Item] = []
-        if len(data) <= _WINDOW:
-            self._feed_window(data, out)
+        if not data:
+            return []
+        if isinstance(data, memoryview):
+            data = data.tobytes()  # (``in`` on a memoryview compares items, not bytes)
+        if self._mode == _DATA and self._pos == len(self._buf) and b"<" not in data:
+            # Text in the data state changes nothing: pass it on, or add it to the
+            # placeholder being held, without scanning (1-byte chunks stay cheap).
+            self.steps += len(data)
+            if self._start < 0:
+                return [bytes(data)]
+            if len(self._buf) + len(data) - self._start <= self._max_size:
+                if not isinstance(self._buf, bytearray):
+                    self._buf = bytearray(self._buf)
+                self._buf += data
+                self._pos = len(self._buf)
+                return []
+        if self._buf:
+            if not isinstance(self._buf, bytearray):
+                self._buf = bytearray(self._buf)
+            self._buf += data
         else:
-            # A big chunk is scanned a window at a time, so that the lowered copy and the
-            # pieces it is cut into stay small whatever the app sends at once.
-            view = memoryview(data)
-            for start in range(0, len(view), _WINDOW):
-                self._feed_window(view[start : start + _WINDOW], out)
+            self._buf = bytes(data)
+        out: list[Item] = []
+        self._scan(out, final=False)
         return out
-
-    def _feed_window(self, data: bytes | bytearray | memoryview, out: list[Item]) -> None:
-        buf = self._pending + data if self._pending else bytes(data)
-        self._pending = b""
-        if buf:
-            self._scan(buf, out, final=False)
 
     def close(self) -> list[Item]:
         """End of the body: release everything still held (an unfinished placeholder
         stays as it was written)."""
-        buf, self._pending = self._pending, b""
         out: list[Item] = []
-        if buf:
-            self._scan(buf, out, final=True)
-        return out
+        if self._buf:
+            self._scan(out, final=True)
+        if self._start >= 0:
+            self._reopen(out)
+        if self._buf:
+            out.append(bytes(self._buf))
+        self._buf = b""
+        self._pos = 0
+        return _joined(out)
 
-    def _scan(self, buf: bytes, out: list[Item], *, final: bool) -> None:
-        low = buf.lower()
+    def _reopen(self, out: list[Item]) -> None:
+        """An unfinished placeholder at the end: send its start tag as written and look
+        for complete placeholders in its fallback (once; nothing more is held)."""
+        buf, start = self._buf, self._start
+        self._start = -1
+        if self._mode == _TAG and self._then == _THEN_OPEN:
+            return  # the start tag itself is unfinished: all of it is text
+        if start:
+            out.append(bytes(buf[:start]))
+        out.append(bytes(buf[start : self._open_end]))
+        self._buf = buf[self._open_end :]
+        self._pos = 0
+        self._mode = _DATA
+        self._foreign = self._foreign_at_open
+        self._scan(out, final=True)
+        if self._start >= 0:  # another unfinished one inside: text this time
+            self._start = -1
+
+    # -- the main loop ---------------------------------------------------------------------
+
+    def _scan(self, out: list[Item], *, final: bool) -> None:
+        """Scan ``_buf`` from ``_pos``; put what is certain in ``out``; keep the rest."""
+        buf = self._buf
         n = len(buf)
-        pos = 0  # where scanning resumes
-        emitted = 0  # everything before this has been put in ``out``
-        text_start = 0  # where the current run of plain text began, for ``_inside_tag``
-        hold = n  # from here on, bytes go back to ``_pending``
+        pos = self._pos
+        emitted = 0  # everything before this is in ``out``
+        hold = n  # a token cut by the end of the buffer starts here (rescanned next time)
+        self.steps += n - pos
         while pos < n:
-            if self._state == _COMMENT:
-                end = low.find(b"-->", pos)
+            mode = self._mode
+            if mode == _DATA:
+                pos = self._data(buf, pos, n)
+                if pos >= n:
+                    break
+                result = self._dispatch(buf, pos, n, final)
+                if result < 0:  # undecided until more bytes come
+                    hold = pos
+                    break
+                pos = result
+            elif mode == _TAG:
+                end = self._tag(buf, pos, n)
                 if end < 0:
-                    hold = n if final else max(pos, n - 2)
+                    pos = n
                     break
-                pos = text_start = end + 3
-                self._state = _TEXT
-                self._in_tag = False
-                continue
-            if self._state == _RAWTEXT:
-                end = self._find_tag(low, self._rawtext_end, pos, n)
-                if end == -1:
-                    hold = n if final else max(pos, n - len(self._rawtext_end))
+                pos = end
+                found = self._tag_done(buf, end)
+                if found is not None:
+                    start = self._start if self._then == _THEN_CLOSE else self._tag_start
+                    if start > emitted:
+                        out.append(bytes(buf[emitted:start]))
+                    out.append(found)
+                    emitted = end
+                    self._start = -1
+                self._after_tag(buf, end)
+            elif mode == _COMMENT:
+                match = _COMMENT_END.search(buf, pos)
+                if match is None:
+                    hold = pos if final else max(pos, n - 3)
                     break
-                if end == -2:  # needle at the very end; need the next byte to decide
-                    if final:
-                        hold = n
-                        break
-                    hold = n - len(self._rawtext_end)
+                pos = match.end()
+                self._mode = _DATA
+            elif mode == _BOGUS:
+                end = buf.find(b">", pos)
+                if end < 0:
+                    pos = n
                     break
-                # Inside the end tag now; its ``>`` follows.
-                pos = text_start = end + len(self._rawtext_end)
-                self._state = _TEXT
-                self._in_tag = True
-                continue
-            found = self._next_construct(low, pos, n)
-            if found is None:
-                if not final:
-                    # Hold a tail that may be the start of a needle cut by the chunk end.
-                    longest = max(len(needle) for needle, _, _ in self._needles)
-                    last_lt = low.rfind(b"<", max(pos, n - longest))
-                    if last_lt >= 0 and self._could_start_needle(low[last_lt:]):
-                        hold = last_lt
-                self._in_tag = self._inside_tag(low, text_start, hold)
+                pos = end + 1
+                self._mode = _DATA
+            elif mode == _CDATA:
+                end = buf.find(b"]]>", pos)
+                if end < 0:
+                    hold = pos if final else max(pos, n - 2)
+                    break
+                pos = end + 3
+                self._mode = _DATA
+            elif mode == _RAW:
+                match = _end_tag_pattern(self._raw_end).search(buf, pos)
+                if match is None:
+                    hold = pos if final else max(pos, n - len(self._raw_end) - 2)
+                    break
+                pos = self._enter_end_tag(match.end())
+                if pos < n and buf[pos] == 0x3E:  # the usual ``</style>``: done
+                    self._mode = _DATA
+                    pos += 1
+            elif mode == _SCRIPT:
+                result = self._script(buf, pos, n)
+                if result < 0:  # ``~result``: where the current escaping state began
+                    hold = n if final else max(~result, n - 8)
+                    break
+                pos = result
+                if pos < n and buf[pos] == 0x3E:  # the usual ``</script>``: done
+                    self._mode = _DATA
+                    pos += 1
+            else:  # _PLAINTEXT
+                pos = n
                 break
-            index, needle_number = found
-            if index < 0:  # a needle sits at the end of the chunk, undecided
-                if final:
-                    self._in_tag = self._inside_tag(low, text_start, n)
+        if final:
+            hold = n
+        self._release(buf, out, emitted, hold, n)
+
+    def _release(
+        self, buf: bytes | bytearray, out: list[Item], emitted: int, hold: int, n: int
+    ) -> None:
+        """Send what is certain, keep the rest for the next chunk."""
+        start = self._start
+        if start >= 0 and not self._skipping and n - start > self._max_size:
+            # Too big to be a placeholder we should hold: give up on it; what follows
+            # is still its fallback (any placeholder start tag there is part of it).
+            self.oversized += 1
+            self._skipping = True
+            self._start = start = -1
+            if self._mode == _TAG and self._then == _THEN_OPEN:
+                self._then = _THEN_GIVEN_UP  # still in its start tag
+            elif self._mode == _TAG and self._then == _THEN_CLOSE:
+                self._then = _THEN_DATA  # in its end tag: the placeholder is over
+                self._skipping = False
+        if self._mode == _TAG and n:
+            self._last_byte = buf[n - 1]  # for ``/>`` cut between the two bytes
+        keep = start if 0 <= start < hold else hold
+        if keep > emitted:
+            out.append(bytes(buf[emitted:keep]))
+        self._pos = hold - keep
+        if keep == 0:
+            self._buf = buf  # typically a placeholder still growing: nothing moves
+            return
+        self._buf = bytearray(buf[keep:]) if keep < n else b""
+        if start >= 0:
+            self._start = start - keep
+            self._open_end -= keep
+        self._tag_start -= keep
+
+    # -- data state --------------------------------------------------------------------------
+
+    def _data(self, buf: bytes | bytearray, pos: int, n: int) -> int:
+        """Through the data state to the next construct that changes the state (returned,
+        for ``_dispatch``), skipping the usual comments and raw text blocks on the way."""
+        # Inside a placeholder, its end tag stops the search and its start tag does not.
+        kind = 2 * (self._foreign > 0) + (self._start >= 0 or self._skipping)
+        search = self._candidates[kind]
+        while True:
+            # Jump to just before the next construct that matters when the bytes before
+            # it show that no tag is open there; else read exactly from where we are.
+            candidate = search(buf, pos)
+            target = candidate.start() if candidate is not None else n
+            # ``_sync``, with its usual case inline: a ``>`` right before the target,
+            # after quotes that close values (not after ``=`` or spaces).
+            gt = buf.rfind(b">", pos, target)
+            double = buf.rfind(b'"', pos, gt) if gt == target - 1 else pos
+            single = buf.rfind(b"'", pos, gt) if gt == target - 1 else pos
+            if (double < 0 or (double > pos and buf[double - 1] not in _MAY_OPEN)) and (
+                single < 0 or (single > pos and buf[single - 1] not in _MAY_OPEN)
+            ):
+                pos = target
+            elif gt < 0 and target < n and buf.find(b"<", pos, target) < 0:
+                pos = target  # only text since the last construct (``-->\n<script``)
+            else:
+                pos = _sync(buf, pos, target)
+                if pos != target:
+                    opens = _OPENS.search(buf, pos, target)
+                    if opens is not None and buf.find(b">", opens.start()) < 0:
+                        return opens.start()  # a tag that cannot end in this buffer
+                    return self._runs[kind](buf, pos).end()  # type: ignore[union-attr]
+            if candidate is None or n - pos < 6:
+                return pos
+            second = buf[pos + 1]
+            if second == 0x21:  # <!-- (or CDATA): the most common construct, in one step
+                if buf[pos + 2] != 0x2D:
+                    return pos
+                third = buf[pos + 4]
+                if third == 0x3E or (third == 0x2D and buf[pos + 5] == 0x3E):
+                    pos += 5 if third == 0x3E else 6  # <!--> and <!--->
+                    continue
+                closing = _COMMENT_END.search(buf, pos + 4)
+                if closing is None:
+                    return pos
+                pos = closing.end()
+            else:
+                skipped = _skip_raw(buf, pos, candidate.end(), n) if second in _LETTERS else 0
+                if not skipped:
+                    return pos
+                pos = skipped  # a whole script or style block in one step
+
+    # -- what the data state stopped at ------------------------------------------------
+
+    def _dispatch(self, buf: bytes | bytearray, pos: int, n: int, final: bool) -> int:
+        """At a ``<`` the run did not consume: enter the construct and return where to
+        resume, or -1 if the bytes so far cannot tell which construct it is."""
+        self.steps += 1
+        if pos + 1 >= n:
+            return n if final else -1
+        second = buf[pos + 1]
+        if second == 0x21:  # <!
+            if buf[pos + 2 : pos + 4] == b"--":
+                return self._comment(buf, pos, n, final)
+            if self._foreign and buf[pos + 2 : pos + 9] == b"[CDATA[":
+                self._mode = _CDATA
+                return pos + 9
+            if not final and (
+                b"--".startswith(buf[pos + 2 : pos + 4])
+                or (self._foreign and b"[CDATA[".startswith(buf[pos + 2 : pos + 9]))
+            ):
+                return -1
+            self._mode = _BOGUS
+            return pos + 2
+        if second == 0x3F:  # <?
+            self._mode = _BOGUS
+            return pos + 1
+        if second == 0x2F:  # </
+            if pos + 2 >= n:
+                return n if final else -1
+            if buf[pos + 2] not in _LETTERS:
+                if buf[pos + 2] == 0x3E:
+                    return pos + 3  # </> is nothing
+                self._mode = _BOGUS
+                return pos + 2
+            return self._enter_tag(buf, pos, pos + 2, n, final, end_tag=True)
+        if second in _LETTERS:
+            return self._enter_tag(buf, pos, pos + 1, n, final, end_tag=False)
+        return pos + 1  # a ``<`` that opens nothing is text
+
+    def _comment(self, buf: bytes | bytearray, pos: int, n: int, final: bool) -> int:
+        after = buf[pos + 4 : pos + 6]
+        if after[:1] == b">":
+            return pos + 5  # <!-->
+        if after == b"->":
+            return pos + 6  # <!--->
+        if not final and len(after) < 2 and after in (b"", b"-"):
+            return -1  # <!-- or <!--- at the end: could still be one of those
+        self._mode = _COMMENT
+        return pos + 4
+
+    def _enter_tag(
+        self,
+        buf: bytes | bytearray,
+        pos: int,
+        name_start: int,
+        n: int,
+        final: bool,
+        *,
+        end_tag: bool,
+    ) -> int:
+        name_end = _TAG_NAME_RUN.match(buf, name_start).end()  # type: ignore[union-attr]
+        if name_end >= n and not final and name_end - name_start <= self._longest:
+            return -1  # the name may go on, and could still be one that matters
+        name = bytes(buf[name_start:name_end]).lower()
+        then = _THEN_DATA
+        if end_tag:
+            if name == self._name and self._start >= 0:
+                then = _THEN_CLOSE
+            elif name == self._name and self._skipping:
+                self._skipping = False  # the end of the placeholder given up on
+            elif name in _FOREIGN_ELEMENTS and self._foreign:
+                then = _THEN_UNFOREIGN
+        elif name == self._name and self._start < 0 and not self._skipping:
+            then = _THEN_OPEN
+            self._start = pos
+            self._foreign_at_open = self._foreign
+        elif name == b"script":
+            then = _THEN_SCRIPT
+        elif name in _RAW_ELEMENTS:
+            then = _THEN_RAW
+            self._raw_end = name
+        elif name == b"plaintext":
+            then = _THEN_PLAINTEXT
+        elif name in _FOREIGN_ELEMENTS:
+            then = _THEN_FOREIGN
+        self._tag_start = pos  # for a placeholder's end tag: where its fallback ends
+        self._then = then
+        self._mode = _TAG
+        self._tag_state = _TAG_NAME
+        self._slash = False
+        return name_end
+
+    def _enter_end_tag(self, name_end: int) -> int:
+        """After ``</name`` that ends raw text or a script: the rest of the end tag."""
+        self._mode = _TAG
+        self._tag_state = _BEFORE_NAME
+        self._then = _THEN_DATA
+        self._slash = False
+        return name_end
+
+    # -- tags ----------------------------------------------------------------------------
+
+    def _tag(self, buf: bytes | bytearray, pos: int, n: int) -> int:
+        """Go on through a tag from ``_tag_state``; the offset after its ``>``, or -1 with
+        the sub-state saved if the buffer ends first. Sets ``_slash`` for ``/>``."""
+        state = self._tag_state
+        slash = self._slash
+        # An ordinary tag only comes here when it does not end in the buffer (the run
+        # would have read it): no use trying to read its end in one step.
+        unfinished = state == _TAG_NAME and self._then == _THEN_DATA
+        if state == _TAG_NAME:
+            pos = _TAG_NAME_RUN.match(buf, pos).end()  # type: ignore[union-attr]
+            if pos >= n:
+                self._slash = False
+                return -1
+            byte = buf[pos]
+            pos += 1
+            if byte == 0x3E:
+                self._slash = False
+                return pos
+            state = _BEFORE_NAME
+            slash = byte == 0x2F
+        if state == _BEFORE_NAME and self._then != _THEN_FOREIGN and not unfinished:
+            # The whole rest of the tag in C. If it does not match, the tag does not end
+            # in this buffer, and the loop below only finds the sub-state to resume in.
+            match = _TAG_REST.match(buf, pos)
+            if match is not None:
+                return match.end()
+        skipped = False
+        while True:
+            if state == _BEFORE_NAME and not skipped:
+                skipped = True
+                last = _LAST_ATTRIBUTE.match(buf, pos)
+                if last is not None and last.end() >= n and last.start(1) > pos:
+                    pos = last.start(1)  # everything before it is complete attributes
+                    slash = False
+            if state == _BEFORE_NAME:
+                run_end = _SPACE_SLASH.match(buf, pos).end()  # type: ignore[union-attr]
+                if run_end > pos:
+                    slash = buf[run_end - 1] == 0x2F
+                pos = run_end
+                if pos >= n:
                     break
-                hold = -index - 1
-                self._in_tag = self._inside_tag(low, text_start, hold)
-                break
-            if self._inside_tag(low, text_start, index):
-                pos = index + 1
-                continue
-            needle, kind, _ = self._needles[needle_number]
-            if kind == _COMMENT:
-                self._state = _COMMENT
-                pos = index + 2  # so that ``<!-->`` and ``<!--->`` end where browsers end them
-                continue
-            if kind == _RAWTEXT:
-                self._state = _RAWTEXT
-                self._rawtext_end = b"</" + needle[1:]
-                pos = index + len(needle)
-                continue
-            placeholder = self._parse_placeholder(buf, low, index)
-            if placeholder is None and final:  # unfinished at the end of the body
-                pos = index + 1
-                continue
-            if placeholder is None and n - index <= self._max_size:  # unfinished: wait
-                hold = index
-                self._in_tag = False
-                break
-            if placeholder is None or len(placeholder.raw) > self._max_size:
-                # Too big to be a placeholder we should hold: let it through as text,
-                # whether or not its end happens to be in this chunk.
-                self.oversized += 1
-                pos = index + len(self._open)
-                continue
-            if index > emitted:
-                out.append(buf[emitted:index])
-            out.append(placeholder)
-            pos = emitted = text_start = index + len(placeholder.raw)
-            self._in_tag = False
-        if hold > emitted:
-            out.append(buf[emitted:hold])
-        self._pending = buf[hold:] if hold < n else b""
-
-    def _next_construct(self, low: bytes, pos: int, n: int) -> tuple[int, int] | None:
-        """Earliest needle at or after ``pos``: (index, needle number).
-
-        An index below zero, ``-(index + 1)``, means a needle whose delimiter byte has not
-        arrived yet."""
-        search = self._pattern.search
-        while (match := search(low, pos)) is not None:
-            needle = match.group()
-            number = self._needle_numbers[needle]
-            index = match.start()
-            if number == 0:  # <!-- needs no delimiter
-                return index, 0
-            after = match.end()
-            if after == n:
-                return -index - 1, number
-            if low[after] in _TAG_DELIMITERS:
-                return index, number
-            pos = index + 1  # ``<scripts``, ``<rai-placeholderx``: not ours
-        return None
-
-    def _could_start_needle(self, tail: bytes) -> bool:
-        return any(needle.startswith(tail) for needle, _, _ in self._needles)
-
-    @staticmethod
-    def _find_tag(low: bytes, needle: bytes, pos: int, n: int) -> int:
-        """Index of ``needle`` followed by a tag delimiter; -1 if absent, -2 if undecided."""
-        at = low.find(needle, pos)
-        while at >= 0:
-            after = at + len(needle)
-            if after >= n:
-                return -2
-            if low[after] in _TAG_DELIMITERS:
-                return at
-            at = low.find(needle, at + 1)
+                if buf[pos] == 0x3E:
+                    self._slash = slash
+                    return pos + 1
+                state = _NAME
+                pos += 1  # this byte starts a name, whatever it is (even ``=``)
+            elif state == _NAME:
+                pos = _ATTRIBUTE_NAME_RUN.match(buf, pos).end()  # type: ignore[union-attr]
+                if pos >= n:
+                    break
+                byte = buf[pos]
+                pos += 1
+                if byte == 0x3E:
+                    self._slash = False
+                    return pos
+                if byte == 0x3D:
+                    state = _BEFORE_VALUE
+                elif byte == 0x2F:
+                    state = _BEFORE_NAME
+                    slash = True
+                else:
+                    state = _AFTER_NAME
+            elif state == _AFTER_NAME:
+                pos = _SPACES.match(buf, pos).end()  # type: ignore[union-attr]
+                if pos >= n:
+                    break
+                byte = buf[pos]
+                if byte == 0x3E:
+                    self._slash = False
+                    return pos + 1
+                if byte == 0x3D:
+                    state = _BEFORE_VALUE
+                    pos += 1
+                elif byte == 0x2F:
+                    state = _BEFORE_NAME
+                    slash = True
+                    pos += 1
+                else:
+                    state = _NAME
+            elif state == _BEFORE_VALUE:
+                pos = _SPACES.match(buf, pos).end()  # type: ignore[union-attr]
+                if pos >= n:
+                    break
+                byte = buf[pos]
+                if byte == 0x3E:
+                    self._slash = False
+                    return pos + 1
+                if byte == 0x22:
+                    state = _DOUBLE
+                    pos += 1
+                elif byte == 0x27:
+                    state = _SINGLE
+                    pos += 1
+                else:
+                    state = _UNQUOTED
+            elif state in (_DOUBLE, _SINGLE):
+                end = buf.find(b'"' if state == _DOUBLE else b"'", pos)
+                if end < 0:
+                    pos = n
+                    break
+                pos = end + 1
+                state = _BEFORE_NAME
+                slash = False
+            elif state == _UNQUOTED:
+                pos = _UNQUOTED_RUN.match(buf, pos).end()  # type: ignore[union-attr]
+                if pos >= n:
+                    break
+                byte = buf[pos]
+                pos += 1
+                if byte == 0x3E:
+                    self._slash = False
+                    return pos
+                state = _BEFORE_NAME
+                slash = False
+            else:  # _TAG_NAME
+                pos = _TAG_NAME_RUN.match(buf, pos).end()  # type: ignore[union-attr]
+                if pos >= n:
+                    break
+                byte = buf[pos]
+                pos += 1
+                if byte == 0x3E:
+                    self._slash = False
+                    return pos
+                state = _BEFORE_NAME
+                slash = byte == 0x2F
+        # A slash at the very end of the buffer is lost here; it only matters for
+        # ``<svg/>`` cut exactly between ``/`` and ``>``, so keep it in the state.
+        self._tag_state = state
+        self._slash = slash
         return -1
 
-    def _inside_tag(self, low: bytes, start: int, end: int) -> bool:
-        """Is ``end`` inside another element's tag, judged by the nearest ``<``/``>``?
+    def _tag_done(self, buf: bytes | bytearray, end: int) -> Placeholder | None:
+        """The tag ending at ``end`` is complete: a placeholder, if it finishes one."""
+        then = self._then
+        if then == _THEN_OPEN:
+            start = self._start
+            attributes = bytes(buf[start + len(self._open) : end - 1])
+            if attributes.endswith(b"/"):
+                self._start = -1
+                raw = bytes(buf[start:end])
+                if len(raw) > self._max_size:
+                    self.oversized += 1
+                    return None
+                return Placeholder(raw, attributes[:-1], b"", True)
+            self._open_end = end
+            return None
+        if then == _THEN_CLOSE:
+            start = self._start
+            if end - start > self._max_size:
+                self.oversized += 1
+                self._start = -1
+                return None
+            open_end = self._open_end
+            return Placeholder(
+                bytes(buf[start:end]),
+                bytes(buf[start + len(self._open) : open_end - 1]),
+                bytes(buf[open_end : self._tag_start]),
+                False,
+            )
+        return None
 
-        Inside if a tag opened (``<`` then a letter or ``/``) after the last ``>``; a ``<``
-        that opens nothing (``a < b``, or one in an attribute value) does not decide."""
-        gt = low.rfind(b">", start, end)
-        lt = low.find(b"<", max(gt + 1, start), end)
-        while lt >= 0:
-            following = low[lt + 1 : lt + 2]
-            if following.isalpha() or following in (b"/", b""):
-                return True
-            lt = low.find(b"<", lt + 1, end)
-        return self._in_tag if gt < 0 else False
+    def _after_tag(self, buf: bytes | bytearray, end: int) -> None:
+        then = self._then
+        self._mode = _DATA
+        if then == _THEN_SCRIPT:
+            self._mode = _SCRIPT
+            self._script_state = _SCRIPT_DATA
+        elif then == _THEN_RAW:
+            self._mode = _RAW
+        elif then == _THEN_PLAINTEXT:
+            self._mode = _PLAINTEXT
+        elif then == _THEN_FOREIGN:
+            if not self._slash:  # ``<svg/>`` opens nothing
+                self._foreign += 1
+        elif then == _THEN_UNFOREIGN:
+            self._foreign -= 1
+        elif then == _THEN_GIVEN_UP:
+            # A self-closing one is over; otherwise its fallback follows.
+            before = buf[end - 2] if end >= 2 else self._last_byte
+            self._skipping = before != 0x2F
+        self._then = _THEN_DATA
 
-    def _parse_placeholder(self, buf: bytes, low: bytes, index: int) -> Placeholder | None:
-        """The placeholder starting at ``index``, or None if its end has not arrived."""
-        attrs_start = index + len(self._open)
-        pos = attrs_start
+    # -- script data ---------------------------------------------------------------------
+
+    def _script(self, buf: bytes | bytearray, pos: int, n: int) -> int:
+        """Through a script's text, its escaped and double-escaped states; the offset to
+        resume at (inside its end tag), or ``~pos`` if nothing decisive is in the buffer
+        from ``pos``, where the current escaping state began."""
         while True:
-            match = _QUOTE_OR_END.search(buf, pos)
-            if match is None:
-                return None
-            if match.group() == b">":
-                tag_end = match.end()
-                break
-            closing_quote = buf.find(match.group(), match.end())
-            if closing_quote < 0:
-                return None
-            pos = closing_quote + 1
-        attributes = buf[attrs_start : tag_end - 1]
-        if attributes.endswith(b"/"):
-            return Placeholder(buf[index:tag_end], attributes[:-1], b"", True)
-        close_at = self._find_tag(low, self._close, tag_end, len(buf))
-        if close_at < 0:
-            return None
-        close_end = buf.find(b">", close_at + len(self._close))
-        if close_end < 0:
-            return None
-        return Placeholder(buf[index : close_end + 1], attributes, buf[tag_end:close_at], False)
+            state = self._script_state
+            if state == _SCRIPT_DATA:
+                match = _SCRIPT_DATA_STOP.search(buf, pos)
+                if match is None:
+                    return ~pos
+                if buf[match.start() + 1] == 0x2F:  # </script
+                    return self._enter_end_tag(match.end())
+                self._script_state = _SCRIPT_ESCAPED
+                pos = match.start() + 2  # the ``--`` of ``<!--`` may end it: ``<!-->``
+            elif state == _SCRIPT_ESCAPED:
+                match = _SCRIPT_ESCAPED_STOP.search(buf, pos)
+                if match is None:
+                    return ~pos
+                found = match.group()
+                if found == b"-->":
+                    self._script_state = _SCRIPT_DATA
+                elif found[1] == 0x2F:
+                    return self._enter_end_tag(match.end())
+                else:
+                    self._script_state = _SCRIPT_DOUBLE_ESCAPED
+                pos = match.end()
+            else:
+                match = _SCRIPT_DOUBLE_STOP.search(buf, pos)
+                if match is None:
+                    return ~pos
+                if match.group() == b"-->":
+                    self._script_state = _SCRIPT_DATA
+                else:
+                    self._script_state = _SCRIPT_ESCAPED
+                    pos = match.end() + 1  # the delimiter goes with it
+                    continue
+                pos = match.end()
 
 
-@functools.lru_cache(maxsize=16)
-def _construct_pattern(needles: tuple[bytes, ...]) -> re.Pattern[bytes]:
-    """All needles in one pass, searched on the lowered buffer. A plain alternation of
-    literals (no groups, no lookahead) keeps ``re``'s fast path that jumps from '<' to '<'
-    in C; which needle matched, and whether a delimiter follows, is checked in Python for
-    the few matches. Longest first, so that a tag name that begins like another wins."""
-    ordered = sorted((needle[1:] for needle in needles), key=len, reverse=True)
-    return re.compile(b"<(?:" + b"|".join(re.escape(name) for name in ordered) + b")")
+def _skip_raw(buf: bytes | bytearray, pos: int, name_end: int, n: int) -> int:
+    """The usual raw text element at ``pos`` (``<script ...>...</script>``, no script
+    escapes, all in the buffer): the offset after it, or 0 to take the general way."""
+    name = bytes(buf[pos + 1 : name_end]).lower()
+    if name == b"script":
+        stop = _SCRIPT_DATA_STOP
+    elif name in _RAW_ELEMENTS:
+        stop = _end_tag_pattern(name)
+    else:
+        return 0
+    if buf[name_end] == 0x3E:
+        body = name_end + 1
+    else:
+        rest = _TAG_REST.match(buf, name_end)
+        if rest is None:
+            return 0
+        body = rest.end()
+    end = stop.search(buf, body)
+    if end is None or buf[end.start() + 1] != 0x2F:  # not found, or ``<!--`` first
+        return 0
+    close = end.end()
+    if close < n and buf[close] == 0x3E:
+        return close + 1
+    return 0
+
+
+def _sync(buf: bytes | bytearray, pos: int, target: int) -> int:
+    """A position at or after ``pos`` (in the data state) and at or before ``target``
+    that is certainly in the data state, as close to ``target`` as can be told cheaply.
+
+    Between ``pos`` and ``target`` there is no comment, raw text element or other
+    construct that changes the state, only text, tags, bogus comments and doctypes; in
+    those a ``>`` ends what it is in unless it is inside a quoted attribute value. It is
+    not, if the last quote of each kind before it cannot open a value (a value's opening
+    quote always follows ``=`` and optional spaces). Then the state after it is data."""
+    gt = buf.rfind(b">", pos, target)
+    if gt < 0:
+        return _text_until(buf, pos, target)
+    for quote in (b'"', b"'"):
+        at = buf.rfind(quote, pos, gt)
+        if at > pos:
+            before = buf[at - 1]
+            if before == 0x3D or (
+                before in _SPACE
+                and bytes(buf[max(pos, at - 64) : at]).rstrip(b"\t\n\f\r ").endswith(b"=")
+            ):
+                return pos  # it may open a value that hides this ``>``: read from ``pos``
+        elif at == pos:
+            return pos
+    return _text_until(buf, gt + 1, target)
+
+
+def _text_until(buf: bytes | bytearray, pos: int, target: int) -> int:
+    """From ``pos`` (data state): ``target`` if all before it is text, else ``pos``. At
+    the end of the buffer, a last ``<`` may begin a construct: stop there."""
+    if _OPENS.search(buf, pos, target):
+        return pos
+    if target == len(buf):
+        last = buf.rfind(b"<", pos, target)
+        if last >= 0:
+            return last
+    return target
+
+
+def _joined(items: list[Item]) -> list[Item]:
+    """Adjacent passthrough pieces as one (the rescan at the end may cut them)."""
+    out: list[Item] = []
+    for item in items:
+        if isinstance(item, bytes) and out and isinstance(out[-1], bytes):
+            out[-1] += item
+        elif item != b"":
+            out.append(item)
+    return out
 
 
 def scan(data: bytes, tag: str = "rai-placeholder", *, max_size: int = 64 * 1024) -> list[Item]:
