@@ -499,3 +499,33 @@ def test_first_chunk_of_a_stream_reaches_the_client_before_the_app_goes_on(
         f"(took {elapsed:.2f} s); the head was held back"
     )
     assert SLOW_TAIL.startswith(b"<rai-placeholder")
+
+
+# -- issue 12: one visitor, or one cool-down, cannot switch widgets off for everyone ------
+
+
+def test_a_visitor_the_upstream_refuses_does_not_trip_the_breaker(
+    make_site: Callable[..., Site], fake: FakeReturningAI
+) -> None:
+    site = make_site(failure_threshold=1)
+    fake.fail_next(1, status=400)  # about alice alone
+    assert site.get("/page", headers=ALICE).body == FALLBACK_PAGE
+    token, _ = widget_parts(WIDGET_PAGE, site.get("/page", headers=BOB).body)
+    assert fake.decode(token)["data-customer-id"] == "bob"
+    # alice backs off on her own: her next page costs no upstream call.
+    assert site.get("/page", headers=ALICE).body == FALLBACK_PAGE
+    assert fake.calls == 2
+
+
+def test_after_the_cool_down_one_page_probes_the_upstream(
+    make_site: Callable[..., Site], fake: FakeReturningAI, clock: Clock
+) -> None:
+    site = make_site(failure_threshold=1, failure_cooldown=30.0)
+    fake.fail_next(1, status=503)
+    assert site.get("/page", headers=ALICE).body == FALLBACK_PAGE
+    assert site.get("/page", headers=BOB).body == FALLBACK_PAGE  # open: no call
+    assert fake.calls == 1
+    clock.now += 31.0
+    token, _ = widget_parts(WIDGET_PAGE, site.get("/page", headers=BOB).body)  # the probe
+    assert fake.decode(token)["data-customer-id"] == "bob"
+    assert fake.calls == 2
