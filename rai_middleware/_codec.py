@@ -8,6 +8,7 @@ Each outgoing chunk is flushed (``Z_SYNC_FLUSH``) so that streaming stays stream
 from __future__ import annotations
 
 import zlib
+from typing import Any
 
 __all__ = ["MAX_INFLATED", "BodyCodec", "codec_for"]
 
@@ -55,6 +56,20 @@ class BodyCodec:
             if not self._decoder.eof:
                 raise zlib.error("the compressed body ends before its end marker")
         return out
+
+    def decoder_copy(self) -> Any:
+        """The decompressor as it stands (to try a continuation on without touching it)."""
+        return self._decoder.copy()
+
+    @property
+    def ended(self) -> bool:
+        """The compressed stream's end marker has been read."""
+        return bool(self._decoder.eof)
+
+    @property
+    def trailing(self) -> bytes:
+        """Bytes that came after the end of the compressed stream."""
+        return bytes(self._decoder.unused_data)
 
     def encode(self, data: bytes, *, final: bool) -> bytes:
         out = self._encoder.compress(data)

@@ -79,11 +79,6 @@ class _CorruptBody(Exception):
 _FLUSHED = b"\x00\x00\xff\xff"
 
 
-def _decoder_of(codec: BodyCodec) -> Any:
-    """The codec's zlib decompressor (copied to test a continuation, read for its end)."""
-    return codec._decoder
-
-
 def quick_matcher(tag: str) -> Callable[[bytes], object]:
     """The cheap test that decides whether a whole body needs scanning at all."""
     return re.compile(re.escape(b"<" + tag.encode("ascii")), re.IGNORECASE).search
@@ -259,7 +254,7 @@ class PageRewrite:
                 # the page is private depends on who the visitor is.
                 yield from self._identify()
             if relaying and not first and self._codec is not None:
-                before = _decoder_of(self._codec).copy()
+                before = self._codec.decoder_copy()
             data = self._decode(chunk, final=final)
             items = self._scan(data, final=final)
             if relaying and self._unchanged_items(items) and self._relayable(chunk, final):
@@ -310,12 +305,7 @@ class PageRewrite:
         ``_continues``). A stream compressed in one piece and cut anywhere is re-encoded
         from its first chunk instead."""
         codec = self._codec
-        return (
-            final
-            or not chunk
-            or chunk.endswith(_FLUSHED)
-            or (codec is not None and _decoder_of(codec).eof)
-        )
+        return final or not chunk or chunk.endswith(_FLUSHED) or (codec is not None and codec.ended)
 
     def _continues(self, before: Any, out: bytes, text: bytes, final: bool) -> bool:
         """Does our encoder's ``out``, after the app's compressed bytes so far, inflate to
@@ -392,8 +382,7 @@ class PageRewrite:
             data = self._codec.decode(chunk, final=final)
         except Exception as exc:  # zlib.error, MemoryError...
             raise _CorruptBody(str(exc)) from None
-        decoder = _decoder_of(self._codec)
-        if decoder.eof and decoder.unused_data:
+        if self._codec.ended and self._codec.trailing:
             raise _CorruptBody("bytes after the end of the compressed stream")
         return data
 
