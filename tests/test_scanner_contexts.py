@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 
 import pytest
@@ -184,9 +183,6 @@ def test_oversized_placeholder_keeps_its_fallback_as_fallback() -> None:
 # -- cost -------------------------------------------------------------------------------------
 
 MB = 1 << 20
-# Under a tracer (coverage runs the whole suite under one) Python code runs ~3x slower;
-# the limits are for the scanner, not for the tracer.
-LIMIT = 0.1 * (3 if sys.gettrace() is not None else 1)
 
 
 def pathological(shape: str, size: int) -> bytes:
@@ -236,21 +232,33 @@ def _seconds(data: bytes, chunk: int = 0) -> float:
     return time.perf_counter() - start
 
 
-def test_192_kb_of_unescaped_lt_takes_under_a_tenth_of_a_second() -> None:
+# The two cases took 18 s and 5.7 s (quadratic); unloaded, they now take a few
+# milliseconds and 0.06 s. The suite asserts what cannot flake, the bytes examined per
+# byte of input, and a ceiling ten times above the target that a quadratic scan still
+# cannot meet on any machine this runs on, coverage tracing included.
+CEILING = 1.0
+
+
+def test_192_kb_of_unescaped_lt_is_scanned_in_linear_time() -> None:
     page = b"<p>" + b"if a < b and c <d then " * (192 * 1024 // 24) + b"</p>"
-    assert min(_seconds(page) for _ in range(3)) < LIMIT
+    scanner = PlaceholderScanner()
+    scanner.feed(page)
+    scanner.close()
+    assert scanner.steps / len(page) <= 20
+    assert min(_seconds(page) for _ in range(3)) < CEILING
 
 
-def test_64_kb_placeholder_in_one_byte_chunks_takes_under_a_tenth_of_a_second() -> None:
+def test_64_kb_placeholder_in_one_byte_chunks_is_never_rescanned() -> None:
     data = b"<rai-placeholder widget=x>" + b"y" * (64 * 1024 - 50) + b"</rai-placeholder>"
-    best = 1.0
+    best = CEILING
     for _ in range(3):
         start = time.perf_counter()
         scanner = PlaceholderScanner()
         found = [item for i in range(len(data)) for item in scanner.feed(data[i : i + 1])]
         best = min(best, time.perf_counter() - start)
     assert found[-1] == Placeholder(data, b" widget=x", data[26:-18], False)
-    assert best < LIMIT
+    assert scanner.steps / len(data) <= 20  # each byte looked at a bounded number of times
+    assert best < CEILING
 
 
 @pytest.mark.parametrize("shape", [shape for shape in SHAPES if not shape.startswith("hidden")])
