@@ -361,7 +361,7 @@ class FakeReturningAI:
         return injection
 
     async def _injected_response(
-        self, request: Request, injection: _Injection, *, signin: bool
+        self, request: Request, injection: _Injection, epoch: int, *, signin: bool
     ) -> Response:
         if injection.mode == "status":
             return _error(injection.status, "Injected failure")
@@ -372,7 +372,6 @@ class FakeReturningAI:
         if injection.mode == "hang":
             # Sleep (cancellably) until hang_seconds pass, the client goes away, or the hang is
             # released by recover() or by run_in_thread() shutting down.
-            epoch = self._hang_epoch
             deadline = anyio.current_time() + self.hang_seconds
             while (
                 epoch == self._hang_epoch
@@ -434,6 +433,9 @@ class FakeReturningAI:
     # -- endpoints ------------------------------------------------------------------------------
 
     async def _token_endpoint(self, request: Request) -> Response:
+        # Read before the call is counted: a caller that waits for the count and then stops
+        # the server (bumping the epoch) must release this request, not a later one.
+        epoch = self._hang_epoch
         self.calls += 1
         body = await request.body()
         try:
@@ -446,7 +448,7 @@ class FakeReturningAI:
         if self.latency:
             await anyio.sleep(self.latency)
         if injection is not None:
-            return await self._injected_response(request, injection, signin=False)
+            return await self._injected_response(request, injection, epoch, signin=False)
 
         if payload is None:
             return _error(400, "Request body must be valid JSON")
@@ -478,6 +480,7 @@ class FakeReturningAI:
         )
 
     async def _signin_endpoint(self, request: Request) -> Response:
+        epoch = self._hang_epoch
         self.signin_calls += 1
         community: str = request.path_params["community_id"]
         email = request.headers.get("email", "")
@@ -486,7 +489,7 @@ class FakeReturningAI:
         if self.latency:
             await anyio.sleep(self.latency)
         if injection is not None:
-            return await self._injected_response(request, injection, signin=True)
+            return await self._injected_response(request, injection, epoch, signin=True)
 
         api_key = request.headers.get("returningai-api-key", "")
         if not hmac.compare_digest(api_key.encode(), self._widget_api_key.encode()):
