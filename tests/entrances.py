@@ -31,12 +31,11 @@ from typing import Any
 import anyio.from_thread
 import httpx
 
+# Fixture values the secrecy tests look for (fake credentials, never real ones).
+from tests.conftest import ACCESS_ID, ACCESS_KEY, COMMUNITY_ID, SECRET_KEY, http_scope
+
 ENTRANCES = ["asgi", "wsgi", "django-sync", "django-async", "flask"]
 
-COMMUNITY_ID = "community-123"
-ACCESS_ID = "access-id-AAAAAAAAAAAAAAAAAAAA"
-ACCESS_KEY = "access-key-SSSSSSSSSSSSSSSSSSSSSSSS"
-SECRET_KEY = "secret-key-KKKKKKKKKKKKKKKKKKKKKKKK"
 SDK_URL = "https://sdk.invalid/rai-widget.iife.js"
 REFRESH_URL = "/_rai/embed-token"
 HOST = "testserver"
@@ -387,22 +386,7 @@ class ASGISite(Site):
             (name.lower().encode("latin-1"), value.encode("latin-1"))
             for name, value in (headers or {}).items()
         ]
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.4"},
-            "http_version": "1.1",
-            "method": method,
-            "scheme": "http",
-            "path": path,
-            "raw_path": path.encode(),
-            "root_path": "",
-            "query_string": b"",
-            "headers": raw_headers,
-            "client": ("127.0.0.1", 5000),
-            "server": (HOST, 80),
-            "extensions": {},
-            "state": {},
-        }
+        scope = http_scope(path, method, raw_headers)
         start: dict[str, Any] | None = None
         chunks: list[bytes] = []
         done = asyncio.Event()

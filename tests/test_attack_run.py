@@ -22,16 +22,8 @@ from typing import Any
 import pytest
 
 from rai_middleware.testing import FakeReturningAI
-from tests.entrances import (
-    ACCESS_ID,
-    ACCESS_KEY,
-    ENTRANCES,
-    REFRESH_URL,
-    ASGISite,
-    Response,
-    Site,
-    build_site,
-)
+from tests.conftest import ACCESS_ID, ACCESS_KEY
+from tests.entrances import ENTRANCES, REFRESH_URL, ASGISite, Response, Site, build_site
 
 REQUESTS = int(os.environ.get("RAI_ATTACK_REQUESTS", "2000"))
 USERS = 30

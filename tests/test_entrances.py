@@ -19,10 +19,8 @@ from typing import Any
 import pytest
 
 from rai_middleware.testing import FakeReturningAI
+from tests.conftest import ACCESS_ID, ACCESS_KEY, COMMUNITY_ID, SECRET_KEY
 from tests.entrances import (
-    ACCESS_ID,
-    ACCESS_KEY,
-    COMMUNITY_ID,
     ENTRANCES,
     FALLBACK,
     JSON_BODY,
@@ -31,7 +29,6 @@ from tests.entrances import (
     PLAIN,
     REFRESH_URL,
     SDK_URL,
-    SECRET_KEY,
     SLOW_HEAD,
     SLOW_TAIL,
     STREAM_AFTER,

@@ -112,7 +112,7 @@ def test_several_sdk_integrity_hashes_are_accepted() -> None:
 @pytest.mark.parametrize("entrance", ENTRANCES)
 def test_sdk_integrity_on_every_entrance(entrance: str) -> None:
     from rai_middleware.testing import FakeReturningAI
-    from tests.entrances import ACCESS_ID, ACCESS_KEY
+    from tests.conftest import ACCESS_ID, ACCESS_KEY
 
     fake = FakeReturningAI(access_id=ACCESS_ID, access_key=ACCESS_KEY)
     with fake.run_in_thread() as url:

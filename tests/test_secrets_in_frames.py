@@ -23,7 +23,8 @@ import pytest
 
 from rai_middleware.testing import FakeReturningAI
 from tests import entrances
-from tests.entrances import ACCESS_ID, ACCESS_KEY, ENTRANCES, SECRET_KEY, build_site
+from tests.conftest import ACCESS_ID, ACCESS_KEY, SECRET_KEY
+from tests.entrances import ENTRANCES, build_site
 
 WIDGET_API_KEY = "widget-api-key-WWWWWWWWWWWWWWWWWWWW"
 SECRETS = (ACCESS_ID, ACCESS_KEY, WIDGET_API_KEY, SECRET_KEY)
