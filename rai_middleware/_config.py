@@ -184,8 +184,8 @@ class Settings:
         return MODES[self.mode](self)
 
     @property
-    def token_url(self) -> str:
-        """Where tokens are minted (the mode decides)."""
+    def token_url(self) -> str | None:
+        """Where tokens are minted (the mode decides; None: it mints none)."""
         return self.auth.token_url
 
     @property

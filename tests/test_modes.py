@@ -369,3 +369,12 @@ async def test_xhtml_page_stays_well_formed_xml(signin: respx.MockRouter, mode: 
     body = body_of(await call_asgi(middleware, http_scope()))
     assert b"<![CDATA[" in body
     minidom.parseString(body)  # raises if the rewritten page is not well-formed XML
+
+
+def test_the_token_service_of_a_mode_without_tokens_has_a_repr() -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:  # pragma: no cover
+        pass
+
+    middleware = ReturningAIMiddleware(app, mode="attributes")
+    assert middleware.settings.token_url is None
+    assert repr(middleware.tokens) == "TokenService(TokenPolicy(api=None, cached=0))"

@@ -110,8 +110,9 @@ class Mode:
         return f"<mode {self.name!r}>"
 
     @property
-    def token_url(self) -> str:
-        raise NotImplementedError
+    def token_url(self) -> str | None:
+        """Where tokens are minted; None in a mode that uses none."""
+        return None
 
     @property
     def refresh_path(self) -> str | None:
