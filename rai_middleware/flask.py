@@ -14,7 +14,6 @@ sends it (tokens need no request context). The refresh endpoint is answered by a
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -158,14 +157,15 @@ class ReturningAI:
     @staticmethod
     def _after_request(response: Response) -> Response:
         state: _State = current_app.extensions[EXTENSION]
+        # Read now: a streamed body is rewritten after the request context is gone.
+        nonce = _csp_nonce()
         rewrite = state.core.page(
             request.method,
             response.status_code,
             _raw_headers(response),
             path=request.path,
             script_root=request.script_root,
-            # Read now: a streamed body is rewritten after the request context is gone.
-            nonce=functools.partial(lambda nonce: nonce, _csp_nonce()),
+            nonce=lambda: nonce,
             stream=response.is_streamed,
         )
         if rewrite is None:
