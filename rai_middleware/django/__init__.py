@@ -30,9 +30,9 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_asy
 from django.conf import settings as django_settings
 from django.http import HttpResponse
 
-from ._async_tokens import TokenService
-from ._config import check_option_names
-from ._core import (
+from rai_middleware._async_tokens import TokenService
+from rai_middleware._config import check_option_names
+from rai_middleware._core import (
     AsyncDriver,
     SyncDriver,
     TokensInThreads,
@@ -40,11 +40,11 @@ from ._core import (
     load_callable,
     sync_services,
 )
-from ._endpoint import Reply
-from ._exceptions import ConfigurationError
-from ._identity import identifiers_of
-from ._page import PageRewrite, Step
-from ._sync_tokens import SyncTokenService
+from rai_middleware._endpoint import Reply
+from rai_middleware._exceptions import ConfigurationError
+from rai_middleware._identity import identifiers_of
+from rai_middleware._page import PageRewrite, Step
+from rai_middleware._sync_tokens import SyncTokenService
 
 __all__ = ["ReturningAIMiddleware", "default_identify"]
 
