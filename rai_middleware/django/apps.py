@@ -1,0 +1,12 @@
+"""``INSTALLED_APPS += ["rai_middleware.django"]``: the template tags and the system checks."""
+
+from __future__ import annotations
+
+from django.apps import AppConfig
+
+
+class ReturningAIConfig(AppConfig):
+    name = "rai_middleware.django"
+    # "django" would clash with Django's own apps; templates load the tags by this label's library.
+    label = "rai_middleware"
+    verbose_name = "Returning.AI widgets"
