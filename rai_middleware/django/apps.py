@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.apps import AppConfig
 
 
-class ReturningAIConfig(AppConfig):
+class ReturningAIConfig(AppConfig):  # type: ignore[misc]  # Django ships no stubs
     name = "rai_middleware.django"
     # "django" would clash with Django's own apps; templates load the tags by this label's library.
     label = "rai_middleware"
