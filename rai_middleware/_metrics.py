@@ -52,6 +52,7 @@ EVENTS = (
     "mint_failure",
     "refresh_ahead",
     "breaker_open",
+    "breaker_close",
     "store_fallback",
     "page_rewritten",
     "page_passed_through",
@@ -193,6 +194,10 @@ class Metrics:
         next(self._breaker_openings)
         if self._dispatcher is not None:
             self._dispatcher.put(Event("breaker_open"))
+
+    def breaker_closed(self) -> None:
+        if self._dispatcher is not None:
+            self._dispatcher.put(Event("breaker_close"))
 
     def store_failed(self) -> None:
         next(self._store_fallbacks)

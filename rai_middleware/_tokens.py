@@ -246,8 +246,10 @@ class TokenPolicy:
         with self._lock:
             self._cache[identity.key] = token
             self._consecutive_failures = 0
-            self._tripped = False  # Returning.AI answered: the breaker is closed
+            was_open, self._tripped = self._tripped, False  # it answered: the breaker is closed
         self.metrics.minted(identity.tag, self._clock() - started)
+        if was_open:
+            self.metrics.breaker_closed()
         return token
 
     # -- single flight ---------------------------------------------------------------
@@ -353,11 +355,6 @@ class TokenPolicy:
                 del self._inflight[flight.key]
             if self._probe is flight:
                 self._probe = None
-            if count and isinstance(error, TokenError):
-                if blames_identity(error):
-                    warning = self._refused(flight.key, error)
-                else:
-                    warning = self._failed(error)
             if error is not None and (count or not isinstance(error, TokenError)):
                 started = flight.started
                 self.metrics.mint_failed(
@@ -365,6 +362,11 @@ class TokenPolicy:
                     flight.key[:8],  # Identity.tag
                     None if started is None else self._clock() - started,
                 )
+            if count and isinstance(error, TokenError):
+                if blames_identity(error):
+                    warning = self._refused(flight.key, error)
+                else:
+                    warning = self._failed(error)
         if warning is not None:
             logger.warning(*warning)
         for wake in wakers:
