@@ -8,8 +8,10 @@ entrance's middleware object has a one-line ``stats()`` that returns it.
 Counting is cheap and lock-free: each counter is an ``itertools.count`` whose ``next()``
 runs as one C call, which the GIL never interrupts, so threads cannot lose an increment
 (a ``self.n += 1`` is three bytecodes, between which Python 3.10 may switch threads). No
-lock is taken for a count; those counted by the token policy happen inside its own
-critical sections anyway. Each count is exact; a snapshot reads them one after the other,
+lock is taken for a count (an uncontended ``threading.Lock`` would cost several times the
+increment on every page); those counted by the token policy happen inside its own critical
+sections anyway. On CPython with the GIL each count is exact (a free-threaded build gives
+no such promise for ``itertools.count``). A snapshot reads the counts one after the other,
 so a page counted while it is taken may show in one count and not yet in another.
 
 ``on_event`` callables get each event on one background thread of their own, in order,
@@ -247,19 +249,54 @@ class Metrics:
         return True if self._dispatcher is None else self._dispatcher.flush(timeout)
 
 
-class _Dispatcher:
-    """Hands events to one ``on_event`` callable on a daemon thread of its own, started
-    with the first event (and again in a forked child, where it does not exist)."""
+class _Delivery:
+    """What the delivering thread holds: the callable and its error count. Not the
+    dispatcher, so that a middleware that is gone takes its thread with it."""
+
+    __slots__ = ("callback", "errors", "logged")
 
     def __init__(self, callback: EventCallback) -> None:
-        self._callback = callback
-        self._queue: queue.SimpleQueue[Event | threading.Event] = queue.SimpleQueue()
+        self.callback = callback
+        self.errors = itertools.count()
+        self.logged = False
+
+    def run(self, events: queue.SimpleQueue[Event | threading.Event | None]) -> None:
+        while True:
+            item = events.get()
+            if item is None:  # the dispatcher was collected
+                return
+            if isinstance(item, threading.Event):
+                item.set()
+                continue
+            try:
+                self.callback(item)
+            except Exception:
+                next(self.errors)
+                if not self.logged:
+                    self.logged = True
+                    logger.exception(
+                        "on_event raised on the %r event; pages are not affected and events "
+                        "go on being delivered. Logged once; see stats()['event_errors']",
+                        item.name,
+                    )
+
+
+class _Dispatcher:
+    """Hands events to one ``on_event`` callable on a daemon thread of its own, started
+    with the first event (and again in a forked child, where it does not exist), and
+    stopped once the dispatcher is garbage collected."""
+
+    def __init__(self, callback: EventCallback) -> None:
+        self._delivery = _Delivery(callback)
+        self._queue: queue.SimpleQueue[Event | threading.Event | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._starting = threading.Lock()  # taken only to start the thread
-        self._logged = False
         self.dropped = itertools.count()
-        self.errors = itertools.count()
         _DISPATCHERS.add(self)
+
+    @property
+    def errors(self) -> itertools.count[int]:
+        return self._delivery.errors
 
     def put(self, event: Event) -> None:
         if self._thread is None:
@@ -279,29 +316,13 @@ class _Dispatcher:
     def _start(self) -> None:
         with self._starting:
             if self._thread is None:
+                events = self._queue
                 thread = threading.Thread(
-                    target=self._run, args=(self._queue,), name="rai-on-event", daemon=True
+                    target=self._delivery.run, args=(events,), name="rai-on-event", daemon=True
                 )
                 thread.start()
+                weakref.finalize(self, events.put, None)
                 self._thread = thread
-
-    def _run(self, events: queue.SimpleQueue[Event | threading.Event]) -> None:
-        while True:
-            item = events.get()
-            if isinstance(item, threading.Event):
-                item.set()
-                continue
-            try:
-                self._callback(item)
-            except Exception:
-                next(self.errors)
-                if not self._logged:
-                    self._logged = True
-                    logger.exception(
-                        "on_event raised on the %r event; pages are not affected and events "
-                        "go on being delivered. Logged once; see stats()['event_errors']",
-                        item.name,
-                    )
 
     def _forked(self) -> None:
         """In a forked child: the parent's thread is not here, nor should its queue be."""

@@ -564,3 +564,18 @@ def test_opentelemetry_httpx_instrumentation_traces_each_mint_without_the_key() 
     assert 200 in attributes.values()
     assert ACCESS_KEY not in repr(attributes) and ACCESS_ID not in repr(attributes)
     provider.shutdown()
+
+
+def test_the_delivering_thread_ends_with_its_middleware() -> None:
+    import gc
+
+    metrics = Metrics(lambda event: None)
+    metrics.breaker_opened()
+    assert metrics.flush(5.0)
+    assert metrics._dispatcher is not None
+    thread = metrics._dispatcher._thread
+    assert thread is not None and thread.is_alive()
+    del metrics
+    gc.collect()
+    thread.join(5.0)
+    assert not thread.is_alive()
