@@ -579,3 +579,18 @@ def test_the_delivering_thread_ends_with_its_middleware() -> None:
     gc.collect()
     thread.join(5.0)
     assert not thread.is_alive()
+
+
+def test_flush_before_any_event_and_a_second_start_do_nothing() -> None:
+    received: list[Event] = []
+    metrics = Metrics(received.append)
+    assert metrics.flush(0.0) is True  # no thread yet: nothing to wait for
+    dispatcher = metrics._dispatcher
+    assert dispatcher is not None
+    dispatcher._start()
+    thread = dispatcher._thread
+    dispatcher._start()  # as a second thread would, having seen no thread before the lock
+    assert dispatcher._thread is thread
+    metrics.breaker_closed()
+    assert metrics.flush(5.0)
+    assert received == [Event("breaker_close")]
