@@ -14,15 +14,20 @@ from __future__ import annotations
 
 from ._asgi import ReturningAIMiddleware
 from ._exceptions import ConfigurationError, ReturningAIError, StoreError, TokenError
+from ._metrics import EVENTS, FAILURE_KINDS, Event, Stats
 from ._store import SyncTokenStore, TokenStore
 from ._version import __version__
 from ._wsgi import ReturningAIWSGIMiddleware
 
 __all__ = [
+    "EVENTS",
+    "FAILURE_KINDS",
     "ConfigurationError",
+    "Event",
     "ReturningAIError",
     "ReturningAIMiddleware",
     "ReturningAIWSGIMiddleware",
+    "Stats",
     "StoreError",
     "SyncTokenStore",
     "TokenError",
@@ -33,9 +38,11 @@ __all__ = [
 # Show the public path in reprs and tracebacks, as httpx does.
 for _name in (
     "ConfigurationError",
+    "Event",
     "ReturningAIError",
     "ReturningAIMiddleware",
     "ReturningAIWSGIMiddleware",
+    "Stats",
     "StoreError",
     "SyncTokenStore",
     "TokenError",

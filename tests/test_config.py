@@ -147,10 +147,14 @@ def test_public_names_are_exported() -> None:
     import rai_middleware
 
     assert set(rai_middleware.__all__) == {
+        "EVENTS",
+        "FAILURE_KINDS",
         "ConfigurationError",
+        "Event",
         "ReturningAIError",
         "ReturningAIMiddleware",
         "ReturningAIWSGIMiddleware",
+        "Stats",
         "StoreError",
         "SyncTokenStore",
         "TokenError",
