@@ -13,13 +13,20 @@ for the visitor with the site's server-side credentials, and writes the widget i
 from __future__ import annotations
 
 from ._asgi import ReturningAIMiddleware
-from ._exceptions import ConfigurationError, ReturningAIError, StoreError, TokenError
+from ._exceptions import (
+    ConfigurationError,
+    PlaceholderError,
+    ReturningAIError,
+    StoreError,
+    TokenError,
+)
 from ._store import SyncTokenStore, TokenStore
 from ._version import __version__
 from ._wsgi import ReturningAIWSGIMiddleware
 
 __all__ = [
     "ConfigurationError",
+    "PlaceholderError",
     "ReturningAIError",
     "ReturningAIMiddleware",
     "ReturningAIWSGIMiddleware",
@@ -33,6 +40,7 @@ __all__ = [
 # Show the public path in reprs and tracebacks, as httpx does.
 for _name in (
     "ConfigurationError",
+    "PlaceholderError",
     "ReturningAIError",
     "ReturningAIMiddleware",
     "ReturningAIWSGIMiddleware",
