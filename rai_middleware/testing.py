@@ -214,7 +214,8 @@ class _SyncFakeTransport(httpx.BaseTransport):
             content=request.read(),
             extensions=request.extensions,
         )
-        future = asyncio.run_coroutine_threadsafe(self._send(forwarded), self._running_loop())
+        loop = self._running_loop()  # first: a closed transport creates no coroutine
+        future = asyncio.run_coroutine_threadsafe(self._send(forwarded), loop)
         try:
             status, headers, content = future.result()
         except concurrent.futures.CancelledError as exc:  # closed while the request ran
