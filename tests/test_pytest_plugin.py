@@ -184,7 +184,17 @@ def test_sync_threads_stop_when_the_test_ends(pytester: pytest.Pytester) -> None
 
 def test_without_starlette_only_the_fixture_complains(pytester: pytest.Pytester) -> None:
     # The testing extra missing: loading the plugin is fine, using the fixture says why not.
-    pytester.makepyfile(blocker="import sys\nsys.modules['starlette'] = None\n")
+    # In-process (pytester restores sys.modules afterwards): Starlette made unimportable.
+    pytester.makeconftest(
+        """
+import sys
+
+sys.modules.pop("rai_middleware.testing", None)
+for name in [n for n in sys.modules if n == "starlette" or n.startswith("starlette.")]:
+    sys.modules[name] = None
+sys.modules["starlette"] = None
+"""
+    )
     pytester.makepyfile(
         test_user="""
 def test_unrelated():
@@ -195,7 +205,7 @@ def test_wants_the_fake(fake_returning_ai):
     raise AssertionError("not reached")
 """
     )
-    result = pytester.runpytest_subprocess("-p", "blocker", "-p", PLUGIN, "-q")
+    result = pytester.runpytest_inprocess("-p", PLUGIN, "-q")
     result.assert_outcomes(passed=1, errors=1)
     message = "the fake_returning_ai fixture needs starlette: pip install 'rai-middleware[testing]'"
     assert message in result.stdout.lines
