@@ -148,6 +148,7 @@ def test_public_names_are_exported() -> None:
 
     assert set(rai_middleware.__all__) == {
         "ConfigurationError",
+        "PlaceholderError",
         "ReturningAIError",
         "ReturningAIMiddleware",
         "ReturningAIWSGIMiddleware",

@@ -375,11 +375,22 @@ def identify_header(headers: Any) -> dict[str, str] | None:
     return dict(USER) if headers.get("x-user") == "ann" else None
 
 
-def test_django_round_trip(fake_returning_ai: FakeReturningAI) -> None:
+def django_get(stack: str) -> Any:
+    """GET through Django's WSGI handler (sync) or its ASGI handler (async)."""
+    from asgiref.sync import async_to_sync
+    from django.test import AsyncClient, Client
+
+    if stack == "sync":
+        return Client().get
+    return async_to_sync(AsyncClient().get)
+
+
+@pytest.mark.parametrize("stack", ["sync", "async"])
+def test_django_round_trip(fake_returning_ai: FakeReturningAI, stack: str) -> None:
     need("django")
     from django.http import HttpResponse
     from django.template import loader
-    from django.test import Client, override_settings
+    from django.test import override_settings
     from django.urls import path
 
     from tests.test_django import configure_django
@@ -420,10 +431,10 @@ def test_django_round_trip(fake_returning_ai: FakeReturningAI) -> None:
             },
         }
         with override_settings(**settings):
-            anonymous = Client().get("/")
+            anonymous = django_get(stack)("/")
             assert anonymous.content.decode() == ANONYMOUS
             assert fake_returning_ai.calls == 0
-            signed_in = Client().get("/", headers={"X-User": "ann"})
+            signed_in = django_get(stack)("/", headers={"X-User": "ann"})
     assert signed_in.status_code == 200
     assert_widgets(signed_in.content.decode(), fake_returning_ai)
 
