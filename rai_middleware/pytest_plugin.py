@@ -15,9 +15,10 @@ Installed with ``pip install "rai-middleware[testing]"``, pytest loads it by its
 
 Its sync transports' threads are stopped when the test ends.
 
-This module imports only pytest at import time, so loading the plugin costs nothing in a
-project that does not use the fixture; without the ``testing`` extra (Starlette), the
-fixture fails with a message that says what to install, and nothing else happens.
+At import time this module imports pytest and the ``rai_middleware`` package (its runtime
+dependencies), nothing more: the fake, Starlette and the frameworks are imported only when a
+test asks for the fixture. Without the ``testing`` extra (Starlette), loading the plugin is
+harmless, and the fixture fails with a message that says what to install.
 """
 
 from __future__ import annotations
