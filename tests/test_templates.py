@@ -563,3 +563,16 @@ def test_round_trip_with_the_upstream_failing_serves_the_fallback(
     page = flask_app.test_client().get("/", headers={"X-User": "ann"})
     assert page.get_data(as_text=True) == ANONYMOUS
     assert fake_returning_ai.calls == 1
+
+
+@pytest.mark.anyio
+async def test_jinja_global_in_an_async_environment_as_quart_uses() -> None:
+    need("jinja2")
+    import jinja2
+
+    from rai_middleware.jinja import install
+
+    env = jinja2.Environment(autoescape=True, enable_async=True)
+    install(env)
+    page = await env.from_string('{{ rai_widget("store", "<Sign in>") }}').render_async()
+    assert page == '<rai-placeholder widget="store">&lt;Sign in&gt;</rai-placeholder>'
