@@ -62,7 +62,8 @@ Over a real socket (needs ``uvicorn``), e.g. for a browser or a subprocess::
         httpx.get(f"{base_url}/healthz")
 
 State (counters, request logs, injected failures) is only touched by the event loop that runs the
-application; read it from tests once the requests you care about have completed.
+application (a sync transport's own loop, for its requests); read it from tests once the
+requests you care about have completed.
 """
 
 from __future__ import annotations
