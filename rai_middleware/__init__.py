@@ -13,7 +13,13 @@ for the visitor with the site's server-side credentials, and writes the widget i
 from __future__ import annotations
 
 from ._asgi import ReturningAIMiddleware
-from ._exceptions import ConfigurationError, ReturningAIError, StoreError, TokenError
+from ._exceptions import (
+    ConfigurationError,
+    PlaceholderError,
+    ReturningAIError,
+    StoreError,
+    TokenError,
+)
 from ._metrics import EVENTS, FAILURE_KINDS, Event, Stats
 from ._store import SyncTokenStore, TokenStore
 from ._version import __version__
@@ -24,6 +30,7 @@ __all__ = [
     "FAILURE_KINDS",
     "ConfigurationError",
     "Event",
+    "PlaceholderError",
     "ReturningAIError",
     "ReturningAIMiddleware",
     "ReturningAIWSGIMiddleware",
@@ -39,6 +46,7 @@ __all__ = [
 for _name in (
     "ConfigurationError",
     "Event",
+    "PlaceholderError",
     "ReturningAIError",
     "ReturningAIMiddleware",
     "ReturningAIWSGIMiddleware",

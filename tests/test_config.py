@@ -151,6 +151,7 @@ def test_public_names_are_exported() -> None:
         "FAILURE_KINDS",
         "ConfigurationError",
         "Event",
+        "PlaceholderError",
         "ReturningAIError",
         "ReturningAIMiddleware",
         "ReturningAIWSGIMiddleware",
