@@ -24,7 +24,7 @@ from typing import Any, TypedDict
 from urllib.parse import urlsplit
 
 from ._exceptions import ConfigurationError
-from ._modes import AccessKeyMode, AttributesMode, IframeMode, Mode
+from ._modes import AccessKeyMode, AttributesMode, IframeMode, Mode, ProxyMode
 from ._options import (
     DEFAULT_API_BASE_URL,
     DEFAULT_IFRAME_SEGMENTS,
@@ -96,6 +96,7 @@ MODES: Mapping[str, type[Mode]] = MappingProxyType(
         AccessKeyMode.name: AccessKeyMode,
         IframeMode.name: IframeMode,
         AttributesMode.name: AttributesMode,
+        ProxyMode.name: ProxyMode,
     }
 )
 
@@ -126,6 +127,7 @@ class Options(TypedDict, total=False):
     min_token_ttl: float
     refresh_ahead: float
     keep_warm: float
+    proxy_page_ttl: float
     cache_maxsize: int
     ticket_max_age: int
     max_placeholder_size: int
@@ -169,6 +171,7 @@ class Settings:
     min_token_ttl: float
     refresh_ahead: float
     keep_warm: float
+    proxy_page_ttl: float
     cache_maxsize: int
     ticket_max_age: int
     max_placeholder_size: int

@@ -10,10 +10,12 @@ told to misbehave, so that the whole token flow can be exercised without network
   elements simply print the claims of their ``embed-token`` and dispatch ``rai-error`` once it
   has expired (re-checked every 500 ms);
 * ``GET /{segment}/{widget_id}`` (``/channel-widget/general``, ``/store-widget/1``...: every
-  segment of ``DEFAULT_IFRAME_SEGMENTS``) - a stand-in for a widget page, for the ``iframe``
-  and ``attributes`` modes: framed by your page, it asks its parent for a token by
-  ``postMessage`` and shows whose it is (or, when the loader passed ``?email=``, shows that
-  identity);
+  segment of ``DEFAULT_IFRAME_SEGMENTS``) - a stand-in for a widget page, for the ``iframe``,
+  ``attributes`` and ``proxy`` modes. It holds ``window.__WIDGET_INIT__ = { token: "" }``:
+  served through the ``proxy`` mode's route, the token is in it; otherwise, framed by your
+  page, it asks its parent for a token by ``postMessage``. It shows whose token it got (or,
+  when the loader passed ``?email=``, that identity) and posts ``WIDGET_HEIGHT_UPDATE``
+  (``payload.height``: ``widget_height``) to its parent;
 * ``GET /widget-loader.js`` - a stand-in for the Attribute Auth loader script: it frames the
   widget page above, passing the ``data-email`` and ``data-customer-id`` of its script tag;
 * ``GET /healthz`` - liveness probe.
@@ -205,11 +207,14 @@ class FakeReturningAI:
     ``widget_segments``
         the path segments under which fake widget pages are served (``/{segment}/{id}``);
         by default every value of ``DEFAULT_IFRAME_SEGMENTS`` (pass your ``iframe_segments``
-        values if you changed them).
+        values if you changed them);
+    ``widget_height``
+        the height (CSS pixels) the widget pages post in their ``WIDGET_HEIGHT_UPDATE``.
 
     Inspection attributes: :attr:`calls`, :attr:`requests`, :attr:`signin_calls`,
-    :attr:`signin_requests`. Fault injection: :meth:`fail_next`, :meth:`fail_always`,
-    :meth:`recover`. :meth:`reset` forgets everything.
+    :attr:`signin_requests`, :attr:`widget_page_requests`. Fault injection: :meth:`fail_next`,
+    :meth:`fail_always`, :meth:`fail_widget_pages`, :meth:`recover`. :meth:`reset` forgets
+    everything.
     """
 
     #: Where :meth:`client` points by default; mirrors the real service.
@@ -228,9 +233,17 @@ class FakeReturningAI:
         signing_key: bytes = b"fake-returning-ai-signing-key",
         clock: Callable[[], float] = time.time,
         widget_segments: Iterable[str] | None = None,
+        widget_height: int = 480,
     ) -> None:
         if latency < 0:
             raise ValueError("latency must be >= 0")
+        if (
+            isinstance(widget_height, bool)
+            or not isinstance(widget_height, int)
+            or widget_height < 1
+        ):
+            raise ValueError("widget_height must be a positive int")
+        self.widget_height = widget_height
         self.access_id = access_id
         self._access_key = access_key
         self._widget_api_key = widget_api_key
@@ -249,6 +262,10 @@ class FakeReturningAI:
         #: ``{"community": ..., "email": ...}`` for each sign-in request, in order (``email`` is
         #: ``""`` when the header is missing).
         self.signin_requests: list[dict[str, str]] = []
+        #: ``{"path": ..., "query": ..., "headers": {lower-cased name: value}}`` for each
+        #: widget page request, in order.
+        self.widget_page_requests: list[dict[str, Any]] = []
+        self._page_failure: _Injection | None = None
         self._queued: collections.deque[_Injection] = collections.deque()
         self._always: _Injection | None = None
         self._hang_epoch = 0  # bumped to release requests stuck in an injected hang
@@ -324,6 +341,13 @@ class FakeReturningAI:
         """
         self._always = _Injection(*self._checked(mode, status))
 
+    def fail_widget_pages(self, *, status: int = 500, mode: FailureMode = "status") -> None:
+        """Make every widget page request fail until :meth:`recover`: ``"status"`` answers
+        ``status``, ``"garbage"`` a JSON body (not HTML), ``"missing_token"`` an HTML page
+        without ``window.__WIDGET_INIT__``; ``"hang"`` and ``"disconnect"`` as in
+        :meth:`fail_next`."""
+        self._page_failure = _Injection(*self._checked(mode, status))
+
     def recover(self) -> None:
         """Cancel every injected failure, queued (:meth:`fail_next`) or permanent.
 
@@ -331,6 +355,7 @@ class FakeReturningAI:
         """
         self._queued.clear()
         self._always = None
+        self._page_failure = None
         self._hang_epoch += 1
 
     def reset(self) -> None:
@@ -339,6 +364,7 @@ class FakeReturningAI:
         self.requests.clear()
         self.signin_calls = 0
         self.signin_requests.clear()
+        self.widget_page_requests.clear()
         self.recover()
 
     @staticmethod
@@ -518,7 +544,23 @@ class FakeReturningAI:
         # The same static page for every widget: its script reads what it needs from its own
         # URL, so nothing from the request is echoed into the HTML. No Content-Security-Policy
         # and no X-Frame-Options: this is the third-party page that sites frame.
-        return HTMLResponse(_WIDGET_PAGE, headers={"cache-control": "no-cache"})
+        epoch = self._hang_epoch
+        self.widget_page_requests.append(
+            {
+                "path": request.url.path,
+                "query": request.url.query,
+                "headers": {name.lower(): value for name, value in request.headers.items()},
+            }
+        )
+        injection = self._page_failure
+        if injection is not None:
+            if injection.mode == "garbage":
+                return JSONResponse({"not": "html"})
+            if injection.mode == "missing_token":
+                return HTMLResponse("<!doctype html><title>x</title><p>no init object</p>")
+            return await self._injected_response(request, injection, epoch, signin=True)
+        page = _WIDGET_PAGE.replace("__HEIGHT__", str(self.widget_height))
+        return HTMLResponse(page, headers={"cache-control": "no-cache"})
 
     async def _healthz_endpoint(self, request: Request) -> Response:
         return JSONResponse({"ok": True})
@@ -730,26 +772,43 @@ _WIDGET_PAGE: Final = """\
 </head>
 <body data-state="waiting" data-token="" data-email="" data-requests="0" data-received="0">
 <p id="status">Fake widget: waiting for a token</p>
+<script>window.__WIDGET_INIT__ = { token: "", color: "light" };</script>
 <script>
 /* A stand-in for a Returning.AI widget page (FakeReturningAI). State for tests is on
-   document.body.dataset: state (waiting, ok, expired, invalid, identified, standalone), token,
-   email, customerId, exp, requests (token requests sent) and received (tokens received). */
+   document.body.dataset: state (waiting, ok, expired, invalid, identified, standalone), source
+   (init: the token came in window.__WIDGET_INIT__, served by the proxy mode's route; message:
+   from the parent page), token, email, customerId, exp, requests (token requests sent),
+   received (tokens received) and posted (the height last posted to the parent). */
 (function () {
   "use strict";
   var params = new URLSearchParams(location.search);
   var body = document.body, status = document.getElementById("status");
   var parts = location.pathname.split("/");
-  body.dataset.widget = decodeURIComponent(parts[1] || "") + "/" +
-    decodeURIComponent(parts[2] || "");
+  var init = window.__WIDGET_INIT__ || {};
+  body.dataset.widget = decodeURIComponent(parts[parts.length - 2] || "") + "/" +
+    decodeURIComponent(parts[parts.length - 1] || "");
+  function postHeight() {
+    /* The height is no secret, and the widget cannot know its embedder's origin. */
+    if (window.parent === window) return;
+    body.dataset.posted = "__HEIGHT__";
+    window.parent.postMessage({type: "WIDGET_HEIGHT_UPDATE", payload: {height: __HEIGHT__}}, "*");
+  }
   function show(state, text) {
     body.dataset.state = state;
     status.textContent = text;
+    postHeight();
   }
   if (params.has("email") || params.has("customerId")) {
     /* Attribute Auth: the loader passed the identity in our URL; no token involved. */
     body.dataset.email = params.get("email") || "";
     body.dataset.customerId = params.get("customerId") || "";
     show("identified", "identity " + body.dataset.email);
+    return;
+  }
+  if (typeof init.token === "string" && init.token) {
+    /* Server Proxy: the site's server put the token into the page. */
+    body.dataset.source = "init";
+    take(init.token);
     return;
   }
   if (window.parent === window) {
@@ -760,6 +819,22 @@ _WIDGET_PAGE: Final = """\
   var REQUEST = params.get("legacy") === "1" ?
     "RETURNINGAI_WIDGET_TOKEN" : "RETURNINGAI_WIDGET_REQUEST_TOKEN";
   var exp = null; /* the current token's expiry in ms; null until one arrives */
+  function take(token) {
+    body.dataset.received = String(Number(body.dataset.received) + 1);
+    var claims = claimsOf(token);
+    if (!claims) {
+      exp = 0;
+      show("invalid", "Fake widget: invalid token");
+      return;
+    }
+    var email = String(claims.email || claims["data-email"] || "");
+    exp = typeof claims.exp === "number" ? claims.exp * 1000 : Infinity;
+    body.dataset.token = token;
+    body.dataset.email = email;
+    body.dataset.exp = String(claims.exp);
+    if (exp <= Date.now()) show("expired", "Fake widget: expired token");
+    else show("ok", "token for " + email);
+  }
   function claimsOf(token) {
     try {
       var b64 = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
@@ -784,20 +859,8 @@ _WIDGET_PAGE: Final = """\
     var m = event.data;
     if (!m || typeof m !== "object" || m.type !== "RETURNINGAI_WIDGET_TOKEN") return;
     if (typeof m.value !== "string") return; /* e.g. a sibling's legacy-style request */
-    body.dataset.received = String(Number(body.dataset.received) + 1);
-    var claims = claimsOf(m.value);
-    if (!claims) {
-      exp = 0;
-      show("invalid", "Fake widget: invalid token");
-      return;
-    }
-    var email = String(claims.email || claims["data-email"] || "");
-    exp = typeof claims.exp === "number" ? claims.exp * 1000 : Infinity;
-    body.dataset.token = m.value;
-    body.dataset.email = email;
-    body.dataset.exp = String(claims.exp);
-    if (exp <= Date.now()) show("expired", "Fake widget: expired token");
-    else show("ok", "token for " + email);
+    body.dataset.source = "message";
+    take(m.value);
   });
   ask();
   /* Every second: no token yet, or the token ran out? Ask (again). */
