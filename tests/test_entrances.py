@@ -803,3 +803,18 @@ def test_proxy_route_is_not_answered_in_other_modes(
     response = make_site().get(WIDGET_ROUTE + "channel-widget/chat-1", headers={**ANN, **FRAMED})
     assert response.status == 404  # the app's own 404
     assert fake.widget_page_requests == []
+
+
+def test_proxy_route_answers_within_the_timeout_when_the_widgets_host_hangs(
+    proxy: Callable[..., Site], fake: FakeReturningAI
+) -> None:
+    # No http_client: the middleware's own (asyncio or threads, as the entrance runs).
+    site = proxy(http_client=False, timeout=TIMEOUT)
+    assert site.get("/proxy-page", headers=ANN).status == 200  # signed in; the framework warm
+    fake.fail_widget_pages(mode="hang")
+    started = time.monotonic()
+    response = site.get(WIDGET_ROUTE + "channel-widget/chat-1", headers={**ANN, **FRAMED})
+    elapsed = time.monotonic() - started
+    assert_route_answer(response, 503, UNAVAILABLE)
+    assert elapsed < TIMEOUT + 0.5, f"the route took {elapsed:.2f} s with timeout={TIMEOUT}"
+    assert fake.signin_calls == 1
