@@ -69,6 +69,9 @@ class Core:
         self.identity_secret = IdentityKey(settings.secret_key.reveal().encode())
         self.quick_match = quick_matcher(settings.placeholder_tag)
         self.refresh_path = settings.refresh_path
+        # Every path the middleware answers holds this (None: it answers none).
+        answers = self.refresh_path is not None or self.mode.widget_route
+        self._prefix = settings.endpoint_prefix if answers else "\x00"
         #: Mode ``proxy``: the prefix of the widget pages the middleware serves.
         self.widget_route = settings.endpoint_prefix + ROUTE if self.mode.widget_route else None
         self._compression_advice = compression_advice
@@ -157,6 +160,8 @@ class Core:
     def endpoint_path(self, path: str, root: str = "") -> str | None:
         """The path (under the app's mount ``root``, which ``path`` may start with) of a
         request the middleware answers itself; None: the app's."""
+        if self._prefix not in path:  # nearly every request: one substring search
+            return None
         for candidate in (path, path.removeprefix(root)) if root else (path,):
             if candidate == self.refresh_path or (
                 self.widget_route is not None and candidate.startswith(self.widget_route)

@@ -403,3 +403,126 @@ async def test_a_broken_token_service_answers_503(caplog: pytest.LogCaptureFixtu
     with caplog.at_level(logging.ERROR, logger="rai_middleware"):
         assert (await route(middleware, "/_rai/widget/store-widget/s"))[0] == 503
     assert caplog.records[0].getMessage() == "getting widget page s failed"
+
+
+def test_the_page_cache_repr_shows_its_ttl_only() -> None:
+    middleware = proxy_site(html_app(b""), proxy_page_ttl=30)
+    assert repr(middleware.tokens.pages) == "WidgetPages(ttl=30)"
+
+
+@pytest.mark.anyio
+async def test_a_placeholder_without_widget_id_gets_its_fallback() -> None:
+    page = b'<rai-placeholder widget="store">fallback</rai-placeholder>'
+    assert body_of(await call_asgi(proxy_site(html_app(page)), http_scope())) == b"fallback"
+
+
+@pytest.mark.anyio
+async def test_a_widgets_host_that_refuses_connections_counts_towards_the_breaker(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/signin"):
+            return httpx.Response(200, json={"token": "tok.en.1"})
+        raise httpx.ConnectError("connection refused")
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(refuse))
+    middleware = proxy_site(html_app(b""), failure_threshold=1)
+    middleware.tokens._client = client  # the same service, another transport
+    with caplog.at_level(logging.WARNING, logger="rai_middleware"):
+        assert (await route(middleware, "/_rai/widget/store-widget/s"))[0] == 503
+    (record,) = caplog.records
+    assert "failed (ConnectError: connection refused); 1 failures in a row" in record.getMessage()
+    await client.aclose()
+
+
+# -- the thread driver (WSGI) ------------------------------------------------------------
+
+
+def wsgi_site(handler: Any, **options: Any) -> Any:
+    from rai_middleware import ReturningAIWSGIMiddleware
+
+    def app(environ: Any, start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"app"]
+
+    return ReturningAIWSGIMiddleware(
+        app,
+        mode="proxy",
+        community_id="c",
+        widget_api_key="wak-SECRET",
+        widgets_base_url=WIDGETS,
+        secret_key="s" * 40,
+        http_client=httpx.Client(transport=httpx.MockTransport(handler)),
+        identify=lambda environ: dict(EMAIL),
+        **options,
+    )
+
+
+def wsgi_get(middleware: Any, path: str) -> tuple[str, bytes]:
+    statuses: list[str] = []
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": path,
+        "QUERY_STRING": "",
+        "HTTP_SEC_FETCH_DEST": "iframe",
+        "wsgi.url_scheme": "http",
+    }
+    body = b"".join(middleware(environ, lambda status, headers: statuses.append(status)))
+    return statuses[0], body
+
+
+def test_thread_driver_refuses_a_page_larger_than_the_limit() -> None:
+    upstream = Upstream()
+    upstream.page = (200, b"<head>" + b"x" * (MAX_PAGE_BYTES + 1), "text/html")
+    middleware = wsgi_site(upstream)
+    assert wsgi_get(middleware, "/_rai/widget/store-widget/s") == (
+        "503 Service Unavailable",
+        _UNAVAILABLE,
+    )
+    middleware.close()
+
+
+def test_thread_driver_answers_at_the_timeout_when_the_page_trickles() -> None:
+    import time
+
+    def trickle() -> Any:
+        for part in (b"<head>", PAGE.encode()):
+            time.sleep(0.3)
+            yield part
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/signin"):
+            return httpx.Response(200, json={"token": "tok.en.1"})
+        return httpx.Response(200, content=trickle(), headers={"content-type": "text/html"})
+
+    middleware = wsgi_site(handler, timeout=0.5)
+    started = time.monotonic()
+    status, body = wsgi_get(middleware, "/_rai/widget/store-widget/s")
+    elapsed = time.monotonic() - started
+    assert (status, body) == ("503 Service Unavailable", _UNAVAILABLE)
+    assert elapsed < 1.0, elapsed
+    middleware.close()  # waits for the fetch thread, which gave up at its own deadline
+
+
+def test_thread_driver_answers_503_when_the_token_service_breaks(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    middleware = wsgi_site(Upstream())
+
+    def broken(need: object) -> str:
+        raise RuntimeError("bug")
+
+    middleware.tokens.widget_page = broken
+    with caplog.at_level(logging.ERROR, logger="rai_middleware"):
+        status, _ = wsgi_get(middleware, "/_rai/widget/store-widget/s")
+    assert status == "503 Service Unavailable"
+    assert caplog.records[0].getMessage() == "getting widget page s failed"
+    middleware.close()
+
+
+def test_fake_widget_height_must_be_a_positive_int() -> None:
+    from rai_middleware.testing import FakeReturningAI
+
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="widget_height must be a positive int"):
+            FakeReturningAI(widget_height=bad)  # type: ignore[arg-type]
