@@ -260,4 +260,6 @@ def _get_within(client: httpx.Client, url: str, timeout: float) -> Fetched:
                 raise PageTooLarge()
             if time.monotonic() > deadline:
                 raise httpx.ReadTimeout("the answer took longer than the timeout")
+        if time.monotonic() > deadline:  # a body that came in one late chunk, or none
+            raise httpx.ReadTimeout("the answer took longer than the timeout")
         return Fetched(answer.status_code, answer.headers.get("content-type", ""), bytes(body))

@@ -188,6 +188,7 @@ def test_height_bounds_that_are_not_pixels_are_logged_and_left_out(
     value: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.WARNING, logger="rai_middleware"):
+        caplog.clear()  # only what this block logs (another test may have lowered the level)
         assert height_attributes([("max-height", value)], "/p") == ""
     (record,) = caplog.records
     assert record.getMessage().startswith(f"max-height={value!r} on a widget on /p is not a number")
@@ -222,6 +223,7 @@ def test_proxy_page_ttl_must_be_zero_or_more() -> None:
 
 def test_proxy_mode_logs_the_route_it_answers(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="rai_middleware"):
+        caplog.clear()  # only what this block logs (another test may have lowered the level)
         proxy_site(html_app(b""))
     assert [r.getMessage() for r in caplog.records] == [
         "rai-middleware answers GET /_rai/widget/{segment}/{widget_id} (before the app)"
@@ -318,6 +320,7 @@ async def test_widget_page_failures_open_the_breaker_and_nothing_is_fetched_then
     page = b'<rai-placeholder widget="store" widget-id="s">fallback</rai-placeholder>'
     middleware = proxy_site(html_app(page), upstream, failure_threshold=2)
     with caplog.at_level(logging.WARNING, logger="rai_middleware"):
+        caplog.clear()  # only what this block logs (another test may have lowered the level)
         for _ in range(2):
             assert await route(middleware, "/_rai/widget/store-widget/s") == (503, _UNAVAILABLE)
         # Open: the route answers at once, without a fetch...
@@ -384,6 +387,7 @@ async def test_a_placeholder_the_route_could_not_serve_gets_its_fallback(
     page = f'<rai-placeholder widget="store" {attributes}>fallback</rai-placeholder>'.encode()
     upstream = Upstream()
     with caplog.at_level(logging.ERROR, logger="rai_middleware"):
+        caplog.clear()  # only what this block logs (another test may have lowered the level)
         body = body_of(await call_asgi(proxy_site(html_app(page), upstream), http_scope()))
     assert body == b"fallback"
     (record,) = caplog.records
@@ -401,6 +405,7 @@ async def test_a_broken_token_service_answers_503(caplog: pytest.LogCaptureFixtu
 
     middleware.tokens.widget_page = broken  # type: ignore[method-assign]
     with caplog.at_level(logging.ERROR, logger="rai_middleware"):
+        caplog.clear()  # only what this block logs (another test may have lowered the level)
         assert (await route(middleware, "/_rai/widget/store-widget/s"))[0] == 503
     assert caplog.records[0].getMessage() == "getting widget page s failed"
 
@@ -429,6 +434,7 @@ async def test_a_widgets_host_that_refuses_connections_counts_towards_the_breake
     middleware = proxy_site(html_app(b""), failure_threshold=1)
     middleware.tokens._client = client  # the same service, another transport
     with caplog.at_level(logging.WARNING, logger="rai_middleware"):
+        caplog.clear()  # only what this block logs (another test may have lowered the level)
         assert (await route(middleware, "/_rai/widget/store-widget/s"))[0] == 503
     (record,) = caplog.records
     assert "failed (ConnectError: connection refused); 1 failures in a row" in record.getMessage()
@@ -514,6 +520,7 @@ def test_thread_driver_answers_503_when_the_token_service_breaks(
 
     middleware.tokens.widget_page = broken
     with caplog.at_level(logging.ERROR, logger="rai_middleware"):
+        caplog.clear()  # only what this block logs (another test may have lowered the level)
         status, _ = wsgi_get(middleware, "/_rai/widget/store-widget/s")
     assert status == "503 Service Unavailable"
     assert caplog.records[0].getMessage() == "getting widget page s failed"
