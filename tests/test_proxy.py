@@ -533,3 +533,33 @@ def test_fake_widget_height_must_be_a_positive_int() -> None:
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="widget_height must be a positive int"):
             FakeReturningAI(widget_height=bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.anyio
+async def test_a_hostile_token_from_upstream_is_served_escaped() -> None:
+    """A token Returning.AI could send (ASCII, printable, no space) with quotes, backslashes
+    and a closing script tag: the route's page keeps it inside its string."""
+    hostile = 'x"y\\z</script><script>alert(1)</script><!--'
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/signin"):
+            return httpx.Response(200, json={"token": hostile})
+        return httpx.Response(200, content=PAGE.encode(), headers={"content-type": "text/html"})
+
+    middleware = proxy_site(html_app(b""))
+    middleware.tokens._client = client = httpx.AsyncClient(transport=httpx.MockTransport(upstream))
+    status, body = await route(middleware, "/_rai/widget/store-widget/s")
+    await client.aclose()
+    assert status == 200
+    expected = (
+        '<!doctype html><html><head><base href="https://widgets.test/store-widget/">'
+        "<title>w</title></head><body><script>window.__WIDGET_INIT__ = { token: "
+        '"x\\"y\\\\z\\u003c/script\\u003e\\u003cscript\\u003ealert(1)\\u003c/script\\u003e'
+        '\\u003c!--", color: "light" };</script></body></html>'
+    )
+    assert body == expected.encode()
+    parser = _Scripts()
+    parser.feed(body.decode())
+    (script,) = parser.scripts
+    literal = script.removeprefix("window.__WIDGET_INIT__ = { token: ").split(", color")[0]
+    assert json.loads(literal) == hostile
