@@ -30,7 +30,7 @@ from ._tokens import (
     client_failure,
     client_options,
 )
-from ._widget_pages import MAX_PAGE_BYTES, PAGE_HEADERS, Fetched, PageTooLarge
+from ._widget_pages import MAX_PAGE_BYTES, PAGE_HEADERS, Fetched, PageFlight, PageTooLarge
 
 __all__ = ["TokenService"]
 
@@ -198,6 +198,34 @@ class TokenService(PolicyDriver):
         if page is not None or pages.refused(need):
             return page
         timeout = self._settings.timeout
+        flight, leader = pages.join(need, deadline=time.monotonic() + timeout)
+        if not leader:
+            return await self._wait_page(flight)
+        try:
+            page = await self._fetch_page(need, timeout)
+        finally:
+            pages.settle(need, flight, page)
+        return page
+
+    async def _wait_page(self, flight: PageFlight) -> str | None:
+        loop = asyncio.get_running_loop()
+        woken: asyncio.Future[None] = loop.create_future()
+
+        def wake() -> None:  # from whichever thread or loop settles the flight
+            try:
+                loop.call_soon_threadsafe(_resolve, woken)
+            except RuntimeError:
+                pass  # that loop has closed: nobody waits there any more
+
+        self.pages.when_settled(flight, wake)
+        try:
+            await asyncio.wait_for(woken, max(0.0, flight.deadline - time.monotonic()))
+        except asyncio.TimeoutError:
+            return None  # the leader logs why
+        return flight.page
+
+    async def _fetch_page(self, need: PageNeed, timeout: float) -> str | None:
+        pages = self.pages
         failure: BaseException | None = None
         try:
             fetched = await asyncio.wait_for(self._get(pages.url(need), timeout), timeout)

@@ -133,6 +133,21 @@ class SyncTokenService(PolicyDriver):
         page = pages.cached(need)
         if page is not None or pages.refused(need):
             return page
+        timeout = self._settings.timeout
+        flight, leader = pages.join(need, deadline=time.monotonic() + timeout)
+        if not leader:
+            woken = threading.Event()
+            pages.when_settled(flight, woken.set)
+            woken.wait(max(0.0, flight.deadline - time.monotonic()))
+            return flight.page if flight.settled else None
+        try:
+            page = self._fetch_page(need, timeout)
+        finally:
+            pages.settle(need, flight, page)
+        return page
+
+    def _fetch_page(self, need: PageNeed, timeout: float) -> str | None:
+        pages = self.pages
         box: list[Fetched | BaseException] = []
         thread = threading.Thread(
             target=self._get, args=(pages.url(need), box), name="rai-widget-page", daemon=True
@@ -140,7 +155,7 @@ class SyncTokenService(PolicyDriver):
         with self._lock:
             self._threads.add(thread)
         thread.start()
-        thread.join(self._settings.timeout)
+        thread.join(timeout)
         result = box[0] if box else TimeoutError()
         if isinstance(result, BaseException):
             pages.failed(need, result)

@@ -8,6 +8,8 @@ answer, and the page cache. The token services fetch (``widget_page``); this dec
   cached as it is, without any token, for ``proxy_page_ttl`` seconds (keyed by segment,
   widget id and color; at most ``CACHE_CHARS`` characters in all, least recently used out
   first): the same for every visitor.
+- Concurrent requests for one page share one fetch (single flight), and wait for it no
+  longer than the fetch's own deadline.
 - A timeout, a network error, a 5xx, a 401, 403 or 429 and an answer that is not HTML count
   towards the circuit breaker, as a failed mint does; while it is open no page is fetched.
   Any other 4xx (an unknown widget) and a page without the token slot do not.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -37,6 +40,7 @@ __all__ = [
     "MAX_PAGE_BYTES",
     "PAGE_HEADERS",
     "Fetched",
+    "PageFlight",
     "PageTooLarge",
     "WidgetPages",
 ]
@@ -64,6 +68,23 @@ class Fetched:
     body: bytes = field(repr=False)
 
 
+class PageFlight:
+    """One fetch of one page in progress: the waiters' answer is ``page`` once ``settled``
+    (None: no page to be had). Only ``WidgetPages`` changes it, under its lock."""
+
+    __slots__ = ("_wakers", "deadline", "page", "settled")
+
+    def __init__(self, deadline: float) -> None:
+        #: ``time.monotonic()`` by which every waiter has its answer.
+        self.deadline = deadline
+        self.page: str | None = None
+        self.settled = False
+        self._wakers: list[Callable[[], None]] = []
+
+    def __repr__(self) -> str:
+        return f"PageFlight(settled={self.settled})"
+
+
 class WidgetPages:
     """The page rules and cache, thread-safe, one per token service (sharing its policy's
     clock and breaker)."""
@@ -72,6 +93,7 @@ class WidgetPages:
         self._settings = settings
         self._policy = policy
         self._lock = threading.Lock()
+        self._inflight: dict[tuple[str, str, str], PageFlight] = {}
         self._cache: TTLCache[tuple[str, str, str], str] | None = None
         if settings.proxy_page_ttl > 0:
             self._cache = TTLCache(
@@ -90,6 +112,38 @@ class WidgetPages:
             return None
         with self._lock:
             return self._cache.get(_key(need))
+
+    def join(self, need: PageNeed, *, deadline: float) -> tuple[PageFlight, bool]:
+        """The page's flight, and whether the caller leads it (fetches, then ``settle``)."""
+        key = _key(need)
+        with self._lock:
+            flight = self._inflight.get(key)
+            if flight is not None:
+                return flight, False
+            flight = self._inflight[key] = PageFlight(deadline)
+            return flight, True
+
+    def settle(self, need: PageNeed, flight: PageFlight, page: str | None) -> None:
+        """The leader's outcome: every waiter wakes with it."""
+        with self._lock:
+            flight.page, flight.settled = page, True
+            wakers, flight._wakers = flight._wakers, []
+            if self._inflight.get(_key(need)) is flight:
+                del self._inflight[_key(need)]
+        for wake in wakers:
+            wake()
+
+    def when_settled(self, flight: PageFlight, wake: Callable[[], None]) -> None:
+        """Call ``wake`` (from the thread that settles it) once ``flight`` has its page; at
+        once if it has."""
+        with self._lock:
+            if not flight.settled:
+                flight._wakers.append(wake)
+                return
+        wake()
+
+    def in_flight(self) -> int:
+        return len(self._inflight)
 
     def refused(self, need: PageNeed) -> bool:
         """True (logged at debug: the breaker said why once) when no page may be fetched."""

@@ -563,3 +563,75 @@ async def test_a_hostile_token_from_upstream_is_served_escaped() -> None:
     (script,) = parser.scripts
     literal = script.removeprefix("window.__WIDGET_INIT__ = { token: ").split(", color")[0]
     assert json.loads(literal) == hostile
+
+
+# -- single flight: concurrent requests for one page share one fetch -------------------------
+
+
+def counting_upstream(delay: float) -> tuple[Any, list[int]]:
+    """An async handler: signin at once, each page after ``delay`` seconds; counts pages."""
+    import asyncio
+
+    fetches = [0]
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/signin"):
+            return httpx.Response(200, json={"token": "tok.en.1"})
+        fetches[0] += 1
+        await asyncio.sleep(delay)
+        return httpx.Response(200, content=PAGE.encode(), headers={"content-type": "text/html"})
+
+    return handler, fetches
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("delay", "status"), [(0.15, 200), (5.0, 503)], ids=["ok", "too-slow"])
+async def test_concurrent_requests_for_one_page_share_one_fetch(delay: float, status: int) -> None:
+    import asyncio
+    import time
+
+    handler, fetches = counting_upstream(delay)
+    middleware = proxy_site(html_app(b""), proxy_page_ttl=0, timeout=0.3)
+    middleware.tokens._client = client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    started = time.monotonic()
+    results = await asyncio.gather(
+        *(route(middleware, "/_rai/widget/store-widget/s") for _ in range(10))
+    )
+    elapsed = time.monotonic() - started
+    await client.aclose()
+    assert [answer for answer, _ in results] == [status] * 10
+    assert fetches == [1]
+    assert middleware.tokens.pages.in_flight() == 0
+    assert elapsed < 0.3 + 0.5  # no waiter waits past the fetch's own deadline
+
+
+@pytest.mark.parametrize(("delay", "status"), [(0.3, "200 OK"), (2.0, "503 Service Unavailable")])
+def test_concurrent_threads_for_one_page_share_one_fetch(delay: float, status: str) -> None:
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    fetches = [0]
+    lock = threading.Lock()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/signin"):
+            return httpx.Response(200, json={"token": "tok.en.1"})
+        with lock:
+            fetches[0] += 1
+        time.sleep(delay)
+        return httpx.Response(200, content=PAGE.encode(), headers={"content-type": "text/html"})
+
+    middleware = wsgi_site(handler, proxy_page_ttl=0, timeout=0.5)
+    wsgi_get(middleware, "/_rai/widget/no-such-segment/s")  # the framework warm: a 404
+    started = time.monotonic()
+    with ThreadPoolExecutor(10) as pool:
+        results = list(
+            pool.map(lambda _: wsgi_get(middleware, "/_rai/widget/store-widget/s"), range(10))
+        )
+    elapsed = time.monotonic() - started
+    assert [answer for answer, _ in results] == [status] * 10
+    assert fetches == [1]
+    assert middleware.tokens.pages.in_flight() == 0
+    assert elapsed < 0.5 + 0.8
+    middleware.close()
