@@ -668,8 +668,23 @@ def test_widget_frames_grow_to_the_height_their_widget_posts(
     )
     evil = browser_page.frame_locator("#evil").locator("body")
     expect(evil).to_have_attribute("data-requests", re.compile(r"^([5-9]|\d\d+)$"))  # >= 1 s
+    # A frame of the page's own origin that is not a widget frame (srcdoc: no widget src).
+    browser_page.evaluate(
+        """() => {
+          const frame = document.createElement("iframe");
+          frame.title = "own";
+          frame.srcdoc = "<body data-posts='0'><script>setInterval(function () {"
+            + "document.body.dataset.posts = Number(document.body.dataset.posts) + 1;"
+            + "parent.postMessage({type: 'WIDGET_HEIGHT_UPDATE', payload: {height: 777}}, '*');"
+            + "}, 100);</script></body>";
+          document.body.appendChild(frame);
+        }"""
+    )
+    own = browser_page.frame_locator('iframe[title="own"]').locator("body")
+    expect(own).to_have_attribute("data-posts", re.compile(r"^([5-9]|\d\d+)$"))
     heights = frame_heights(browser_page)
     assert heights.pop("evil") == 150  # the default: its messages changed nothing
+    assert heights.pop("own") == 150
     assert sorted(heights.values()) == [480, 480]
     assert service.widget_height == 480
 
