@@ -149,11 +149,13 @@ async def home(request: Request) -> Response:
     if evil:
         extra = f'<iframe id="evil" title="evil" src="{html.escape(evil, quote=True)}"></iframe>'
     headers = {"content-security-policy": CSP} if request.query_params.get("csp") else {}
-    # ?bounds=1: the chat frame may not grow past 300 pixels; the store's height is the author's.
+    # ?bounds=1: the chat frame may not grow past 300 pixels, nor (bounds=2) stay under 600;
+    # the store's height is the author's.
     bounds = request.query_params.get("bounds")
+    chat = {"1": ' min-height="100" max-height="300px"', "2": ' min-height="600px"'}
     page = SITE_PAGE.format(
         extra=extra,
-        chat_attrs=' max-height="300px"' if bounds else "",
+        chat_attrs=chat.get(bounds or "", ""),
         store_attrs=' height="222"' if bounds else "",
     )
     response = HTMLResponse(page, headers=headers)
@@ -701,8 +703,11 @@ def test_widget_frames_grow_to_the_height_their_widget_posts(
 
 
 @pytest.mark.parametrize("mode", ["iframe", "proxy"])
-def test_max_height_bounds_a_frame_and_an_explicit_height_stays(
+@pytest.mark.parametrize(("bounds", "height"), [("1", 300), ("2", 600)], ids=["max", "min"])
+def test_height_bounds_hold_and_an_explicit_height_stays(
     mode: str,
+    bounds: str,
+    height: int,
     fake: tuple[FakeReturningAI, str],
     site: Callable[..., str],
     page: tuple[Page, Watch],
@@ -711,14 +716,14 @@ def test_max_height_bounds_a_frame_and_an_explicit_height_stays(
     service, fake_url = fake
     url = site(mode)
 
-    browser_page.goto(f"{url}/?user=alice&bounds=1")
+    browser_page.goto(f"{url}/?user=alice&bounds={bounds}")  # the widgets post 480
     expect_signed_in_widgets(browser_page, mode, service, fake_url, "alice")
     browser_page.wait_for_function(
-        """() => document.querySelector("section#chat iframe").clientHeight === 300"""
+        "(h) => document.querySelector('section#chat iframe').clientHeight === h", arg=height
     )
     time.sleep(0.3)  # room for a (wrong) later change
     store = browser_page.locator("section#store iframe")
     assert store.evaluate("(f) => [f.clientHeight, f.style.height]") == [222, ""]
     chat = browser_page.locator("section#chat iframe")
-    assert chat.evaluate("(f) => f.clientHeight") == 300
+    assert chat.evaluate("(f) => f.clientHeight") == height
     watch.assert_clean()
