@@ -5,12 +5,13 @@ Run it from the repository root::
     pip install -e ".[demo]"
     python examples/demo.py            # then open http://127.0.0.1:8000/
     python examples/demo.py --port 9000 --host 0.0.0.0
-    python examples/demo.py --mode iframe        # or --mode attributes
+    python examples/demo.py --mode iframe        # or --mode attributes, --mode proxy
 
 ``--mode`` picks the middleware's auth flow: ``access_key`` (the default: the widget SDK's
 elements with an embed token), ``iframe`` (widget pages in iframes, which get their token from
 the page by ``postMessage``) or ``attributes`` (the widget loader script, with the identity in
-its ``data-*`` attributes and no token).
+its ``data-*`` attributes and no token) or ``proxy`` (widget pages fetched by the server and
+served, token inside, from the site's own ``/_rai/widget/...``).
 
 Offline or real:
 
@@ -61,7 +62,7 @@ from rai_middleware.testing import FakeReturningAI
 __all__ = ["MODES", "DemoAuthBackend", "DemoUser", "build_app", "main", "real_mode"]
 
 #: The middleware's auth flows, for ``--mode``; the first is the default.
-MODES = ("access_key", "iframe", "attributes")
+MODES = ("access_key", "iframe", "attributes", "proxy")
 
 #: The environment variables that switch the demo to the real Returning.AI (Access Key mode).
 CREDENTIAL_VARS = ("RAI_COMMUNITY_ID", "RAI_ACCESS_ID", "RAI_ACCESS_KEY")
@@ -71,6 +72,7 @@ REAL_MODE_VARS: dict[str, tuple[str, ...]] = {
     "iframe": ("RAI_COMMUNITY_ID", "RAI_WIDGET_API_KEY"),
     # Attribute Auth has no secret: the widgets host is what makes it real.
     "attributes": ("RAI_WIDGETS_BASE_URL",),
+    "proxy": ("RAI_COMMUNITY_ID", "RAI_WIDGET_API_KEY"),
 }
 
 # Offline credentials: the ones FakeReturningAI accepts by default.
@@ -281,7 +283,7 @@ def build_app(
                 access_id=DEMO_ACCESS_ID,
                 access_key=DEMO_ACCESS_KEY,
             )
-        elif mode == "iframe":
+        elif mode in ("iframe", "proxy"):
             rai_options.update(community_id=DEMO_COMMUNITY_ID, widget_api_key=DEMO_WIDGET_API_KEY)
         fake_url = api_base_url.rstrip("/") if api_base_url is not None else None
         if sdk_url is None and fake_url is not None:
@@ -294,6 +296,7 @@ def build_app(
             "access_key": "whose widgets just show the claims of their token",
             "iframe": "whose widget pages just show whose token they were given",
             "attributes": "whose widget pages just show the identity they were given",
+            "proxy": "whose widget pages, served by this site, show whose token they hold",
         }[mode]
         variables = ", ".join(REAL_MODE_VARS[mode])
         notice = (

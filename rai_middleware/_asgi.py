@@ -75,7 +75,6 @@ class ReturningAIMiddleware:
         self.tickets = self.core.tickets
         self._driver = AsyncDriver(self.core, self._identify, self.tokens)
         self._tag = self.settings.placeholder_tag
-        self._endpoint_suffix = self.core.refresh_path or ""
 
     def __repr__(self) -> str:
         return (
@@ -111,16 +110,9 @@ class ReturningAIMiddleware:
                 await self.app(scope, receive, send)
             return
         core = self.core
-        path: str = scope["path"]
-        if (
-            self._endpoint_suffix
-            and path.endswith(self._endpoint_suffix)
-            and (
-                core.is_endpoint(path)
-                or core.is_endpoint(path.removeprefix(scope.get("root_path", "")))
-            )
-        ):
-            await self._endpoint(scope, send)
+        local = core.endpoint_path(scope["path"], scope.get("root_path", ""))
+        if local is not None:
+            await self._endpoint(scope, send, local)
             return
         handled = scope.get(_SCOPE_MARK)
         if not core.may_rewrite(scope["method"]) or (handled is not None and self._tag in handled):
@@ -164,9 +156,10 @@ class ReturningAIMiddleware:
             nonce=lambda: _state_nonce(scope.get("state")),
         )
 
-    async def _endpoint(self, scope: Scope, send: Send) -> None:
+    async def _endpoint(self, scope: Scope, send: Send, path: str) -> None:
         headers = first_headers(scope.get("headers") or ())
-        flow = self.core.endpoint(scope["method"], headers, scope.get("scheme", "http"))
+        scheme, query = scope.get("scheme", "http"), scope.get("query_string", b"")
+        flow = self.core.endpoint(scope["method"], headers, scheme, path, query)
         reply = await self._driver.run(flow, scope, scope.get("path", ""))
         body = reply.body()
         await send(

@@ -18,6 +18,7 @@ import httpx
 from ._config import Settings
 from ._exceptions import StoreError, TokenError
 from ._identity import Identity
+from ._needs import PageNeed
 from ._store import TokenStore
 from ._token_flow import Acquire, Deliver, Load, Op, Post, Save, Sleep, mint_flow, resume
 from ._tokens import (
@@ -29,6 +30,7 @@ from ._tokens import (
     client_failure,
     client_options,
 )
+from ._widget_pages import MAX_PAGE_BYTES, PAGE_HEADERS, Fetched, PageFlight, PageTooLarge
 
 __all__ = ["TokenService"]
 
@@ -185,6 +187,66 @@ class TokenService(PolicyDriver):
         except asyncio.TimeoutError:
             self._policy.expire(flight)
         return flight.outcome()
+
+    # -- widget pages (mode proxy) ---------------------------------------------------
+
+    async def widget_page(self, need: PageNeed) -> str | None:
+        """The widget page (``<base>`` added, no token) from the cache or the widgets host,
+        within ``timeout``; None (logged) if there is none to be had."""
+        pages = self.pages
+        page = pages.cached(need)
+        if page is not None or pages.refused(need):
+            return page
+        timeout = self._settings.timeout
+        flight, leader = pages.join(need, deadline=time.monotonic() + timeout)
+        if not leader:
+            return await self._wait_page(flight)
+        try:
+            page = await self._fetch_page(need, timeout)
+        finally:
+            pages.settle(need, flight, page)
+        return page
+
+    async def _wait_page(self, flight: PageFlight) -> str | None:
+        loop = asyncio.get_running_loop()
+        woken: asyncio.Future[None] = loop.create_future()
+
+        def wake() -> None:  # from whichever thread or loop settles the flight
+            try:
+                loop.call_soon_threadsafe(_resolve, woken)
+            except RuntimeError:
+                pass  # that loop has closed: nobody waits there any more
+
+        self.pages.when_settled(flight, wake)
+        try:
+            await asyncio.wait_for(woken, max(0.0, flight.deadline - time.monotonic()))
+        except asyncio.TimeoutError:
+            return None  # the leader logs why
+        return flight.page
+
+    async def _fetch_page(self, need: PageNeed, timeout: float) -> str | None:
+        pages = self.pages
+        failure: BaseException | None = None
+        try:
+            fetched = await asyncio.wait_for(self._get(pages.url(need), timeout), timeout)
+        except asyncio.TimeoutError:
+            failure = TimeoutError()
+        except Exception as exc:  # httpx errors, PageTooLarge, a broken client
+            failure = exc
+        if failure is not None:
+            pages.failed(need, failure)
+            return None
+        return pages.accept(need, fetched)
+
+    async def _get(self, url: str, timeout: float) -> Fetched:
+        client = self._http_client()
+        async with client.stream("GET", url, headers=PAGE_HEADERS, timeout=timeout) as answer:
+            body = bytearray()
+            async for chunk in answer.aiter_bytes():
+                body += chunk
+                if len(body) > MAX_PAGE_BYTES:
+                    raise PageTooLarge()
+            return Fetched(answer.status_code, answer.headers.get("content-type", ""), bytes(body))
 
     # -- executing the flow ----------------------------------------------------------
 

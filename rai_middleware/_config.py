@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 from ._exceptions import ConfigurationError
 from ._metrics import Event
-from ._modes import AccessKeyMode, AttributesMode, IframeMode, Mode
+from ._modes import AccessKeyMode, AttributesMode, IframeMode, Mode, ProxyMode
 from ._options import (
     DEFAULT_API_BASE_URL,
     DEFAULT_IFRAME_SEGMENTS,
@@ -97,6 +97,7 @@ MODES: Mapping[str, type[Mode]] = MappingProxyType(
         AccessKeyMode.name: AccessKeyMode,
         IframeMode.name: IframeMode,
         AttributesMode.name: AttributesMode,
+        ProxyMode.name: ProxyMode,
     }
 )
 
@@ -127,6 +128,7 @@ class Options(TypedDict, total=False):
     min_token_ttl: float
     refresh_ahead: float
     keep_warm: float
+    proxy_page_ttl: float
     cache_maxsize: int
     ticket_max_age: int
     max_placeholder_size: int
@@ -171,6 +173,7 @@ class Settings:
     min_token_ttl: float
     refresh_ahead: float
     keep_warm: float
+    proxy_page_ttl: float
     cache_maxsize: int
     ticket_max_age: int
     max_placeholder_size: int

@@ -28,13 +28,14 @@ import httpx
 
 from ._async_tokens import TokenService
 from ._config import ADAPTER_KEYWORDS, Settings, build_settings
-from ._endpoint import Reply, answer
+from ._endpoint import Reply, answer, widget_answer
 from ._exceptions import ConfigurationError, TokenError
 from ._http import RawHeaders, csp_nonce, inspect_response
 from ._identity import Identity, IdentityKey, resolve_identity, resolve_identity_sync
 from ._metrics import Stats
 from ._modes import PageContext
-from ._needs import Flow, Grant, Need, TokenNeed
+from ._modes.proxy import ROUTE
+from ._needs import Flow, Grant, Need, PageNeed, TokenNeed
 from ._page import WHOLE_PAGE_LIMIT, PageRewrite, quick_matcher
 from ._store import SyncTokenStore, TokenStore
 from ._sync_tokens import SyncTokenService
@@ -72,6 +73,11 @@ class Core:
         self.identity_secret = IdentityKey(settings.secret_key.reveal().encode())
         self.quick_match = quick_matcher(settings.placeholder_tag)
         self.refresh_path = settings.refresh_path
+        # Every path the middleware answers holds this (None: it answers none).
+        answers = self.refresh_path is not None or self.mode.widget_route
+        self._prefix = settings.endpoint_prefix if answers else "\x00"
+        #: Mode ``proxy``: the prefix of the widget pages the middleware serves.
+        self.widget_route = settings.endpoint_prefix + ROUTE if self.mode.widget_route else None
         self._compression_advice = compression_advice
         # The token policy's counters, which pages are counted in too: one set per
         # middleware, whichever driver serves a request.
@@ -87,8 +93,13 @@ class Core:
                 "is never reached)",
                 self.refresh_path,
             )
-        else:
+        elif self.widget_route is None:
             logger.info("rai-middleware answers no path of its own in mode=%r", self.mode.name)
+        if self.widget_route is not None:
+            logger.info(
+                "rai-middleware answers GET %s{segment}/{widget_id} (before the app)",
+                self.widget_route,
+            )
 
     def __repr__(self) -> str:
         return f"Core(mode={self.mode.name!r}, community_id={self.settings.community_id!r})"
@@ -152,15 +163,39 @@ class Core:
             xhtml=info.xhtml,
             nonce=csp_nonce(info.csp),  # the page's own policy wins
             nonce_source=nonce,
+            root=script_root,
         )
         return PageRewrite(self, headers, info, ctx, whole=not stream)
 
     # -- the endpoint ------------------------------------------------------------------
 
-    def is_endpoint(self, path: str) -> bool:
-        return self.refresh_path is not None and path == self.refresh_path
+    def endpoint_path(self, path: str, root: str = "") -> str | None:
+        """The path (under the app's mount ``root``, which ``path`` may start with) of a
+        request the middleware answers itself; None: the app's."""
+        if self._prefix not in path:  # nearly every request: one substring search
+            return None
+        for candidate in (path, path.removeprefix(root)) if root else (path,):
+            if candidate == self.refresh_path or (
+                self.widget_route is not None and candidate.startswith(self.widget_route)
+            ):
+                return candidate
+        return None
 
-    def endpoint(self, method: str, headers: Mapping[bytes, bytes], scheme: str) -> Flow[Reply]:
+    def is_endpoint(self, path: str) -> bool:
+        return self.endpoint_path(path) is not None
+
+    def endpoint(
+        self,
+        method: str,
+        headers: Mapping[bytes, bytes],
+        scheme: str,
+        path: str = "",
+        query: str | bytes = "",
+    ) -> Flow[Reply]:
+        """The answer to a request for ``path`` (from ``endpoint_path``), as a flow."""
+        route = self.widget_route
+        if route is not None and path.startswith(route):
+            return widget_answer(method, path[len(route) :], query, headers, mode=self.mode)
         return answer(method, headers, scheme, tickets=self.tickets, mode=self.mode)
 
     # -- identities --------------------------------------------------------------------
@@ -240,6 +275,12 @@ class SyncDriver:
             except Exception:  # a bug, or a user-supplied client that is closed: fail open
                 logger.exception("getting a token failed; serving the placeholder fallback")
                 return None
+        if isinstance(need, PageNeed):
+            try:
+                return self.tokens.widget_page(need)
+            except Exception:  # a bug: the route answers 503
+                logger.exception("getting widget page %s failed", need.widget_id)
+                return None
         found = resolve_identity_sync(self.identify, request, self.core.identity_secret)
         return self.core.usable(found, path)
 
@@ -248,6 +289,8 @@ class AsyncTokens(Protocol):
     """What ``AsyncDriver`` needs of a token service (``TokenService`` is one)."""
 
     async def get(self, identity: Identity) -> EmbedToken: ...
+
+    async def widget_page(self, need: PageNeed) -> str | None: ...
 
     def now(self) -> float: ...
 
@@ -261,6 +304,9 @@ class TokensInThreads:
 
     async def get(self, identity: Identity) -> EmbedToken:
         return await asyncio.to_thread(self._tokens.get, identity)
+
+    async def widget_page(self, need: PageNeed) -> str | None:
+        return await asyncio.to_thread(self._tokens.widget_page, need)
 
     def now(self) -> float:
         return self._tokens.now()
@@ -313,6 +359,12 @@ class AsyncDriver:
                 return None  # the token service logged it, once per failure or cool-down
             except Exception:  # a bug, or a user-supplied client that is closed: fail open
                 logger.exception("getting a token failed; serving the placeholder fallback")
+                return None
+        if isinstance(need, PageNeed):
+            try:
+                return await self.tokens.widget_page(need)
+            except Exception:  # a bug: the route answers 503
+                logger.exception("getting widget page %s failed", need.widget_id)
                 return None
         found = await resolve_identity(self.identify, request, self.core.identity_secret)
         return self.core.usable(found, path)

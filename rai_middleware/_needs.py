@@ -3,7 +3,8 @@
 The page rewrite and the endpoint are generators that yield a need when they cannot go on
 without I/O, and are sent the answer: ``IDENTIFY`` is answered with the visitor's
 ``Identity`` (or None: anonymous), ``TokenNeed`` with a ``Grant`` (or None: no token to be
-had, already logged). Drivers (``_core.SyncDriver``, ``_core.AsyncDriver``) do that I/O.
+had, already logged), ``PageNeed`` with the widget page's HTML (or None: none to be had,
+already logged). Drivers (``_core.SyncDriver``, ``_core.AsyncDriver``) do that I/O.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any, TypeAlias, TypeVar
 
 from ._identity import Identity
 
-__all__ = ["IDENTIFY", "Flow", "Grant", "Identify", "Need", "TokenNeed"]
+__all__ = ["IDENTIFY", "Flow", "Grant", "Identify", "Need", "PageNeed", "TokenNeed"]
 
 T = TypeVar("T")
 
@@ -46,6 +47,16 @@ class Grant:
     expires_in: int
 
 
-Need: TypeAlias = Identify | TokenNeed
+@dataclass(frozen=True, slots=True)
+class PageNeed:
+    """A widget page of the widgets host (mode ``proxy``), from the page cache or fetched:
+    its HTML with the ``<base>`` added and no token in it."""
+
+    segment: str
+    widget_id: str
+    color: str
+
+
+Need: TypeAlias = Identify | TokenNeed | PageNeed
 #: A piece of core logic that may stop for I/O: yields needs, is sent answers, returns T.
 Flow = Generator[Need, Any, T]

@@ -289,7 +289,7 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "mode",
-        '`"access_key"` \\| `"iframe"` \\| `"attributes"`',
+        '`"access_key"` \\| `"iframe"` \\| `"attributes"` \\| `"proxy"`',
         "Which Returning.AI auth flow to use; see [Auth modes](#auth-modes).",
         _string,
         default_text='`"access_key"`, or `"iframe"` when only `widget_api_key` is given',
@@ -341,7 +341,7 @@ OPTIONS: tuple[Option, ...] = (
         "widgets_base_url",
         "`str`",
         "The widgets host: signin (`/widget/{community_id}/signin`), iframe pages and the "
-        "loader's `data-api-url` (modes `iframe`, `attributes`).",
+        "loader's `data-api-url` (modes `iframe`, `attributes`, `proxy`).",
         _base_url,
         DEFAULT_WIDGETS_BASE_URL,
         env="RAI_WIDGETS_BASE_URL",
@@ -349,7 +349,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "iframe_segments",
         "`Mapping[str, str]`",
-        "`widget=` value to the path segment of the widget page (modes `iframe`, `attributes`).",
+        "`widget=` value to the path segment of the widget page (modes `iframe`, `attributes`, "
+        "`proxy`).",
         _segments,
         DEFAULT_IFRAME_SEGMENTS,
         default_text=", ".join(f"{k} `{v}`" for k, v in DEFAULT_IFRAME_SEGMENTS.items()),
@@ -366,7 +367,8 @@ OPTIONS: tuple[Option, ...] = (
         "endpoint_prefix",
         "`str`",
         "Where the middleware serves its own endpoints (`{prefix}/embed-token`, or "
-        "`{prefix}/signin` in mode `iframe`). It wins over the app: a route of yours at "
+        "`{prefix}/signin` in mode `iframe`, or `{prefix}/widget/{segment}/{widget_id}` in mode "
+        "`proxy`). It wins over the app: a route of yours at "
         "that exact path is never reached. The middleware logs the path it answers (INFO) "
         "when it is constructed.",
         _prefix,
@@ -422,6 +424,15 @@ OPTIONS: tuple[Option, ...] = (
         _non_negative,
         0.0,
         default_text="`0.0` (off)",
+    ),
+    Option(
+        "proxy_page_ttl",
+        "`float` (s)",
+        "Mode `proxy`: how long a widget page fetched from `widgets_base_url` is kept (without "
+        "any token, keyed by segment, widget id and color) and served to every visitor. `0` "
+        "turns the cache off.",
+        _non_negative,
+        60.0,
     ),
     Option(
         "cache_maxsize",

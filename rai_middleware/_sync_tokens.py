@@ -19,6 +19,7 @@ import httpx
 from ._config import Settings
 from ._exceptions import StoreError
 from ._identity import Identity
+from ._needs import PageNeed
 from ._store import SyncTokenStore
 from ._token_flow import Acquire, Deliver, Load, Op, Post, Save, Sleep, mint_flow, resume
 from ._tokens import (
@@ -30,6 +31,7 @@ from ._tokens import (
     client_options,
 )
 from ._upstream import TokenRequest
+from ._widget_pages import MAX_PAGE_BYTES, PAGE_HEADERS, Fetched, PageTooLarge
 
 __all__ = ["SyncTokenService"]
 
@@ -121,6 +123,60 @@ class SyncTokenService(PolicyDriver):
             self._threads.add(thread)
         thread.start()
 
+    # -- widget pages (mode proxy) ---------------------------------------------------
+
+    def widget_page(self, need: PageNeed) -> str | None:
+        """The widget page (``<base>`` added, no token) from the cache or the widgets host,
+        within ``timeout`` (fetched in a thread of its own, as a mint is); None (logged) if
+        there is none to be had."""
+        pages = self.pages
+        page = pages.cached(need)
+        if page is not None or pages.refused(need):
+            return page
+        timeout = self._settings.timeout
+        flight, leader = pages.join(need, deadline=time.monotonic() + timeout)
+        if not leader:
+            woken = threading.Event()
+            pages.when_settled(flight, woken.set)
+            woken.wait(max(0.0, flight.deadline - time.monotonic()))
+            return flight.page if flight.settled else None
+        try:
+            page = self._fetch_page(need, timeout)
+        finally:
+            pages.settle(need, flight, page)
+        return page
+
+    def _fetch_page(self, need: PageNeed, timeout: float) -> str | None:
+        pages = self.pages
+        box: list[Fetched | BaseException] = []
+        thread = threading.Thread(
+            target=self._get, args=(pages.url(need), box), name="rai-widget-page", daemon=True
+        )
+        with self._lock:
+            self._threads.add(thread)
+        thread.start()
+        thread.join(timeout)
+        result = box[0] if box else TimeoutError()
+        if isinstance(result, BaseException):
+            pages.failed(need, result)
+            return None
+        return pages.accept(need, result)
+
+    def _get(self, url: str, box: list[Fetched | BaseException]) -> None:
+        try:
+            box.append(_get_within(self._client_now(), url, self._settings.timeout))
+        except Exception as exc:  # httpx errors, PageTooLarge, a broken client
+            box.append(exc)
+        finally:
+            with self._lock:
+                self._threads.discard(threading.current_thread())
+
+    def _client_now(self) -> httpx.Client:
+        with self._lock:
+            if self._client is None:
+                self._client = httpx.Client(**client_options(self._settings))
+            return self._client
+
     # -- executing the flow ----------------------------------------------------------
 
     def _fly(self, flight: Flight, identity: Identity) -> None:
@@ -171,10 +227,7 @@ class SyncTokenService(PolicyDriver):
         return None
 
     def _post(self, op: Post) -> httpx.Response:
-        with self._lock:
-            if self._client is None:
-                self._client = httpx.Client(**client_options(self._settings))
-            client = self._client
+        client = self._client_now()
         failure: Exception | None = None
         try:
             return _post_within(client, op.request, op.timeout)
@@ -208,3 +261,20 @@ def _post_within(client: httpx.Client, request: TokenRequest, timeout: float) ->
             content=b"".join(chunks),
             headers={"content-type": streamed.headers.get("content-type", "")},
         )
+
+
+def _get_within(client: httpx.Client, url: str, timeout: float) -> Fetched:
+    """GET a widget page and read it (at most ``MAX_PAGE_BYTES``) within ``timeout``, as far
+    as a body read in chunks allows (the waiting request stops waiting at ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    with client.stream("GET", url, headers=PAGE_HEADERS, timeout=timeout) as answer:
+        body = bytearray()
+        for chunk in answer.iter_bytes():
+            body += chunk
+            if len(body) > MAX_PAGE_BYTES:
+                raise PageTooLarge()
+            if time.monotonic() > deadline:
+                raise httpx.ReadTimeout("the answer took longer than the timeout")
+        if time.monotonic() > deadline:  # a body that came in one late chunk, or none
+            raise httpx.ReadTimeout("the answer took longer than the timeout")
+        return Fetched(answer.status_code, answer.headers.get("content-type", ""), bytes(body))

@@ -50,6 +50,7 @@ from ._identity import Identity
 from ._metrics import BreakerState, Metrics
 from ._store import StoredToken
 from ._upstream import TimedOut, blames_identity, failure_kind, plausible_token
+from ._widget_pages import WidgetPages
 
 __all__ = [
     "IDENTITY_BACKOFF",
@@ -396,12 +397,36 @@ class TokenPolicy:
             IDENTITY_BACKOFF,
         )
 
-    def _failed(self, exc: TokenError) -> tuple[Any, ...]:
+    def upstream_refusal(self) -> str | None:
+        """Why no other upstream call (a widget page, mode ``proxy``) may be made now: the
+        breaker is open, or the probe after its cool-down has not answered. None: go on."""
+        with self._lock:
+            if self._clock() < self._open_until:
+                return "not calling Returning.AI during the failure cool-down"
+            if self._tripped and self._probe is not None:
+                return "not calling Returning.AI until the probe after the cool-down answers"
+            return None
+
+    def upstream_failed(self, error: TokenError, what: str) -> None:
+        """Another upstream call (``what``) failed in a way that concerns every visitor:
+        it counts towards the breaker like a failed mint."""
+        with self._lock:
+            warning = self._failed(error, what)
+        logger.warning(*warning)
+
+    def upstream_answered(self) -> None:
+        """Another upstream call succeeded: the failures in a row start again (a tripped
+        breaker is closed only by a token)."""
+        with self._lock:
+            if not self._tripped:
+                self._consecutive_failures = 0
+
+    def _failed(self, exc: TokenError, what: str = "token request") -> tuple[Any, ...]:
         """Count a failure (under the lock); the warning to log once the lock is released."""
         self._consecutive_failures += 1
         settings = self._settings
         if self._consecutive_failures < settings.failure_threshold:
-            return ("Returning.AI token request failed (%s); serving the placeholder fallback", exc)
+            return ("Returning.AI %s failed (%s); serving the placeholder fallback", what, exc)
         self._open_until = self._clock() + settings.failure_cooldown
         self._tripped = True
         self.metrics.breaker_opened()
@@ -409,8 +434,9 @@ class TokenPolicy:
         # once, so a lasting outage costs one timed-out request per cool-down.
         self._consecutive_failures = settings.failure_threshold - 1
         return (
-            "Returning.AI token request failed (%s); %d failures in a row, so widgets fall "
+            "Returning.AI %s failed (%s); %d failures in a row, so widgets fall "
             "back to their placeholder content and no token is requested for %.0f s",
+            what,
             exc,
             settings.failure_threshold,
             settings.failure_cooldown,
@@ -547,6 +573,8 @@ class PolicyDriver:
             raise ConfigurationError("policy= must be built from the same settings")
         self._settings = settings
         self._policy = policy or TokenPolicy(settings, clock=clock, wall_clock=wall_clock)
+        #: Mode ``proxy``'s widget pages: their rules and cache, on this policy's breaker.
+        self.pages = WidgetPages(settings, self._policy)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._policy!r})"

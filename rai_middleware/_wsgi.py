@@ -102,9 +102,9 @@ class ReturningAIWSGIMiddleware:
             for key, value in environ.items()
             if key.startswith("HTTP_")
         }
-        flow = self.core.endpoint(
-            environ.get("REQUEST_METHOD", "GET"), headers, environ.get("wsgi.url_scheme", "http")
-        )
+        method, path = environ.get("REQUEST_METHOD", "GET"), environ.get("PATH_INFO", "")
+        scheme, query = environ.get("wsgi.url_scheme", "http"), environ.get("QUERY_STRING", "")
+        flow = self.core.endpoint(method, headers, scheme, path, query)
         reply = self.driver.run(flow, environ, environ.get("PATH_INFO", ""))
         body = reply.body()
         start_response(f"{reply.status} {REASONS[reply.status]}", _text(reply.headers(body)))

@@ -153,7 +153,8 @@ class ReturningAI:
             name.lower().encode("latin-1"): value.encode("latin-1")
             for name, value in request.headers.items()
         }
-        flow = state.core.endpoint(request.method, headers, request.scheme)
+        path, query = request.path, request.query_string
+        flow = state.core.endpoint(request.method, headers, request.scheme, path, query)
         return _reply_response(state.driver.run(flow, _request(), request.path))
 
     # -- pages -----------------------------------------------------------------------------

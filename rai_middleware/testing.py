@@ -10,10 +10,12 @@ told to misbehave, so that the whole token flow can be exercised without network
   elements simply print the claims of their ``embed-token`` and dispatch ``rai-error`` once it
   has expired (re-checked every 500 ms);
 * ``GET /{segment}/{widget_id}`` (``/channel-widget/general``, ``/store-widget/1``...: every
-  segment of ``DEFAULT_IFRAME_SEGMENTS``) - a stand-in for a widget page, for the ``iframe``
-  and ``attributes`` modes: framed by your page, it asks its parent for a token by
-  ``postMessage`` and shows whose it is (or, when the loader passed ``?email=``, shows that
-  identity);
+  segment of ``DEFAULT_IFRAME_SEGMENTS``) - a stand-in for a widget page, for the ``iframe``,
+  ``attributes`` and ``proxy`` modes. It holds ``window.__WIDGET_INIT__ = { token: "" }``:
+  served through the ``proxy`` mode's route, the token is in it; otherwise, framed by your
+  page, it asks its parent for a token by ``postMessage``. It shows whose token it got (or,
+  when the loader passed ``?email=``, that identity) and posts ``WIDGET_HEIGHT_UPDATE``
+  (``payload.height``: ``widget_height``) to its parent;
 * ``GET /widget-loader.js`` - a stand-in for the Attribute Auth loader script: it frames the
   widget page above, passing the ``data-email`` and ``data-customer-id`` of its script tag;
 * ``GET /healthz`` - liveness probe.
@@ -316,13 +318,15 @@ class FakeReturningAI:
     ``widget_segments``
         the path segments under which fake widget pages are served (``/{segment}/{id}``);
         by default every value of ``DEFAULT_IFRAME_SEGMENTS`` (pass your ``iframe_segments``
-        values if you changed them).
+        values if you changed them);
+    ``widget_height``
+        the height (CSS pixels) the widget pages post in their ``WIDGET_HEIGHT_UPDATE``.
 
     Inspection attributes: :attr:`calls`, :attr:`requests`, :attr:`signin_calls`,
-    :attr:`signin_requests`. Fault injection: :meth:`fail_next`, :meth:`fail_always`,
-    :meth:`recover`. :meth:`reset` forgets everything. Clients: :meth:`client` and
-    :meth:`transport` (async), :meth:`sync_client` and :meth:`sync_transport` (sync);
-    :meth:`close` stops the threads of the sync transports.
+    :attr:`signin_requests`, :attr:`widget_page_requests`. Fault injection: :meth:`fail_next`,
+    :meth:`fail_always`, :meth:`fail_widget_pages`, :meth:`recover`. :meth:`reset` forgets
+    everything. Clients: :meth:`client` and :meth:`transport` (async), :meth:`sync_client` and
+    :meth:`sync_transport` (sync); :meth:`close` stops the threads of the sync transports.
     """
 
     #: Where :meth:`client` points by default; mirrors the real service.
@@ -341,9 +345,17 @@ class FakeReturningAI:
         signing_key: bytes = b"fake-returning-ai-signing-key",
         clock: Callable[[], float] = time.time,
         widget_segments: Iterable[str] | None = None,
+        widget_height: int = 480,
     ) -> None:
         if latency < 0:
             raise ValueError("latency must be >= 0")
+        if (
+            isinstance(widget_height, bool)
+            or not isinstance(widget_height, int)
+            or widget_height < 1
+        ):
+            raise ValueError("widget_height must be a positive int")
+        self.widget_height = widget_height
         self.access_id = access_id
         self._access_key = access_key
         self._widget_api_key = widget_api_key
@@ -362,6 +374,10 @@ class FakeReturningAI:
         #: ``{"community": ..., "email": ...}`` for each sign-in request, in order (``email`` is
         #: ``""`` when the header is missing).
         self.signin_requests: list[dict[str, str]] = []
+        #: ``{"path": ..., "query": ..., "headers": {lower-cased name: value}}`` for each
+        #: widget page request, in order.
+        self.widget_page_requests: list[dict[str, Any]] = []
+        self._page_failure: _Injection | None = None
         self._queued: collections.deque[_Injection] = collections.deque()
         self._always: list[_Injection] = []  # per identity first, then the one for all
         self._sync_transports: weakref.WeakSet[_SyncFakeTransport] = weakref.WeakSet()
@@ -465,9 +481,16 @@ class FakeReturningAI:
         else:
             self._always.insert(0, injection)
 
+    def fail_widget_pages(self, *, status: int = 500, mode: FailureMode = "status") -> None:
+        """Make every widget page request fail until :meth:`recover`: ``"status"`` answers
+        ``status``, ``"garbage"`` a JSON body (not HTML), ``"missing_token"`` an HTML page
+        without ``window.__WIDGET_INIT__``; ``"hang"`` and ``"disconnect"`` as in
+        :meth:`fail_next`."""
+        self._page_failure = _Injection(*self._checked(mode, status))
+
     def recover(self, *, identity: Mapping[str, str] | None = None) -> None:
-        """Cancel every injected failure, queued (:meth:`fail_next`) or permanent; with
-        ``identity``, only those injected for that same identity.
+        """Cancel every injected failure, queued (:meth:`fail_next`), permanent or of the
+        widget pages; with ``identity``, only those injected for that same identity.
 
         Requests currently stuck in a ``"hang"`` are released (they answer 504).
         """
@@ -475,6 +498,7 @@ class FakeReturningAI:
         if scope is None:
             self._queued.clear()
             self._always = []
+            self._page_failure = None
         else:
             self._queued = collections.deque(i for i in self._queued if i.identity != scope)
             self._always = [i for i in self._always if i.identity != scope]
@@ -486,6 +510,7 @@ class FakeReturningAI:
         self.requests.clear()
         self.signin_calls = 0
         self.signin_requests.clear()
+        self.widget_page_requests.clear()
         self.recover()
 
     @staticmethod
@@ -668,7 +693,23 @@ class FakeReturningAI:
         # The same static page for every widget: its script reads what it needs from its own
         # URL, so nothing from the request is echoed into the HTML. No Content-Security-Policy
         # and no X-Frame-Options: this is the third-party page that sites frame.
-        return HTMLResponse(_WIDGET_PAGE, headers={"cache-control": "no-cache"})
+        epoch = self._hang_epoch
+        self.widget_page_requests.append(
+            {
+                "path": request.url.path,
+                "query": request.url.query,
+                "headers": {name.lower(): value for name, value in request.headers.items()},
+            }
+        )
+        injection = self._page_failure
+        if injection is not None:
+            if injection.mode == "garbage":
+                return JSONResponse({"not": "html"})
+            if injection.mode == "missing_token":
+                return HTMLResponse("<!doctype html><title>x</title><p>no init object</p>")
+            return await self._injected_response(request, injection, epoch, signin=True)
+        page = _WIDGET_PAGE.replace("__HEIGHT__", str(self.widget_height))
+        return HTMLResponse(page, headers={"cache-control": "no-cache"})
 
     async def _healthz_endpoint(self, request: Request) -> Response:
         return JSONResponse({"ok": True})
@@ -906,26 +947,43 @@ _WIDGET_PAGE: Final = """\
 </head>
 <body data-state="waiting" data-token="" data-email="" data-requests="0" data-received="0">
 <p id="status">Fake widget: waiting for a token</p>
+<script>window.__WIDGET_INIT__ = { token: "", color: "light" };</script>
 <script>
 /* A stand-in for a Returning.AI widget page (FakeReturningAI). State for tests is on
-   document.body.dataset: state (waiting, ok, expired, invalid, identified, standalone), token,
-   email, customerId, exp, requests (token requests sent) and received (tokens received). */
+   document.body.dataset: state (waiting, ok, expired, invalid, identified, standalone), source
+   (init: the token came in window.__WIDGET_INIT__, served by the proxy mode's route; message:
+   from the parent page), token, email, customerId, exp, requests (token requests sent),
+   received (tokens received) and posted (the height last posted to the parent). */
 (function () {
   "use strict";
   var params = new URLSearchParams(location.search);
   var body = document.body, status = document.getElementById("status");
   var parts = location.pathname.split("/");
-  body.dataset.widget = decodeURIComponent(parts[1] || "") + "/" +
-    decodeURIComponent(parts[2] || "");
+  var init = window.__WIDGET_INIT__ || {};
+  body.dataset.widget = decodeURIComponent(parts[parts.length - 2] || "") + "/" +
+    decodeURIComponent(parts[parts.length - 1] || "");
+  function postHeight() {
+    /* The height is no secret, and the widget cannot know its embedder's origin. */
+    if (window.parent === window) return;
+    body.dataset.posted = "__HEIGHT__";
+    window.parent.postMessage({type: "WIDGET_HEIGHT_UPDATE", payload: {height: __HEIGHT__}}, "*");
+  }
   function show(state, text) {
     body.dataset.state = state;
     status.textContent = text;
+    postHeight();
   }
   if (params.has("email") || params.has("customerId")) {
     /* Attribute Auth: the loader passed the identity in our URL; no token involved. */
     body.dataset.email = params.get("email") || "";
     body.dataset.customerId = params.get("customerId") || "";
     show("identified", "identity " + body.dataset.email);
+    return;
+  }
+  if (typeof init.token === "string" && init.token) {
+    /* Server Proxy: the site's server put the token into the page. */
+    body.dataset.source = "init";
+    take(init.token);
     return;
   }
   if (window.parent === window) {
@@ -936,6 +994,22 @@ _WIDGET_PAGE: Final = """\
   var REQUEST = params.get("legacy") === "1" ?
     "RETURNINGAI_WIDGET_TOKEN" : "RETURNINGAI_WIDGET_REQUEST_TOKEN";
   var exp = null; /* the current token's expiry in ms; null until one arrives */
+  function take(token) {
+    body.dataset.received = String(Number(body.dataset.received) + 1);
+    var claims = claimsOf(token);
+    if (!claims) {
+      exp = 0;
+      show("invalid", "Fake widget: invalid token");
+      return;
+    }
+    var email = String(claims.email || claims["data-email"] || "");
+    exp = typeof claims.exp === "number" ? claims.exp * 1000 : Infinity;
+    body.dataset.token = token;
+    body.dataset.email = email;
+    body.dataset.exp = String(claims.exp);
+    if (exp <= Date.now()) show("expired", "Fake widget: expired token");
+    else show("ok", "token for " + email);
+  }
   function claimsOf(token) {
     try {
       var b64 = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
@@ -960,20 +1034,8 @@ _WIDGET_PAGE: Final = """\
     var m = event.data;
     if (!m || typeof m !== "object" || m.type !== "RETURNINGAI_WIDGET_TOKEN") return;
     if (typeof m.value !== "string") return; /* e.g. a sibling's legacy-style request */
-    body.dataset.received = String(Number(body.dataset.received) + 1);
-    var claims = claimsOf(m.value);
-    if (!claims) {
-      exp = 0;
-      show("invalid", "Fake widget: invalid token");
-      return;
-    }
-    var email = String(claims.email || claims["data-email"] || "");
-    exp = typeof claims.exp === "number" ? claims.exp * 1000 : Infinity;
-    body.dataset.token = m.value;
-    body.dataset.email = email;
-    body.dataset.exp = String(claims.exp);
-    if (exp <= Date.now()) show("expired", "Fake widget: expired token");
-    else show("ok", "token for " + email);
+    body.dataset.source = "message";
+    take(m.value);
   });
   ask();
   /* Every second: no token yet, or the token ran out? Ask (again). */

@@ -73,6 +73,17 @@ STREAM_CHUNKS = (
 )
 assert b"".join(STREAM_CHUNKS) == STREAM_BEFORE + PLACEHOLDER + STREAM_AFTER
 
+# Mode proxy: three widgets with ids (one with a theme and height bounds, one with its own
+# height and title, one in a segment of its own).
+PROXY_PLACEHOLDERS = (
+    b'<rai-placeholder widget="channel" widget-id="chat-1" theme="dark" min-height="200px"'
+    b' max-height="900">F1</rai-placeholder>'
+    b'<rai-placeholder widget="store" widget-id="store_1" height="300" title="Store">F2'
+    b"</rai-placeholder>"
+    b'<rai-placeholder widget="custom" widget-id="NjlmMzJi">F3</rai-placeholder>'
+)
+PROXY_PAGE = PAGE_BEFORE + PROXY_PLACEHOLDERS + PAGE_AFTER
+
 SLOW_HEAD = b"<!doctype html><html><head><title>slow</title></head><body><p>head</p>"
 SLOW_TAIL = PLACEHOLDER + PAGE_AFTER
 
@@ -156,6 +167,7 @@ ROUTES: dict[str, Route] = {
     "/gzip-stream": Route(headers=GZIP, chunks=GZIP_STREAM),
     "/gzip-then-garbage": Route(headers=GZIP, chunks=GZIP_THEN_GARBAGE),
     "/not-modified": Route(status=304, content_type=None, headers=(("ETag", '"v1"'),)),
+    "/proxy-page": Route(headers=VALIDATORS, body=PROXY_PAGE),
 }
 
 
@@ -201,7 +213,11 @@ def common_options(options: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def identity(user: str | None) -> dict[str, str] | None:
-    return {"data-customer-id": user} if user else None
+    """The visitor the ``X-User`` header names; a user named by an email (``a@b.c``) has it
+    as ``data-email`` too (modes ``iframe`` and ``proxy`` need one)."""
+    if not user:
+        return None
+    return {"data-customer-id": user, **({"data-email": user} if "@" in user else {})}
 
 
 # -- the driver ----------------------------------------------------------------------------
@@ -286,11 +302,12 @@ class WSGISite(Site):
         self.app = app
 
     def _environ(self, method: str, path: str, headers: Mapping[str, str] | None, body: bytes):
+        path, _, query = path.partition("?")
         environ: dict[str, Any] = {
             "REQUEST_METHOD": method,
             "SCRIPT_NAME": "",
             "PATH_INFO": path,
-            "QUERY_STRING": "",
+            "QUERY_STRING": query,
             "SERVER_NAME": HOST,
             "SERVER_PORT": "80",
             "SERVER_PROTOCOL": "HTTP/1.1",
@@ -389,7 +406,9 @@ class ASGISite(Site):
             (name.lower().encode("latin-1"), value.encode("latin-1"))
             for name, value in (headers or {}).items()
         ]
+        path, _, query = path.partition("?")
         scope = http_scope(path, method, raw_headers)
+        scope["query_string"] = query.encode("latin-1")
         start: dict[str, Any] | None = None
         chunks: list[bytes] = []
         done = asyncio.Event()

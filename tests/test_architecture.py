@@ -61,7 +61,7 @@ def test_the_adapters_together_stay_small() -> None:
 
 
 def test_only_the_configuration_looks_at_the_mode_name() -> None:
-    names = r"""["'](?:access_key|iframe|attributes)["']"""
+    names = r"""["'](?:access_key|iframe|attributes|proxy)["']"""
     compares = re.compile(
         rf"(?:==|!=|\bin)\s*\(?{names}|{names}\s*(?:==|!=)|settings\.mode\s*(?:==|!=|in\b)"
     )

@@ -55,7 +55,7 @@ else:
 
 pytestmark = [pytest.mark.server]
 
-MODES = ("access_key", "iframe", "attributes")
+MODES = ("access_key", "iframe", "attributes", "proxy")
 LAUNCH_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -84,12 +84,12 @@ SITE_PAGE = """<!doctype html>
 <body>
 <h1>Test site</h1>
 <section id="chat">
-<rai-placeholder widget="channel" widget-id="chat-1" channel-id="general">
+<rai-placeholder widget="channel" widget-id="chat-1" channel-id="general"{chat_attrs}>
 <p class="fallback">Sign in to chat</p>
 </rai-placeholder>
 </section>
 <section id="store">
-<rai-placeholder widget="store" widget-id="store-1">
+<rai-placeholder widget="store" widget-id="store-1"{store_attrs}>
 <p class="fallback">Sign in to shop</p>
 </rai-placeholder>
 </section>
@@ -99,7 +99,8 @@ SITE_PAGE = """<!doctype html>
 """
 
 # Framed by the site at /?evil=<url>: asks its parent for a token, with both message types,
-# four times a second, and records whatever token-shaped answer it gets.
+# four times a second, and records whatever token-shaped answer it gets; and each time tells
+# its parent it is 999 pixels high, as a widget would.
 EVIL_PAGE = """<!doctype html>
 <html lang="en">
 <head><meta charset="utf-8"><title>Evil</title></head>
@@ -118,6 +119,7 @@ EVIL_PAGE = """<!doctype html>
     body.dataset.requests = String(Number(body.dataset.requests) + 1);
     window.parent.postMessage({type: "RETURNINGAI_WIDGET_REQUEST_TOKEN"}, "*");
     window.parent.postMessage({type: "RETURNINGAI_WIDGET_TOKEN"}, "*");
+    window.parent.postMessage({type: "WIDGET_HEIGHT_UPDATE", payload: {height: 999}}, "*");
   }
   ask();
   setInterval(ask, 250);
@@ -147,7 +149,16 @@ async def home(request: Request) -> Response:
     if evil:
         extra = f'<iframe id="evil" title="evil" src="{html.escape(evil, quote=True)}"></iframe>'
     headers = {"content-security-policy": CSP} if request.query_params.get("csp") else {}
-    response = HTMLResponse(SITE_PAGE.format(extra=extra), headers=headers)
+    # ?bounds=1: the chat frame may not grow past 300 pixels, nor (bounds=2) stay under 600;
+    # the store's height is the author's.
+    bounds = request.query_params.get("bounds")
+    chat = {"1": ' min-height="100" max-height="300px"', "2": ' min-height="600px"'}
+    page = SITE_PAGE.format(
+        extra=extra,
+        chat_attrs=chat.get(bounds or "", ""),
+        store_attrs=' height="222"' if bounds else "",
+    )
+    response = HTMLResponse(page, headers=headers)
     user = request.query_params.get("user")
     if user in USERS:
         response.set_cookie("user", user, httponly=True, samesite="strict")
@@ -184,7 +195,7 @@ def make_site(mode: str, fake_url: str, *, min_token_ttl: float = 300) -> Return
     }
     if mode == "access_key":
         options.update(access_id="demo-access-id", access_key="demo-access-key")
-    elif mode == "iframe":
+    elif mode in ("iframe", "proxy"):
         options.update(widget_api_key="demo-widget-api-key")
     return ReturningAIMiddleware(app, **options)
 
@@ -309,6 +320,13 @@ def widgets(
             page.frame_locator(f'iframe[src="{fake_url}/{segment}/{widget_id}"]').locator("body")
             for segment, widget_id in zip(("channel-widget", "store-widget"), ids, strict=True)
         ]
+    if mode == "proxy":  # the site's own frames
+        return [
+            page.frame_locator(f'iframe[src^="/_rai/widget/{segment}/{widget_id}?"]').locator(
+                "body"
+            )
+            for segment, widget_id in zip(("channel-widget", "store-widget"), ids, strict=True)
+        ]
     return [page.frame_locator(f"#returning-ai-widget-{n} iframe").locator("body") for n in (1, 2)]
 
 
@@ -333,8 +351,11 @@ def expect_signed_in_widgets(
             assert fake.decode(token)["data-email"] == email
             assert fake.decode(token)["data-customer-id"] == user
             expect(widget).to_contain_text(f'"data-email":"{email}"')
-        elif mode == "iframe":
+        elif mode in ("iframe", "proxy"):
             expect(widget).to_have_attribute("data-state", "ok")
+            # Proxy: the token came inside the page; iframe: from the page, by postMessage.
+            source = "init" if mode == "proxy" else "message"
+            expect(widget).to_have_attribute("data-source", source)
             token = widget.get_attribute("data-token") or ""
             assert fake.decode(token)["email"] == email
             expect(widget).to_have_attribute("data-email", email)
@@ -375,6 +396,12 @@ def test_signed_in_visitor_sees_widgets_with_their_identity(
         assert tokens[0] == tokens[1]
         assert service.signin_calls == 1
         assert watch.posts("/_rai/signin") == 0  # the first token came with the page
+    elif mode == "proxy":
+        assert tokens[0] == tokens[1]
+        assert service.signin_calls == 1  # the page's; the frames' came from the cache
+        assert len(service.widget_page_requests) == 2
+        # The browser never talked to the widgets host for the pages: the site served them.
+        assert [u for _, u in watch.requests if u.startswith(fake_url + "/channel-widget")] == []
     else:
         assert (service.calls, service.signin_calls) == (0, 0)
     watch.assert_clean()
@@ -609,3 +636,94 @@ def test_the_demo_in_each_mode(
         expect(browser_page.get_by_text("to join the chat")).to_have_count(0)
         watch.assert_clean()
         browser_page.close()  # before the server stops: no idle connection to wait for
+
+
+def frame_heights(page: Page) -> dict[str, int]:
+    """The content height of every frame of the page, by its title or src."""
+    heights: dict[str, int] = page.evaluate(
+        """() => Object.fromEntries([...document.querySelectorAll("iframe")]
+             .map((f) => [f.title || f.getAttribute("src"), f.clientHeight]))"""
+    )
+    return heights
+
+
+@pytest.mark.parametrize("mode", ["iframe", "proxy"])
+def test_widget_frames_grow_to_the_height_their_widget_posts(
+    mode: str,
+    fake: tuple[FakeReturningAI, str],
+    site: Callable[..., str],
+    page: tuple[Page, Watch],
+    evil_url: str,
+) -> None:
+    browser_page, watch = page
+    service, fake_url = fake
+    url = site(mode)
+
+    # A third origin's frame tells the page, four times a second, that it is 999 pixels high.
+    browser_page.goto(f"{url}/?user=alice&evil={quote(evil_url + '/', safe='')}")
+    expect_signed_in_widgets(browser_page, mode, service, fake_url, "alice")
+    frames = browser_page.locator("section iframe")
+    expect(frames).to_have_count(2)
+    browser_page.wait_for_function(
+        """() => [...document.querySelectorAll("section iframe")]
+             .every((f) => f.clientHeight === 480)"""
+    )
+    evil = browser_page.frame_locator("#evil").locator("body")
+    expect(evil).to_have_attribute("data-requests", re.compile(r"^([5-9]|\d\d+)$"))  # >= 1 s
+    # A frame of the page's own origin that is not a widget frame (srcdoc: no widget src).
+    browser_page.evaluate(
+        """() => {
+          const frame = document.createElement("iframe");
+          frame.title = "own";
+          frame.srcdoc = "<body data-posts='0'><script>setInterval(function () {"
+            + "document.body.dataset.posts = Number(document.body.dataset.posts) + 1;"
+            + "parent.postMessage({type: 'WIDGET_HEIGHT_UPDATE', payload: {height: 777}}, '*');"
+            + "}, 100);</script></body>";
+          document.body.appendChild(frame);
+        }"""
+    )
+    own = browser_page.frame_locator('iframe[title="own"]').locator("body")
+    expect(own).to_have_attribute("data-posts", re.compile(r"^([5-9]|\d\d+)$"))
+    heights = frame_heights(browser_page)
+    assert heights.pop("evil") == 150  # the default: its messages changed nothing
+    assert heights.pop("own") == 150
+    assert sorted(heights.values()) == [480, 480]
+    assert service.widget_height == 480
+
+    # A widget frame that was navigated to the third origin: its src is still a widget's,
+    # but its messages come from the wrong origin and change nothing either.
+    browser_page.evaluate(
+        "(url) => { document.querySelector('section#store iframe').contentWindow.location = url; }",
+        evil_url + "/",
+    )
+    hijacked = browser_page.frame_locator("section#store iframe").locator("body")
+    expect(hijacked).to_have_attribute("data-requests", re.compile(r"^([5-9]|\d\d+)$"))
+    assert browser_page.locator("section#store iframe").evaluate("(f) => f.clientHeight") == 480
+    watch.assert_clean()
+
+
+@pytest.mark.parametrize("mode", ["iframe", "proxy"])
+@pytest.mark.parametrize(("bounds", "height"), [("1", 300), ("2", 600)], ids=["max", "min"])
+def test_height_bounds_hold_and_an_explicit_height_stays(
+    mode: str,
+    bounds: str,
+    height: int,
+    fake: tuple[FakeReturningAI, str],
+    site: Callable[..., str],
+    page: tuple[Page, Watch],
+) -> None:
+    browser_page, watch = page
+    service, fake_url = fake
+    url = site(mode)
+
+    browser_page.goto(f"{url}/?user=alice&bounds={bounds}")  # the widgets post 480
+    expect_signed_in_widgets(browser_page, mode, service, fake_url, "alice")
+    browser_page.wait_for_function(
+        "(h) => document.querySelector('section#chat iframe').clientHeight === h", arg=height
+    )
+    time.sleep(0.3)  # room for a (wrong) later change
+    store = browser_page.locator("section#store iframe")
+    assert store.evaluate("(f) => [f.clientHeight, f.style.height]") == [222, ""]
+    chat = browser_page.locator("section#chat iframe")
+    assert chat.evaluate("(f) => f.clientHeight") == height
+    watch.assert_clean()

@@ -276,6 +276,32 @@ async def test_mode_access_key_renders_sdk_elements() -> None:
 
 
 @pytest.mark.anyio
+async def test_mode_proxy_frames_the_sites_own_widget_route() -> None:
+    fake = FakeReturningAI()
+    async with fake.client() as upstream:
+        app = build_app(mode="proxy", widgets_base_url=WIDGETS, http_client=upstream)
+        async with signed_in(app) as (page, client):
+            framed = await client.get(
+                "/_rai/widget/store-widget/demo-store?color=light",
+                headers={"Sec-Fetch-Dest": "iframe", "Sec-Fetch-Site": "same-origin"},
+            )
+
+    assert FALLBACK not in page
+    channel = '<iframe src="/_rai/widget/channel-widget/demo-channel?color=dark" height="600px">'
+    assert channel + "</iframe>" in page
+    assert '<iframe src="/_rai/widget/store-widget/demo-store?color=light"></iframe>' in page
+    assert page.count('<script data-rai-frames="/_rai/widget/">') == 1
+    assert "Offline mode (proxy)" in page
+    assert framed.status_code == 200
+    assert f'<base href="{WIDGETS}/store-widget/">' in framed.text
+    token = re.search(r'window\.__WIDGET_INIT__ = \{ token: "([^"]+)"', framed.text)
+    assert token is not None
+    assert fake.decode(token.group(1))["email"] == EMAIL
+    assert token.group(1) not in page
+    assert fake.signin_calls == 1
+
+
+@pytest.mark.anyio
 async def test_mode_iframe_renders_iframes_and_the_auth_script() -> None:
     fake = FakeReturningAI()
     async with fake.client() as upstream:
@@ -385,10 +411,13 @@ def test_main_runs_the_chosen_mode_against_the_fake(
             seen.append(page)
             # Whatever the page points at is really served, by the fake started by main().
             urls = re.findall(r'(?:src|data-widget-url)="(http://127\.0\.0\.1:[^"]+)"', page)
+            if mode == "proxy":  # the site's own frames, which the fake's pages fill
+                urls = [base_url + url for url in re.findall(r'src="(/_rai/widget/[^"]+)"', page)]
             assert urls, page
             for url in urls:
                 target = url + "/demo-channel" if url.endswith("-widget") else url
-                assert httpx.get(target, timeout=10).status_code == 200, target
+                got = client.get(target) if mode == "proxy" else httpx.get(target, timeout=10)
+                assert got.status_code == 200, target
 
     monkeypatch.setattr(uvicorn, "run", run)
     main(["--mode", mode, "--port", "8123"])
@@ -402,6 +431,7 @@ def test_main_runs_the_chosen_mode_against_the_fake(
         "access_key": "<rai-channel-widget ",
         "iframe": '<script type="application/json">',
         "attributes": 'data-widget-type="channel"',
+        "proxy": '<iframe src="/_rai/widget/channel-widget/demo-channel?color=dark"',
     }[mode]
     assert marker in page
     assert FALLBACK not in page

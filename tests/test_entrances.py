@@ -20,7 +20,7 @@ import pytest
 
 from rai_middleware import FAILURE_KINDS, Event, StoreError
 from rai_middleware._identity import Identity
-from rai_middleware.testing import FakeReturningAI
+from rai_middleware.testing import _WIDGET_PAGE, FakeReturningAI
 from tests.conftest import ACCESS_ID, ACCESS_KEY, COMMUNITY_ID, SECRET_KEY
 from tests.entrances import (
     ENTRANCES,
@@ -43,6 +43,8 @@ from tests.entrances import (
 
 ALICE = {"X-User": "alice"}
 BOB = {"X-User": "bob"}
+#: The legacy Widget API key modes iframe and proxy sign visitors in with (a fixture value).
+WIDGET_API_KEY = "widget-api-key-WWWWWWWWWWWWWWWWWWWWWWWW"
 
 # The widget that replaces the placeholder, then the SDK and refresh scripts (once per
 # page): exact bytes but for the token, the ticket and the refresh script's code.
@@ -89,7 +91,9 @@ class Clock:
 
 @pytest.fixture(scope="module")
 def served_fake() -> Iterator[tuple[FakeReturningAI, str]]:
-    fake = FakeReturningAI(access_id=ACCESS_ID, access_key=ACCESS_KEY)
+    fake = FakeReturningAI(
+        access_id=ACCESS_ID, access_key=ACCESS_KEY, widget_api_key=WIDGET_API_KEY
+    )
     with fake.run_in_thread() as base_url:
         yield fake, base_url
 
@@ -163,7 +167,7 @@ def widget_parts(pattern: re.Pattern[bytes], body: bytes) -> tuple[str, str]:
 
 def assert_no_secret(response: Response) -> None:
     everything = response.body + repr(response.headers).encode()
-    for secret in (ACCESS_KEY, SECRET_KEY, ACCESS_ID):
+    for secret in (ACCESS_KEY, SECRET_KEY, ACCESS_ID, WIDGET_API_KEY):
         assert secret.encode() not in everything
 
 
@@ -779,3 +783,292 @@ def test_a_slow_on_event_does_not_delay_the_page(
         release.set()
     assert site.core.metrics.flush(5.0)
     assert seen == ["cache_miss", "mint", "page_rewritten"] + ["cache_hit", "page_rewritten"] * 2
+
+
+# -- issue 14: mode proxy, the widget route ---------------------------------------------------
+
+ANN = {"X-User": "ann@example.com"}
+#: What a browser sends when a page of the site frames the route.
+FRAMED = {"Sec-Fetch-Dest": "iframe", "Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "navigate"}
+WIDGET_ROUTE = "/_rai/widget/"
+PROXY_HEADERS = [
+    ("content-type", "text/html; charset=utf-8"),
+    ("cache-control", "private, no-store"),
+    ("referrer-policy", "no-referrer"),
+    ("x-frame-options", "SAMEORIGIN"),
+    ("content-security-policy", "frame-ancestors 'self'"),
+    ("x-content-type-options", "nosniff"),
+]
+INIT = re.compile(rb'window\.__WIDGET_INIT__ = \{ token: "(?P<token>[^"]+)", color: "light" \};')
+
+
+def proxied(base_url: str, segment: str, token: str) -> bytes:
+    """The fake's widget page as the route serves it: <base> first in its head, the token in
+    its init object."""
+    page = _WIDGET_PAGE.replace("__HEIGHT__", "480")
+    page = page.replace("<head>", f'<head><base href="{base_url}/{segment}/">', 1)
+    return page.replace('token: ""', f'token: "{token}"', 1).encode()
+
+
+def error_page(title: str, message: str) -> bytes:
+    return (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
+        f"</head><body><p>{message}</p></body></html>"
+    ).encode()
+
+
+NOT_FOUND = error_page("Not found", "There is no such widget.")
+CROSS_SITE = error_page("Forbidden", "This widget is shown only in this site's own pages.")
+NOT_SIGNED_IN = error_page("Not signed in", "Sign in to see this widget.")
+UNAVAILABLE = error_page("Unavailable", "This widget is unavailable. Try again later.")
+
+
+def route_headers(response: Response) -> list[tuple[str, str]]:
+    """The answer's headers, names lower-cased, in order; the server's own (Date, Server:
+    no entrance here adds them) would show up too."""
+    return [(name.lower(), value) for name, value in response.headers]
+
+
+def assert_route_answer(response: Response, status: int, body: bytes) -> None:
+    assert (response.status, response.body) == (status, body)
+    length = ("content-length", str(len(body)))
+    allow = [("allow", "GET")] if status == 405 else []
+    assert route_headers(response) == [*PROXY_HEADERS, *allow, length]
+    assert_no_secret(response)
+
+
+@pytest.fixture
+def proxy(
+    make_site: Callable[..., Site], served_fake: tuple[FakeReturningAI, str]
+) -> Callable[..., Site]:
+    """``proxy(**options)``: the site in mode proxy, its widgets host the served fake."""
+
+    def make(**options: Any) -> Site:
+        options = {"mode": "proxy", "widget_api_key": WIDGET_API_KEY, **options}
+        return make_site(widgets_base_url=served_fake[1], **options)
+
+    return make
+
+
+def test_proxy_page_frames_each_widget_from_the_sites_own_route(
+    proxy: Callable[..., Site], fake: FakeReturningAI
+) -> None:
+    from rai_middleware._modes._height import HEIGHT_SCRIPT
+
+    response = proxy().get("/proxy-page", headers=ANN)
+    assert response.status == 200
+    assert response.body == (
+        PAGE_BEFORE
+        + b'<iframe src="/_rai/widget/channel-widget/chat-1?color=dark"'
+        + b' data-rai-min-height="200" data-rai-max-height="900"></iframe>'
+        + b'<script data-rai-frames="/_rai/widget/">'
+        + HEIGHT_SCRIPT.encode()
+        + b"</script>"
+        + b'<iframe src="/_rai/widget/store-widget/store_1?color=light" height="300"'
+        + b' title="Store"></iframe>'
+        + b'<iframe src="/_rai/widget/custom-widget/NjlmMzJi?color=light"></iframe>'
+        + PAGE_AFTER
+    )
+    assert response.header("Cache-Control") == ["private, no-store"]
+    # The page signed the visitor in (one signin, whatever the number of widgets)...
+    assert (fake.signin_calls, fake.calls) == (1, 0)
+    assert fake.signin_requests == [{"community": COMMUNITY_ID, "email": "ann@example.com"}]
+    # ...and carries no token: the frames get theirs from the route.
+    assert b"eyJ" not in response.body
+    assert fake.widget_page_requests == []
+
+
+def test_proxy_route_serves_the_widget_page_with_the_visitors_token(
+    proxy: Callable[..., Site], fake: FakeReturningAI, served_fake: tuple[FakeReturningAI, str]
+) -> None:
+    site = proxy()
+    site.get("/proxy-page", headers=ANN)
+    visitor = {**ANN, **FRAMED, "Cookie": "session=s3cr3t", "Authorization": "Basic YTpi"}
+    tokens = []
+    for path, segment in [
+        ("channel-widget/chat-1?color=dark", "channel-widget"),
+        ("store-widget/store_1?color=light", "store-widget"),
+        ("custom-widget/NjlmMzJi", "custom-widget"),
+    ]:
+        response = site.get(WIDGET_ROUTE + path, headers=visitor)
+        found = INIT.search(response.body)
+        assert found is not None, response.body
+        token = found["token"].decode()
+        assert_route_answer(response, 200, proxied(served_fake[1], segment, token))
+        assert fake.decode(token)["email"] == "ann@example.com"
+        tokens.append(token)
+    # One signin for the page and its three widgets: the same token everywhere.
+    assert len(set(tokens)) == 1
+    assert fake.signin_calls == 1
+    # The widgets host was asked for each page, with nothing of the visitor's.
+    assert [(r["path"], r["query"]) for r in fake.widget_page_requests] == [
+        ("/channel-widget/chat-1", "color=dark"),
+        ("/store-widget/store_1", "color=light"),
+        ("/custom-widget/NjlmMzJi", "color=light"),
+    ]
+    for request in fake.widget_page_requests:
+        headers = request["headers"]
+        assert "cookie" not in headers and "authorization" not in headers
+        assert "x-user" not in headers and "sec-fetch-dest" not in headers
+        assert headers["accept"] == "text/html"
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "status"),
+    [
+        ("channel-widget/chat-1", {}, 401),
+        ("channel-widget/chat-1", ALICE, 401),  # signed in, but no email: the fallback
+        ("channel-widget/chat-1", {**ANN, "Sec-Fetch-Site": "cross-site"}, 403),
+        ("channel-widget/chat-1", {**ANN, "Sec-Fetch-Site": "same-site"}, 403),
+        ("channel-widget/chat-1", {**ANN, "Sec-Fetch-Dest": "document"}, 403),
+        ("channel-widget/chat-1", {**ANN, "Sec-Fetch-Dest": "script"}, 403),
+        ("no-such-segment/chat-1", ANN, 404),
+        ("channel-widget/a.b", ANN, 404),
+        ("channel-widget/" + "x" * 129, ANN, 404),
+        ("channel-widget/", ANN, 404),
+        ("channel-widget/chat-1/more", ANN, 404),
+        ("channel-widget", ANN, 404),
+        ("channel-widget/chat-1?color=%3Cscript%3E", ANN, 404),
+    ],
+    ids=[
+        "anonymous",
+        "no-email",
+        "cross-site",
+        "same-site",
+        "dest-document",
+        "dest-script",
+        "unknown-segment",
+        "bad-widget-id",
+        "long-widget-id",
+        "no-widget-id",
+        "extra-segment",
+        "segment-only",
+        "bad-color",
+    ],
+)
+def test_proxy_route_refuses(
+    proxy: Callable[..., Site],
+    fake: FakeReturningAI,
+    path: str,
+    headers: dict[str, str],
+    status: int,
+) -> None:
+    response = proxy().get(WIDGET_ROUTE + path, headers=headers)
+    body = {401: NOT_SIGNED_IN, 403: CROSS_SITE, 404: NOT_FOUND}[status]
+    assert_route_answer(response, status, body)
+    assert (fake.signin_calls, fake.widget_page_requests) == (0, [])
+
+
+def test_proxy_route_answers_only_get(proxy: Callable[..., Site], fake: FakeReturningAI) -> None:
+    response = proxy().post(WIDGET_ROUTE + "channel-widget/chat-1", headers={**ANN, **FRAMED})
+    assert_route_answer(response, 405, error_page("Method not allowed", "Only GET is allowed."))
+    assert fake.signin_calls == 0
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        {"status": 500},
+        {"status": 404},
+        {"mode": "garbage"},
+        {"mode": "missing_token"},
+        {"mode": "disconnect"},
+    ],
+    ids=["500", "404", "not-html", "no-token-slot", "disconnect"],
+)
+def test_proxy_route_answers_503_when_the_widget_page_cannot_be_had(
+    proxy: Callable[..., Site], fake: FakeReturningAI, failure: dict[str, Any]
+) -> None:
+    fake.fail_widget_pages(**failure)
+    response = proxy().get(WIDGET_ROUTE + "channel-widget/chat-1", headers={**ANN, **FRAMED})
+    assert_route_answer(response, 503, UNAVAILABLE)  # no upstream detail
+    assert fake.signin_calls == 1
+    assert len(fake.widget_page_requests) == 1
+
+
+def test_proxy_route_answers_503_when_the_visitor_cannot_be_signed_in(
+    proxy: Callable[..., Site], fake: FakeReturningAI
+) -> None:
+    fake.fail_always(status=503)
+    response = proxy().get(WIDGET_ROUTE + "channel-widget/chat-1", headers={**ANN, **FRAMED})
+    assert_route_answer(response, 503, UNAVAILABLE)
+    assert (fake.signin_calls, fake.widget_page_requests) == (1, [])
+
+
+def test_proxy_page_shows_fallbacks_when_the_visitor_cannot_be_signed_in(
+    proxy: Callable[..., Site], fake: FakeReturningAI
+) -> None:
+    fake.fail_always(status=503)
+    site = proxy()
+    assert site.get("/proxy-page", headers=ANN).body == PAGE_BEFORE + b"F1F2F3" + PAGE_AFTER
+    assert site.get("/proxy-page", headers=ALICE).body == PAGE_BEFORE + b"F1F2F3" + PAGE_AFTER
+    assert site.get("/proxy-page").body == PAGE_BEFORE + b"F1F2F3" + PAGE_AFTER  # anonymous
+    assert fake.signin_calls == 1  # alice has no email, the anonymous visitor none: not asked
+
+
+def test_proxy_pages_are_cached_without_the_token_for_proxy_page_ttl(
+    proxy: Callable[..., Site],
+    fake: FakeReturningAI,
+    served_fake: tuple[FakeReturningAI, str],
+    clock: Clock,
+) -> None:
+    site = proxy(proxy_page_ttl=60.0)
+    bob = {"X-User": "bob@example.com", **FRAMED}
+    chat = WIDGET_ROUTE + "channel-widget/chat-1"
+    first = site.get(chat, headers={**ANN, **FRAMED})
+    second = site.get(chat, headers=bob)  # another visitor: the cached page, his own token
+    site.get(chat + "?color=dark", headers=bob)  # another color: another page
+    assert len(fake.widget_page_requests) == 2
+    tokens = [INIT.search(r.body)["token"].decode() for r in (first, second)]  # type: ignore[index]
+    assert [fake.decode(t)["email"] for t in tokens] == ["ann@example.com", "bob@example.com"]
+    assert second.body == proxied(served_fake[1], "channel-widget", tokens[1])
+    clock.now += 59.0
+    site.get(chat, headers=bob)
+    assert len(fake.widget_page_requests) == 2
+    clock.now += 2.0  # past the page's 60 s
+    site.get(chat, headers=bob)
+    assert len(fake.widget_page_requests) == 3
+    assert fake.signin_calls == 2  # one per visitor
+
+
+def test_proxy_page_ttl_zero_fetches_every_time(
+    proxy: Callable[..., Site], fake: FakeReturningAI
+) -> None:
+    site = proxy(proxy_page_ttl=0)
+    for _ in range(3):
+        response = site.get(WIDGET_ROUTE + "store-widget/s1", headers={**ANN, **FRAMED})
+        assert response.status == 200
+    assert len(fake.widget_page_requests) == 3
+    assert fake.signin_calls == 1
+
+
+def test_proxy_route_without_fetch_metadata_is_served(
+    proxy: Callable[..., Site], fake: FakeReturningAI
+) -> None:
+    """Older browsers send no Sec-Fetch-* headers: the frame still loads."""
+    response = proxy().get(WIDGET_ROUTE + "store-widget/s1", headers=ANN)
+    assert response.status == 200
+    assert INIT.search(response.body) is not None
+
+
+def test_proxy_route_is_not_answered_in_other_modes(
+    make_site: Callable[..., Site], fake: FakeReturningAI
+) -> None:
+    response = make_site().get(WIDGET_ROUTE + "channel-widget/chat-1", headers={**ANN, **FRAMED})
+    assert response.status == 404  # the app's own 404
+    assert fake.widget_page_requests == []
+
+
+def test_proxy_route_answers_within_the_timeout_when_the_widgets_host_hangs(
+    proxy: Callable[..., Site], fake: FakeReturningAI
+) -> None:
+    # No http_client: the middleware's own (asyncio or threads, as the entrance runs).
+    site = proxy(http_client=False, timeout=TIMEOUT)
+    assert site.get("/proxy-page", headers=ANN).status == 200  # signed in; the framework warm
+    fake.fail_widget_pages(mode="hang")
+    started = time.monotonic()
+    response = site.get(WIDGET_ROUTE + "channel-widget/chat-1", headers={**ANN, **FRAMED})
+    elapsed = time.monotonic() - started
+    assert_route_answer(response, 503, UNAVAILABLE)
+    assert elapsed < TIMEOUT + 0.5, f"the route took {elapsed:.2f} s with timeout={TIMEOUT}"
+    assert fake.signin_calls == 1

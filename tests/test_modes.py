@@ -16,6 +16,7 @@ import respx
 
 from rai_middleware import ConfigurationError, ReturningAIMiddleware
 from rai_middleware._identity import Identity
+from rai_middleware._modes._height import HEIGHT_SCRIPT
 from rai_middleware._modes.iframe import IFRAME_AUTH_SCRIPT, IframeAuth, render_iframe_auth
 from tests.conftest import (
     Message,
@@ -97,7 +98,15 @@ async def test_iframe_page_exact_markup_and_one_auth_script(signin: respx.MockRo
         b'allow="clipboard-write"></iframe>'
     )
     assert body.startswith(iframe_one + b'<script type="application/json">')
-    assert body.endswith(b"<script>" + IFRAME_AUTH_SCRIPT.encode() + b"</script>" + iframe_two)
+    height = (
+        b'<script data-rai-origin="https://prod-widgets.returning.ai" '
+        b'data-rai-frames="https://prod-widgets.returning.ai/">'
+        + HEIGHT_SCRIPT.encode()
+        + b"</script>"
+    )
+    assert body.endswith(
+        b"<script>" + IFRAME_AUTH_SCRIPT.encode() + b"</script>" + height + iframe_two
+    )
     data = data_block(body)
     assert data["token"] == "legacy-1"
     assert data["origin"] == "https://prod-widgets.returning.ai"
@@ -136,7 +145,7 @@ async def test_iframe_data_block_is_safe_against_script_breakout(
     assert block is not None
     assert b"<" not in block.group(1) and b">" not in block.group(1)
     assert json.loads(block.group(1))["token"] == "a</script><!--<script>&'"
-    assert body.count(b"</script>") == 2
+    assert body.count(b"</script>") == 3  # the data block, the auth and the height scripts
 
 
 def test_iframe_data_block_escapes_line_separators() -> None:

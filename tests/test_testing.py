@@ -724,9 +724,12 @@ console.log(JSON.stringify({{states, made: made.length,
     ]
 
 
-def _widget_page_script() -> str:
-    start = _WIDGET_PAGE.index("<script>") + len("<script>")
-    return _WIDGET_PAGE[start : _WIDGET_PAGE.index("</script>")]
+def _widget_page_script(token: str = "") -> str:
+    """The page's scripts, in order, as the fake serves them (``token``: as the proxy mode's
+    route puts it into ``window.__WIDGET_INIT__``)."""
+    page = _WIDGET_PAGE.replace("__HEIGHT__", "480")
+    page = page.replace('token: ""', f"token: {json.dumps(token)}", 1)
+    return "\n".join(re.findall(r"<script>(.*?)</script>", page, re.DOTALL))
 
 
 _WIDGET_SHIM = """
@@ -752,7 +755,7 @@ function snapshot() {
 """
 
 
-def _run_widget_page(search: str, steps: str) -> Any:
+def _run_widget_page(search: str, steps: str, token: str = "") -> Any:
     # The body's data-* attributes as the page's HTML sets them.
     body_tag = re.search(r"<body([^>]*)>", _WIDGET_PAGE)
     assert body_tag is not None
@@ -760,15 +763,20 @@ def _run_widget_page(search: str, steps: str) -> Any:
         re.sub(r"-([a-z])", lambda m: m.group(1).upper(), name): value
         for name, value in re.findall(r'data-([a-z-]+)="([^"]*)"', body_tag.group(1))
     }
-    return run_node(
+    result = run_node(
         f"const SEARCH = {json.dumps(search)};\n"
         f"const BODY_DATA = {json.dumps(body_data)};\n"
         + _WIDGET_SHIM
-        + _widget_page_script()
+        + _widget_page_script(token)
         + "\nconst out = [];\n"
         + steps
         + "\nconsole.log(JSON.stringify({out, posted}));"
     )
+    # Height updates apart from the token requests.
+    posted = result["posted"]
+    result["posted"] = [p for p in posted if p["data"].get("type") != "WIDGET_HEIGHT_UPDATE"]
+    result["heights"] = [p for p in posted if p["data"].get("type") == "WIDGET_HEIGHT_UPDATE"]
+    return result
 
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="needs node")
@@ -815,6 +823,24 @@ out.push(snapshot());
 
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="needs node")
+def test_widget_page_with_the_token_in_its_init_object_asks_nobody_under_node() -> None:
+    fake = FakeReturningAI()
+    token = fake.encode({"email": "ann@example.com", "exp": time.time() + 600})
+    result = _run_widget_page("", "tick(); out.push(snapshot());", token=token)
+
+    assert result["posted"] == []  # no token request: the page came with one
+    height = {"data": {"type": "WIDGET_HEIGHT_UPDATE", "payload": {"height": 480}}, "target": "*"}
+    assert result["heights"] == [height]
+    (state,) = result["out"]
+    assert (state["state"], state["source"], state["token"], state["text"]) == (
+        "ok",
+        "init",
+        token,
+        "token for ann@example.com",
+    )
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs node")
 def test_widget_page_legacy_request_and_loader_identity_under_node() -> None:
     legacy = _run_widget_page("?legacy=1", "out.push(snapshot());")
     assert legacy["posted"] == [{"data": {"type": "RETURNINGAI_WIDGET_TOKEN"}, "target": "*"}]
@@ -845,7 +871,8 @@ async def test_widget_pages_are_served_for_every_default_segment(segment: str) -
     for header in ("content-security-policy", "x-frame-options"):
         assert header not in response.headers
     page = response.text
-    assert page == _WIDGET_PAGE
+    assert page == _WIDGET_PAGE.replace("__HEIGHT__", "480")
+    assert 'window.__WIDGET_INIT__ = { token: "", color: "light" };' in page
     assert "some-widget" not in page  # nothing from the request is echoed
     assert 'postMessage({type: REQUEST}, "*")' in page
     assert "event.source !== window.parent" in page

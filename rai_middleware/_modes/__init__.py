@@ -10,6 +10,7 @@ from ._base import Mode, PageAuth, PageContext, Widget
 from .access_key import AccessKeyMode
 from .attributes import AttributesMode
 from .iframe import IframeMode
+from .proxy import ProxyMode
 
 __all__ = [
     "AccessKeyMode",
@@ -18,5 +19,6 @@ __all__ = [
     "Mode",
     "PageAuth",
     "PageContext",
+    "ProxyMode",
     "Widget",
 ]

@@ -44,7 +44,7 @@ class PageContext:
     The CSP nonce may be given as a function, asked only when a widget is written: reading
     a framework's lazy nonce is what makes its CSP middleware send it."""
 
-    __slots__ = ("_nonce", "_nonce_source", "path", "refresh_url", "xhtml")
+    __slots__ = ("_nonce", "_nonce_source", "path", "refresh_url", "root", "xhtml")
 
     def __init__(
         self,
@@ -54,9 +54,13 @@ class PageContext:
         xhtml: bool = False,
         nonce: str | None = None,
         nonce_source: Callable[[], str | None] | None = None,
+        root: str = "",
     ) -> None:
         self.path = path
         self.refresh_url = refresh_url
+        #: Where the app is mounted (ASGI ``root_path``, WSGI ``SCRIPT_NAME``): the prefix of
+        #: the middleware's own URLs in the page.
+        self.root = root
         self.xhtml = xhtml
         self._nonce = nonce
         self._nonce_source = None if nonce else nonce_source
@@ -100,6 +104,8 @@ class Mode:
     endpoint: ClassVar[str | None] = None
     #: The JSON field of the endpoint's answer that holds the token.
     token_field: ClassVar[str] = "token"
+    #: Whether the middleware serves widget pages at ``{endpoint_prefix}/widget/...``.
+    widget_route: ClassVar[bool] = False
 
     __slots__ = ("settings",)
 

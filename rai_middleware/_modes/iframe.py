@@ -36,11 +36,19 @@ from rai_middleware._upstream import (
 )
 
 from ._base import Mode, PageAuth, PageContext, Widget, widget_page
+from ._height import height_attributes, render_height_script
 
 if TYPE_CHECKING:
     import httpx
 
-__all__ = ["IFRAME_AUTH_SCRIPT", "IframeAuth", "IframeMode", "render_iframe", "render_iframe_auth"]
+__all__ = [
+    "IFRAME_AUTH_SCRIPT",
+    "IframeAuth",
+    "IframeMode",
+    "carried",
+    "render_iframe",
+    "render_iframe_auth",
+]
 
 # Identifiers the signin request sends as header values.
 _IN_HEADERS = frozenset({"data-email"})
@@ -94,13 +102,24 @@ class IframeAuth:
 
 
 def render_iframe(
-    widgets_base_url: str, segment: str, widget_id: str, attributes: Sequence[Attribute]
+    widgets_base_url: str,
+    segment: str,
+    widget_id: str,
+    attributes: Sequence[Attribute],
+    *,
+    extra: str = "",
 ) -> str:
+    """The widget's frame; ``extra``: more attributes, already escaped (the height bounds)."""
     src = f"{widgets_base_url}/{segment}/{quote(widget_id, safe='')}"
-    carried = "".join(
+    attrs = carried(attributes) + extra
+    return f'<iframe src={quote_attribute(src)} allow="clipboard-write"{attrs}></iframe>'
+
+
+def carried(attributes: Sequence[Attribute]) -> str:
+    """The placeholder's attributes that belong on the frame itself, escaped."""
+    return "".join(
         f" {name}={quote_attribute(value)}" for name, value in attributes if name in _CARRIED
     )
-    return f'<iframe src={quote_attribute(src)} allow="clipboard-write"{carried}></iframe>'
 
 
 def render_iframe_auth(auth: IframeAuth, *, xhtml: bool = False) -> str:
@@ -126,7 +145,7 @@ class IframeMode(Mode):
     required = ("community_id", "widget_api_key")
     key_seed = "widget_api_key"
     needs_identifiers = ("data-email",)
-    endpoint = "/signin"
+    endpoint: ClassVar[str | None] = "/signin"
     token_field = "token"
 
     @property
@@ -170,7 +189,9 @@ class IframeMode(Mode):
         if target is None:
             return None
         segment, widget_id = target
-        return render_iframe(self.settings.widgets_base_url, segment, widget_id, widget.attributes)
+        bounds = height_attributes(widget.attributes, page.path)
+        base = self.settings.widgets_base_url
+        return render_iframe(base, segment, widget_id, widget.attributes, extra=bounds)
 
     def render_once(self, page: PageContext, auth: PageAuth) -> str:
         assert auth.token is not None and auth.ticket is not None
@@ -182,7 +203,13 @@ class IframeMode(Mode):
             ticket=auth.ticket,
             nonce=page.nonce,
         )
-        return render_iframe_auth(iframe_auth, xhtml=page.xhtml)
+        frames = render_height_script(
+            self.settings.widgets_base_url + "/",
+            origin=self.widgets_origin,
+            nonce=page.nonce,
+            xhtml=page.xhtml,
+        )
+        return render_iframe_auth(iframe_auth, xhtml=page.xhtml) + frames
 
 
 def _jwt_expiry(token: str) -> float | None:

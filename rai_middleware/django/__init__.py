@@ -226,7 +226,8 @@ class ReturningAIMiddleware:
             str(name).lower().encode("latin-1"): str(value).encode("latin-1")
             for name, value in request.headers.items()
         }
-        return self.core.endpoint(request.method, headers, request.scheme)
+        query = request.META.get("QUERY_STRING", "")
+        return self.core.endpoint(request.method, headers, request.scheme, request.path_info, query)
 
     def _page(self, request: Request, response: Response) -> PageRewrite | None:
         path: str = request.path
