@@ -76,6 +76,7 @@ class ReturningAIMiddleware:
         self._driver = AsyncDriver(self.core, self._identify, self.tokens)
         self._tag = self.settings.placeholder_tag
         self._endpoint_suffix = self.core.refresh_path or ""
+        self._excluded = self.core.excluded
 
     def __repr__(self) -> str:
         return (
@@ -100,6 +101,15 @@ class ReturningAIMiddleware:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         # Typed Any for the same reason; inside, a scope is a MutableMapping like any other.
+        # Exclusions first: the app gets the server's own receive and send, the scope as is.
+        excluded = self._excluded
+        if (
+            excluded
+            and scope["type"] == "http"
+            and excluded(scope, scope["path"], scope.get("root_path", ""))
+        ):
+            await self.app(scope, receive, send)
+            return
         if scope["type"] != "http":
             if scope["type"] == "lifespan":
                 await self._lifespan(scope, receive, send)

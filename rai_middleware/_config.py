@@ -16,7 +16,7 @@ import ipaddress
 import logging
 import os
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from types import MappingProxyType
@@ -120,6 +120,8 @@ class Options(TypedDict, total=False):
     loader_url: str
     iframe_segments: Mapping[str, str] | None
     endpoint_prefix: str
+    exclude_paths: tuple[str, ...] | list[str]
+    skip: Callable[[Any], object] | str | None
     placeholder_tag: str
     widgets: Mapping[str, str] | None
     timeout: float
@@ -163,6 +165,8 @@ class Settings:
     loader_url: str
     iframe_segments: Mapping[str, str]
     endpoint_prefix: str
+    exclude_paths: tuple[str, ...]
+    skip: Callable[[Any], object] | None
     placeholder_tag: str
     widgets: Mapping[str, str]
     timeout: float

@@ -30,6 +30,7 @@ from ._async_tokens import TokenService
 from ._config import ADAPTER_KEYWORDS, Settings, build_settings
 from ._endpoint import Reply, answer
 from ._exceptions import ConfigurationError, TokenError
+from ._exclude import Excluded, exclusions
 from ._http import RawHeaders, csp_nonce, inspect_response
 from ._identity import Identity, IdentityKey, resolve_identity, resolve_identity_sync
 from ._modes import PageContext
@@ -68,6 +69,11 @@ class Core:
         self.identity_secret = IdentityKey(settings.secret_key.reveal().encode())
         self.quick_match = quick_matcher(settings.placeholder_tag)
         self.refresh_path = settings.refresh_path
+        #: ``excluded(request, path, root)``, or None when nothing is excluded.
+        self.excluded: Excluded | None = exclusions(
+            settings.exclude_paths, settings.skip, self.refresh_path
+        )
+        self._check_exclusions()
         self._compression_advice = compression_advice
         # Process-wide, not per request: what was warned about already.
         self._warned: set[str] = set()
@@ -81,6 +87,16 @@ class Core:
             )
         else:
             logger.info("rai-middleware answers no path of its own in mode=%r", self.mode.name)
+
+    def _check_exclusions(self) -> None:
+        endpoint = self.refresh_path
+        for prefix in self.settings.exclude_paths:
+            if endpoint is not None and (endpoint == prefix or endpoint.startswith(prefix + "/")):
+                raise ConfigurationError(
+                    f"exclude_paths: {prefix or '/'!r} covers the middleware's own endpoint "
+                    f"{endpoint}, which the widgets call to renew their token; exclude "
+                    "narrower paths"
+                )
 
     def __repr__(self) -> str:
         return f"Core(mode={self.mode.name!r}, community_id={self.settings.community_id!r})"

@@ -10,6 +10,7 @@ A check takes the keyword and the given value and returns the value to keep, or 
 
 from __future__ import annotations
 
+import importlib
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -19,6 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ._exceptions import ConfigurationError
+from ._exclude import normalise_prefix
 
 __all__ = [
     "DEFAULT_API_BASE_URL",
@@ -175,6 +177,43 @@ def _prefix(name: str, value: object) -> str:
         raise ConfigurationError(
             f"{name} must not end with '/' nor contain ?, #, quotes, <, > or spaces, got {value!r}"
         )
+    return value
+
+
+def _prefixes(name: str, value: object) -> tuple[str, ...]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list, set, frozenset)):
+        raise ConfigurationError(
+            f"{name} must be a tuple of path prefixes such as ('/api', '/static'), "
+            f"got {type(value).__name__}"
+        )
+    checked: list[str] = []
+    for prefix in value:
+        if (
+            not isinstance(prefix, str)
+            or not _LOCAL_PATH.match(prefix)
+            or any(c in prefix for c in "?#")
+        ):
+            raise ConfigurationError(
+                f"{name}: {prefix!r} is not a path prefix (a single leading '/', no query, "
+                "fragment, spaces, quotes or <>)"
+            )
+        normalised = normalise_prefix(prefix)
+        if normalised not in checked:
+            checked.append(normalised)
+    return tuple(checked)
+
+
+def _callable(name: str, value: object) -> Callable[..., object]:
+    """A callable, or the dotted path of one (``"myapp.rai.skip"`` or ``"myapp.rai:skip"``),
+    as Django settings and Flask config give them."""
+    if isinstance(value, str):
+        module, _, attribute = value.rpartition(":" if ":" in value else ".")
+        try:
+            value = getattr(importlib.import_module(module), attribute)
+        except (ImportError, AttributeError, ValueError) as exc:
+            raise ConfigurationError(f"{name}: cannot import {value!r} ({exc})") from None
+    if not callable(value):
+        raise ConfigurationError(f"{name} must be a callable, or its dotted path")
     return value
 
 
@@ -354,6 +393,27 @@ OPTIONS: tuple[Option, ...] = (
         "when it is constructed.",
         _prefix,
         "/_rai",
+    ),
+    Option(
+        "exclude_paths",
+        "`tuple[str, ...]`",
+        "Path prefixes the middleware leaves alone, matched by whole segments under the "
+        "mount point (`root_path`, `SCRIPT_NAME`): `/api` excludes `/api` and `/api/...`, not "
+        "`/apiary`. Checked before anything else: the app gets the server's own `receive` "
+        "and `send` and an untouched scope (`pathsend` stays available). See "
+        "[Excluding routes](docs/excluding-routes.md).",
+        _prefixes,
+        (),
+        default_text="`()`",
+    ),
+    Option(
+        "skip",
+        "`callable(request) -> bool` or its dotted path",
+        "Leave a request alone when this returns true; called with the ASGI scope, the WSGI "
+        "environ, or Django's or Flask's request, after `exclude_paths`. If it raises, the "
+        "request is handled as usual and the exception logged.",
+        _callable,
+        default_text="`None`",
     ),
     Option(
         "placeholder_tag",

@@ -67,6 +67,7 @@ class ReturningAIWSGIMiddleware:
         self.identify = identify or default_wsgi_identify
         self.tickets = self.core.tickets
         self.driver = SyncDriver(self.core, self.identify, self.tokens)
+        self.excluded = self.core.excluded
 
     def __repr__(self) -> str:
         return (
@@ -80,6 +81,8 @@ class ReturningAIWSGIMiddleware:
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
+        if self.excluded and self.excluded(environ, path, ""):  # first: the app as it is
+            return self.app(environ, start_response)
         if self.core.is_endpoint(path):
             return self._endpoint(environ, start_response)
         tag = self.settings.placeholder_tag

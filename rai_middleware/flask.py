@@ -25,6 +25,7 @@ from ._closing import ClosingIterable
 from ._config import Settings, check_option_names, option_names
 from ._core import Core, SyncDriver, load_callable, sync_services
 from ._endpoint import Reply
+from ._exclude import is_exempt, rai_exempt
 from ._identity import identifiers_of
 from ._sync_tokens import SyncTokenService
 
@@ -132,6 +133,9 @@ class ReturningAI:
         app.before_request_funcs.setdefault(None, []).insert(0, self._before_request)
         app.after_request(self._after_request)
 
+    #: ``@ReturningAI.exempt`` (or ``@ext.exempt``): a view whose responses are left alone.
+    exempt = staticmethod(rai_exempt)
+
     @staticmethod
     def core(app: Flask | None = None) -> _State:
         """The app's state: ``settings``, ``core``, ``tokens``, ``close()``."""
@@ -157,6 +161,9 @@ class ReturningAI:
     @staticmethod
     def _after_request(response: Response) -> Response:
         state: _State = current_app.extensions[EXTENSION]
+        excluded, view = state.core.excluded, current_app.view_functions.get(request.endpoint or "")
+        if (excluded and excluded(_request(), request.path, "")) or is_exempt(view):
+            return response
         # Read now: a streamed body is rewritten after the request context is gone.
         nonce = _csp_nonce()
         rewrite = state.core.page(

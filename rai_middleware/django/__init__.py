@@ -42,11 +42,12 @@ from rai_middleware._core import (
 )
 from rai_middleware._endpoint import Reply
 from rai_middleware._exceptions import ConfigurationError
+from rai_middleware._exclude import is_exempt, rai_exempt
 from rai_middleware._identity import identifiers_of
 from rai_middleware._page import PageRewrite, Step
 from rai_middleware._sync_tokens import SyncTokenService
 
-__all__ = ["ReturningAIMiddleware", "default_identify"]
+__all__ = ["ReturningAIMiddleware", "default_identify", "rai_exempt"]
 
 logger = logging.getLogger("rai_middleware")
 
@@ -125,6 +126,7 @@ class ReturningAIMiddleware:
             self.adriver = AsyncDriver(self.core, self._aidentify, TokensInThreads(sync_tokens))
         self.settings = self.core.settings
         self.tickets = self.core.tickets
+        self.excluded = self.core.excluded
 
     @staticmethod
     def _read_settings() -> dict[str, Any]:
@@ -179,6 +181,8 @@ class ReturningAIMiddleware:
     def __call__(self, request: Request) -> Any:
         if self.async_mode:
             return self.__acall__(request)
+        if self.excluded and self.excluded(request, request.path_info, ""):
+            return self.get_response(request)
         if self.core.is_endpoint(request.path_info):
             return _reply_response(self.driver.run(self._endpoint(request), request))
         response = self.get_response(request)
@@ -198,6 +202,8 @@ class ReturningAIMiddleware:
         return _whole(response, self.driver.run(flow, request, request.path))
 
     async def __acall__(self, request: Request) -> Any:
+        if self.excluded and self.excluded(request, request.path_info, ""):
+            return await self.get_response(request)
         if self.core.is_endpoint(request.path_info):
             return _reply_response(await self.adriver.run(self._endpoint(request), request))
         response = await self.get_response(request)
@@ -224,6 +230,8 @@ class ReturningAIMiddleware:
         return self.core.endpoint(request.method, headers, request.scheme)
 
     def _page(self, request: Request, response: Response) -> PageRewrite | None:
+        if is_exempt(getattr(getattr(request, "resolver_match", None), "func", None)):
+            return None  # a view decorated with rai_exempt
         path: str = request.path
         path_info: str = request.path_info
         return self.core.page(
