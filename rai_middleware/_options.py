@@ -116,6 +116,37 @@ def _text(name: str, value: object) -> str:
     return value
 
 
+def reveal_secret(name: str, value: object) -> object:
+    """The string inside a secret holder: Starlette's ``Secret`` (``str()``), this
+    package's ``Secret`` (``reveal()``), or anything with ``get_secret_value()`` (pydantic's
+    ``SecretStr``). Any other value is returned as it is, for the check to judge."""
+    from starlette.datastructures import Secret as StarletteSecret
+
+    if isinstance(value, StarletteSecret):
+        return str(value)
+    for method in ("reveal", "get_secret_value"):
+        unwrap = getattr(value, method, None)
+        if callable(unwrap) and not isinstance(value, str):
+            failed = ""
+            try:
+                return unwrap()
+            except Exception as exc:  # the holder's own error may quote the value
+                failed = type(exc).__name__
+            # Raised outside the except: the holder's exception is not even its context.
+            raise ConfigurationError(f"{name}: {type(value).__name__}.{method}() raised {failed}")
+    return value
+
+
+def _secret(name: str, value: object) -> str:
+    revealed = reveal_secret(name, value)
+    if not isinstance(revealed, str):
+        raise ConfigurationError(
+            f"{name} must be a string, a starlette Secret or an object with "
+            f"get_secret_value() (pydantic's SecretStr), got {type(value).__name__}"
+        )
+    return _text(name, revealed)
+
+
 def _community_id(name: str, value: object) -> str:
     value = _text(name, value)
     if any(c in value for c in "/?#"):
@@ -290,15 +321,17 @@ OPTIONS: tuple[Option, ...] = (
         "access_id",
         "`str`",
         "Access Key Embed id.",
-        _text,
+        _secret,
         env="RAI_ACCESS_ID",
         secret=True,
     ),
     Option(
         "access_key",
-        "`str`",
-        "Access Key Embed secret. Never leaves the server except to the token endpoint.",
-        _text,
+        "`str` or a secret holder",
+        "Access Key Embed secret. Never leaves the server except to the token endpoint. Like "
+        "every secret option, it takes a `str`, Starlette's `Secret` or anything with "
+        "`get_secret_value()` (pydantic's `SecretStr`); see [Secrets](docs/secrets.md).",
+        _secret,
         env="RAI_ACCESS_KEY",
         secret=True,
     ),
@@ -318,9 +351,9 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "widget_api_key",
-        "`str`",
+        "`str` or a secret holder",
         "The legacy Widget API key. Secret, like `access_key`.",
-        _text,
+        _secret,
         env="RAI_WIDGET_API_KEY",
         secret=True,
     ),
@@ -489,10 +522,10 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "secret_key",
-        "`str`",
+        "`str` or a secret holder",
         "Signs refresh tickets and keys the identity hashes. Set it when several processes "
         "must accept each other's tickets and you rotate keys.",
-        _text,
+        _secret,
         env="RAI_SECRET_KEY",
         secret=True,
         default_text="derived (HMAC) from the mode's key (`access_key`, `widget_api_key`), "

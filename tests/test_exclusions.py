@@ -30,8 +30,15 @@ PAGE = (
     b'<html><body><rai-placeholder widget="channel" widget-id="w-1">fallback</rai-placeholder>'
     b"</body></html>"
 )
-PATHSEND: dict[str, dict[str, Any]] = {"http.response.pathsend": {}, "http.response.zerocopysend": {}}
-CREDENTIALS: dict[str, Any] = {"community_id": COMMUNITY_ID, "access_id": ACCESS_ID, "access_key": ACCESS_KEY}
+PATHSEND: dict[str, dict[str, Any]] = {
+    "http.response.pathsend": {},
+    "http.response.zerocopysend": {},
+}
+CREDENTIALS: dict[str, Any] = {
+    "community_id": COMMUNITY_ID,
+    "access_id": ACCESS_ID,
+    "access_key": ACCESS_KEY,
+}
 
 
 class Recorder:
