@@ -14,6 +14,7 @@ sends it (tokens need no request context). The refresh endpoint is answered by a
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -95,7 +96,8 @@ class ReturningAI:
 
     ``ReturningAI(app, **options)`` or ``ext = ReturningAI(**options)`` then
     ``ext.init_app(app)``. ``identify`` is a callable taking the Flask ``request`` (or the
-    dotted path of one, in ``RAI_IDENTIFY``); ``http_client`` an ``httpx.Client``.
+    dotted path of one, in ``RAI_IDENTIFY``), a coroutine function run the way Flask runs
+    async views (``flask[async]``); ``http_client`` an ``httpx.Client``.
     """
 
     def __init__(
@@ -126,6 +128,8 @@ class ReturningAI:
         options.update(self._options)
         identify = self._identify or options.pop("identify", None)
         chosen = load_callable(identify, "identify (RAI_IDENTIFY)") or default_identify
+        if inspect.iscoroutinefunction(chosen):  # run as Flask runs async views (asgiref)
+            chosen = app.ensure_sync(chosen)
         core, tokens = sync_services(options, compression_advice=_COMPRESSION_ADVICE)
         app.extensions[EXTENSION] = _State(core, tokens, SyncDriver(core, chosen, tokens))
         # First, so that no other before_request function (a CSRF check, a login
