@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import inspect
 import logging
 import threading
 import time
@@ -322,9 +323,13 @@ class AsyncDriver:
         return self.core.usable(found, path)
 
 
-def load_callable(value: object, where: str) -> Callable[..., object] | None:
+def load_callable(
+    value: object, where: str, run_coroutines: Callable[[Any], Any] | None = None
+) -> Callable[..., object] | None:
     """A callable option, or its dotted path (``"myapp.auth.identify"`` or
-    ``"myapp.auth:identify"``), loaded."""
+    ``"myapp.auth:identify"``), loaded. With ``run_coroutines`` (a framework's way of
+    calling async code from sync code, such as Flask's ``app.ensure_sync``), a coroutine
+    function comes back wrapped by it."""
     if isinstance(value, str):
         module, _, name = value.rpartition(":" if ":" in value else ".")
         try:
@@ -335,6 +340,9 @@ def load_callable(value: object, where: str) -> Callable[..., object] | None:
         raise ConfigurationError(
             f"{where} must be a callable taking the request, or its dotted path"
         )
+    if run_coroutines is not None and inspect.iscoroutinefunction(value):
+        wrapped: Callable[..., object] = run_coroutines(value)
+        return wrapped
     return value
 
 

@@ -14,7 +14,6 @@ sends it (tokens need no request context). The refresh endpoint is answered by a
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -127,9 +126,8 @@ class ReturningAI:
                 logger.warning("app.config[%r] is not a rai-middleware option; ignored", key)
         options.update(self._options)
         identify = self._identify or options.pop("identify", None)
-        chosen = load_callable(identify, "identify (RAI_IDENTIFY)") or default_identify
-        if inspect.iscoroutinefunction(chosen):  # run as Flask runs async views (asgiref)
-            chosen = app.ensure_sync(chosen)
+        where = "identify (RAI_IDENTIFY)"  # async: run as Flask runs async views
+        chosen = load_callable(identify, where, app.ensure_sync) or default_identify
         core, tokens = sync_services(options, compression_advice=_COMPRESSION_ADVICE)
         app.extensions[EXTENSION] = _State(core, tokens, SyncDriver(core, chosen, tokens))
         # First, so that no other before_request function (a CSRF check, a login
