@@ -12,8 +12,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-import httpx
-
+from ._clients import AsyncHTTPClient
 from ._config import Options
 from ._core import AsyncDriver, async_services
 from ._endpoint import first_headers
@@ -58,7 +57,7 @@ class ReturningAIMiddleware:
         app: Callable[..., Awaitable[None]],
         *,
         identify: IdentifyCallable | None = None,
-        http_client: httpx.AsyncClient | None = None,
+        http_client: AsyncHTTPClient | None = None,
         token_store: TokenStore | None = None,
         clock: Callable[[], float] = time.monotonic,
         **options: Unpack[Options],

@@ -25,9 +25,8 @@ import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
 from typing import Any, Protocol, TypeVar
 
-import httpx
-
 from ._async_tokens import TokenService
+from ._clients import is_async_client, is_sync_client
 from ._config import ADAPTER_KEYWORDS, Settings, build_settings
 from ._endpoint import Reply, answer
 from ._exceptions import ConfigurationError, TokenError
@@ -360,10 +359,13 @@ def sync_services(
     options: dict[str, Any], *, compression_advice: str, where: str = ""
 ) -> tuple[Core, SyncTokenService]:
     """The core and the thread-safe token service, from an adapter's keywords (``http_client``
-    an ``httpx.Client``, ``token_store`` a ``SyncTokenStore``)."""
+    a ``SyncHTTPClient``, ``token_store`` a ``SyncTokenStore``)."""
     client, store = options.get("http_client"), options.get("token_store")
-    if client is not None and not isinstance(client, httpx.Client):
-        raise ConfigurationError(f"{where}http_client must be an httpx.Client")
+    if client is not None and not is_sync_client(client):
+        raise ConfigurationError(
+            f"{where}http_client must be a synchronous client such as httpx.Client or "
+            f"httpx2.Client, got {type(client).__name__}"
+        )
     if store is not None and not isinstance(store, SyncTokenStore):
         raise ConfigurationError(
             f"{where}token_store must be a synchronous token store such as "
@@ -378,10 +380,13 @@ def async_services(
     options: dict[str, Any], *, compression_advice: str, where: str = ""
 ) -> tuple[Core, TokenService]:
     """The core and the asyncio token service, from an adapter's keywords (``http_client``
-    an ``httpx.AsyncClient``, ``token_store`` a ``TokenStore``)."""
+    an ``AsyncHTTPClient``, ``token_store`` a ``TokenStore``)."""
     client, store = options.get("http_client"), options.get("token_store")
-    if client is not None and not isinstance(client, httpx.AsyncClient):
-        raise ConfigurationError(f"{where}http_client must be an httpx.AsyncClient")
+    if client is not None and not is_async_client(client):
+        raise ConfigurationError(
+            f"{where}http_client must be an asynchronous client such as httpx.AsyncClient or "
+            f"httpx2.AsyncClient, got {type(client).__name__}"
+        )
     if store is not None and not isinstance(store, TokenStore):
         raise ConfigurationError(
             f"{where}token_store must be a token store such as rai_middleware.redis.RedisTokenStore"

@@ -508,9 +508,11 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "http_client",
-        "`httpx.AsyncClient`",
+        "`httpx.AsyncClient` or `httpx2.AsyncClient` (WSGI, Django, Flask: `httpx.Client` or "
+        "`httpx2.Client`)",
         "Use this client for upstream calls (its timeouts, proxies, transport). Not closed by "
-        "the middleware.",
+        "the middleware. Any object with the same methods fits; see "
+        "[HTTP clients](docs/http-clients.md).",
         default_text="own client",
     ),
     Option(

@@ -123,7 +123,7 @@ def test_secret_key_is_derived_from_access_key_when_not_given() -> None:
         ("widgets", {}, "widgets must be a non-empty mapping"),
         ("widgets", {"x": "bad element"}, "must be an ASCII tag name"),
         ("identify", "not callable", "identify must be a callable"),
-        ("http_client", object(), "http_client must be an httpx.AsyncClient"),
+        ("http_client", object(), "http_client must be an asynchronous client such as httpx"),
     ],
 )
 def test_invalid_option_raises_configuration_error(option: str, value: Any, message: str) -> None:

@@ -38,7 +38,7 @@ from rai_middleware._upstream import (
 from ._base import Mode, PageAuth, PageContext, Widget, widget_page
 
 if TYPE_CHECKING:
-    import httpx
+    from rai_middleware._clients import HTTPResponse
 
 __all__ = ["IFRAME_AUTH_SCRIPT", "IframeAuth", "IframeMode", "render_iframe", "render_iframe_auth"]
 
@@ -157,7 +157,7 @@ class IframeMode(Mode):
         }
         return TokenRequest(self.token_url, headers)
 
-    def read_token(self, response: httpx.Response) -> tuple[str, float | None]:
+    def read_token(self, response: HTTPResponse) -> tuple[str, float | None]:
         body: Any = json_body(response)
         value = body.get("token") if isinstance(body, dict) else None
         if not plausible_token(value):

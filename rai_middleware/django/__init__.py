@@ -25,12 +25,12 @@ import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
-import httpx
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.conf import settings as django_settings
 from django.http import HttpResponse
 
 from rai_middleware._async_tokens import TokenService
+from rai_middleware._clients import is_sync_client
 from rai_middleware._config import check_option_names
 from rai_middleware._core import (
     AsyncDriver,
@@ -110,7 +110,7 @@ class ReturningAIMiddleware:
         self.identify: Callable[[Request], object] = identify or self._default_identify
         where = f"{SETTING}: "
         self.tokens: TokenService | SyncTokenService
-        if self.async_mode and not isinstance(options.get("http_client"), httpx.Client):
+        if self.async_mode and not is_sync_client(options.get("http_client")):
             self.core, tokens = async_services(
                 options, compression_advice=_COMPRESSION_ADVICE, where=where
             )
