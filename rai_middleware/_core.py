@@ -49,6 +49,7 @@ __all__ = [
     "TokensInThreads",
     "async_services",
     "load_callable",
+    "needs_threads",
     "sync_services",
 ]
 
@@ -355,6 +356,15 @@ def _settings(options: dict[str, Any], where: str, *, keep_warm: bool) -> tuple[
     return settings, options.get("clock") or time.monotonic
 
 
+def needs_threads(options: Mapping[str, Any]) -> bool:
+    """Whether an entrance that could run either token service must run the thread one:
+    its ``http_client`` or its ``token_store`` is synchronous."""
+    store = options.get("token_store")
+    return is_sync_client(options.get("http_client")) or (
+        store is not None and not inspect.iscoroutinefunction(getattr(store, "load", None))
+    )
+
+
 def sync_services(
     options: dict[str, Any], *, compression_advice: str, where: str = ""
 ) -> tuple[Core, SyncTokenService]:
@@ -366,10 +376,13 @@ def sync_services(
             f"{where}http_client must be a synchronous client such as httpx.Client or "
             f"httpx2.Client, got {type(client).__name__}"
         )
-    if store is not None and not isinstance(store, SyncTokenStore):
+    if store is not None and (
+        not isinstance(store, SyncTokenStore) or inspect.iscoroutinefunction(store.load)
+    ):
         raise ConfigurationError(
             f"{where}token_store must be a synchronous token store such as "
-            "rai_middleware.redis.SyncRedisTokenStore"
+            "rai_middleware.redis.SyncRedisTokenStore or "
+            f"rai_middleware.django.DjangoCacheTokenStore, got {type(store).__name__}"
         )
     settings, clock = _settings(options, where, keep_warm=False)
     tokens = SyncTokenService(settings, http_client=client, clock=clock, store=store)
@@ -387,9 +400,12 @@ def async_services(
             f"{where}http_client must be an asynchronous client such as httpx.AsyncClient or "
             f"httpx2.AsyncClient, got {type(client).__name__}"
         )
-    if store is not None and not isinstance(store, TokenStore):
+    if store is not None and (
+        not isinstance(store, TokenStore) or not inspect.iscoroutinefunction(store.load)
+    ):
         raise ConfigurationError(
-            f"{where}token_store must be a token store such as rai_middleware.redis.RedisTokenStore"
+            f"{where}token_store must be an asyncio token store such as "
+            f"rai_middleware.redis.RedisTokenStore, got {type(store).__name__}"
         )
     settings, clock = _settings(options, where, keep_warm=True)
     tokens = TokenService(settings, http_client=client, clock=clock, store=store)

@@ -30,7 +30,6 @@ from django.conf import settings as django_settings
 from django.http import HttpResponse
 
 from rai_middleware._async_tokens import TokenService
-from rai_middleware._clients import is_sync_client
 from rai_middleware._config import check_option_names
 from rai_middleware._core import (
     AsyncDriver,
@@ -38,6 +37,7 @@ from rai_middleware._core import (
     TokensInThreads,
     async_services,
     load_callable,
+    needs_threads,
     sync_services,
 )
 from rai_middleware._endpoint import Reply
@@ -46,8 +46,9 @@ from rai_middleware._exclude import is_exempt, rai_exempt
 from rai_middleware._identity import identifiers_of
 from rai_middleware._page import PageRewrite, Step
 from rai_middleware._sync_tokens import SyncTokenService
+from rai_middleware.django.cache_store import DjangoCacheTokenStore
 
-__all__ = ["ReturningAIMiddleware", "default_identify", "rai_exempt"]
+__all__ = ["DjangoCacheTokenStore", "ReturningAIMiddleware", "default_identify", "rai_exempt"]
 
 logger = logging.getLogger("rai_middleware")
 
@@ -110,7 +111,7 @@ class ReturningAIMiddleware:
         self.identify: Callable[[Request], object] = identify or self._default_identify
         where = f"{SETTING}: "
         self.tokens: TokenService | SyncTokenService
-        if self.async_mode and not is_sync_client(options.get("http_client")):
+        if self.async_mode and not needs_threads(options):
             self.core, tokens = async_services(
                 options, compression_advice=_COMPRESSION_ADVICE, where=where
             )
