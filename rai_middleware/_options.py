@@ -330,7 +330,7 @@ OPTIONS: tuple[Option, ...] = (
         "`str` or a secret holder",
         "Access Key Embed secret. Never leaves the server except to the token endpoint. Like "
         "every secret option, it takes a `str`, Starlette's `Secret` or anything with "
-        "`get_secret_value()` (pydantic's `SecretStr`); see [Secrets](docs/secrets.md).",
+        "`get_secret_value()` (pydantic's `SecretStr`); see [Secrets](secrets.md).",
         _secret,
         env="RAI_ACCESS_KEY",
         secret=True,
@@ -434,7 +434,7 @@ OPTIONS: tuple[Option, ...] = (
         "mount point (`root_path`, `SCRIPT_NAME`): `/api` excludes `/api` and `/api/...`, not "
         "`/apiary`. Checked before anything else: the app gets the server's own `receive` "
         "and `send` and an untouched scope (`pathsend` stays available). See "
-        "[Excluding routes](docs/excluding-routes.md).",
+        "[Excluding routes](excluding-routes.md).",
         _prefixes,
         (),
         default_text="`()`",
@@ -512,7 +512,7 @@ OPTIONS: tuple[Option, ...] = (
         "`httpx2.Client`)",
         "Use this client for upstream calls (its timeouts, proxies, transport). Not closed by "
         "the middleware. Any object with the same methods fits; see "
-        "[HTTP clients](docs/http-clients.md).",
+        "[HTTP clients](http-clients.md).",
         default_text="own client",
     ),
     Option(

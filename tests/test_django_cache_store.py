@@ -279,6 +279,7 @@ def test_a_failing_cache_still_serves_pages_with_one_warning(
     assert fake.calls == 3
     text = caplog.text
     assert sum("shared token store failed" in r.getMessage() for r in caplog.records) == 1
+    assert "the shared token store failed (Django's cache 'down' failed: ConnectionError)" in text
     assert "hunter2" not in text
 
 
