@@ -13,17 +13,20 @@ for the visitor with the site's server-side credentials, and writes the widget i
 from __future__ import annotations
 
 from ._asgi import ReturningAIMiddleware
+from ._clients import AsyncHTTPClient, SyncHTTPClient
 from ._exceptions import ConfigurationError, ReturningAIError, StoreError, TokenError
 from ._store import SyncTokenStore, TokenStore
 from ._version import __version__
 from ._wsgi import ReturningAIWSGIMiddleware
 
 __all__ = [
+    "AsyncHTTPClient",
     "ConfigurationError",
     "ReturningAIError",
     "ReturningAIMiddleware",
     "ReturningAIWSGIMiddleware",
     "StoreError",
+    "SyncHTTPClient",
     "SyncTokenStore",
     "TokenError",
     "TokenStore",
@@ -32,11 +35,13 @@ __all__ = [
 
 # Show the public path in reprs and tracebacks, as httpx does.
 for _name in (
+    "AsyncHTTPClient",
     "ConfigurationError",
     "ReturningAIError",
     "ReturningAIMiddleware",
     "ReturningAIWSGIMiddleware",
     "StoreError",
+    "SyncHTTPClient",
     "SyncTokenStore",
     "TokenError",
     "TokenStore",

@@ -96,7 +96,7 @@ class ReturningAI:
     ``ReturningAI(app, **options)`` or ``ext = ReturningAI(**options)`` then
     ``ext.init_app(app)``. ``identify`` is a callable taking the Flask ``request`` (or the
     dotted path of one, in ``RAI_IDENTIFY``), a coroutine function run the way Flask runs
-    async views (``flask[async]``); ``http_client`` an ``httpx.Client``.
+    async views (``flask[async]``); ``http_client`` an httpx or httpx2 ``Client``.
     """
 
     def __init__(

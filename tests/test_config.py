@@ -147,11 +147,13 @@ def test_public_names_are_exported() -> None:
     import rai_middleware
 
     assert set(rai_middleware.__all__) == {
+        "AsyncHTTPClient",
         "ConfigurationError",
         "ReturningAIError",
         "ReturningAIMiddleware",
         "ReturningAIWSGIMiddleware",
         "StoreError",
+        "SyncHTTPClient",
         "SyncTokenStore",
         "TokenError",
         "TokenStore",
