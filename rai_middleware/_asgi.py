@@ -108,13 +108,14 @@ class ReturningAIMiddleware:
             and excluded(scope, scope["path"], scope.get("root_path", ""))
         ):
             await self.app(scope, receive, send)
-            return
-        if scope["type"] != "http":
-            if scope["type"] == "lifespan":
-                await self._lifespan(scope, receive, send)
-            else:
-                await self.app(scope, receive, send)
-            return
+        elif scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    async def _http(self, scope: Any, receive: Receive, send: Send) -> None:
         core = self.core
         path: str = scope["path"]
         if (
