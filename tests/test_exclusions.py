@@ -452,3 +452,28 @@ def test_flask_skip_from_the_config_gets_the_request() -> None:
     assert client.get("/page?raw=1").data == PAGE
     assert client.get("/page").data != PAGE
     assert seen == ["/page", "/page"]
+
+
+@pytest.mark.anyio
+async def test_starlettes_file_response_uses_pathsend_on_an_excluded_route(tmp_path: Any) -> None:
+    from starlette.applications import Starlette
+    from starlette.responses import FileResponse
+    from starlette.routing import Route
+
+    page = tmp_path / "page.html"
+    page.write_bytes(PAGE)
+
+    async def static(request: Any) -> FileResponse:
+        return FileResponse(page)
+
+    app = Starlette(routes=[Route("/static/page.html", static), Route("/page.html", static)])
+    wrapped = middleware(app, exclude_paths=("/static",), mode="attributes")
+    scope = {**http_scope("/static/page.html"), "extensions": dict(PATHSEND)}
+    excluded = await call_asgi(wrapped, scope)
+    assert [m["type"] for m in excluded] == ["http.response.start", "http.response.pathsend"]
+    assert excluded[1]["path"] == str(page)
+    # Not excluded: pathsend is hidden, so the file comes as body messages, rewritten.
+    rewritten = await call_asgi(wrapped, {**http_scope("/page.html"), "extensions": dict(PATHSEND)})
+    assert "http.response.pathsend" not in [m["type"] for m in rewritten]
+    assert b"<rai-placeholder" not in body_of(rewritten)
+    await wrapped.aclose()
