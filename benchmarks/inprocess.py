@@ -86,7 +86,20 @@ async def case1(plan: Plan) -> list[Figure]:
     fake = FakeReturningAI()
     app = build_app()
     wrapped = wrap(app, api_base_url=FakeReturningAI.base_url, http_client=fake.client())
-    apps: dict[str, ASGIApp] = {"bare": app, "floor": FloorMiddleware(app), "wrapped": wrapped}
+    # The same middleware with the JSON route excluded (issue 15): a prefix check, then the
+    # app with the server's own receive and send.
+    excluded = wrap(
+        app,
+        api_base_url=FakeReturningAI.base_url,
+        http_client=fake.client(),
+        exclude_paths=("/json", "/static"),
+    )
+    apps: dict[str, ASGIApp] = {
+        "bare": app,
+        "floor": FloorMiddleware(app),
+        "wrapped": wrapped,
+        "excluded": excluded,
+    }
     assert b"embed-token=" in (await Client(wrapped, "/widget").fetch()).body  # mints
     calls = fake.calls
 
@@ -96,7 +109,12 @@ async def case1(plan: Plan) -> list[Figure]:
         subjects: dict[str, Batch] = {name: c.batch for name, c in clients.items()}
         return await interleave(subjects, rounds=plan.rounds, seconds=plan.batch_seconds)
 
-    samples = await rounds("/json", "bare", "floor", "wrapped")
+    json_bare, json_excluded = (
+        await Client(app, "/json").fetch(),
+        await Client(excluded, "/json").fetch(),
+    )
+    assert (json_bare.status, json_bare.body) == (json_excluded.status, json_excluded.body)
+    samples = await rounds("/json", "bare", "floor", "wrapped", "excluded")
     figures = [
         Figure(
             "1a",
@@ -114,6 +132,15 @@ async def case1(plan: Plan) -> list[Figure]:
             ("<=", 1.08),
             f"+{us(samples.difference('wrapped', 'bare'))}",
             samples.ratios("wrapped", "bare"),
+        ),
+        Figure(
+            "1e",
+            "small JSON, excluded (exclude_paths): wrapped / bare",
+            samples.ratio("excluded", "bare"),
+            "ratio",
+            ("<=", 1.02),
+            f"+{us(samples.difference('excluded', 'bare'))}",
+            samples.ratios("excluded", "bare"),
         ),
     ]
     figures += _overhead(

@@ -13,6 +13,7 @@ for the visitor with the site's server-side credentials, and writes the widget i
 from __future__ import annotations
 
 from ._asgi import ReturningAIMiddleware
+from ._clients import AsyncHTTPClient, SyncHTTPClient
 from ._exceptions import (
     ConfigurationError,
     PlaceholderError,
@@ -28,6 +29,7 @@ from ._wsgi import ReturningAIWSGIMiddleware
 __all__ = [
     "EVENTS",
     "FAILURE_KINDS",
+    "AsyncHTTPClient",
     "ConfigurationError",
     "Event",
     "PlaceholderError",
@@ -36,6 +38,7 @@ __all__ = [
     "ReturningAIWSGIMiddleware",
     "Stats",
     "StoreError",
+    "SyncHTTPClient",
     "SyncTokenStore",
     "TokenError",
     "TokenStore",
@@ -44,6 +47,7 @@ __all__ = [
 
 # Show the public path in reprs and tracebacks, as httpx does.
 for _name in (
+    "AsyncHTTPClient",
     "ConfigurationError",
     "Event",
     "PlaceholderError",
@@ -52,6 +56,7 @@ for _name in (
     "ReturningAIWSGIMiddleware",
     "Stats",
     "StoreError",
+    "SyncHTTPClient",
     "SyncTokenStore",
     "TokenError",
     "TokenStore",

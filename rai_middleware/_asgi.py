@@ -12,8 +12,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-import httpx
-
+from ._clients import AsyncHTTPClient
 from ._config import Options
 from ._core import AsyncDriver, Stats, async_services
 from ._endpoint import first_headers
@@ -58,7 +57,7 @@ class ReturningAIMiddleware:
         app: Callable[..., Awaitable[None]],
         *,
         identify: IdentifyCallable | None = None,
-        http_client: httpx.AsyncClient | None = None,
+        http_client: AsyncHTTPClient | None = None,
         token_store: TokenStore | None = None,
         clock: Callable[[], float] = time.monotonic,
         **options: Unpack[Options],
@@ -75,6 +74,7 @@ class ReturningAIMiddleware:
         self.tickets = self.core.tickets
         self._driver = AsyncDriver(self.core, self._identify, self.tokens)
         self._tag = self.settings.placeholder_tag
+        self._excluded = self.core.excluded
 
     def __repr__(self) -> str:
         return (
@@ -103,12 +103,22 @@ class ReturningAIMiddleware:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         # Typed Any for the same reason; inside, a scope is a MutableMapping like any other.
-        if scope["type"] != "http":
-            if scope["type"] == "lifespan":
-                await self._lifespan(scope, receive, send)
-            else:
-                await self.app(scope, receive, send)
-            return
+        # Exclusions first: the app gets the server's own receive and send, the scope as is.
+        excluded = self._excluded
+        if (
+            excluded
+            and scope["type"] == "http"
+            and excluded(scope, scope["path"], scope.get("root_path", ""))
+        ):
+            await self.app(scope, receive, send)
+        elif scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    async def _http(self, scope: Any, receive: Receive, send: Send) -> None:
         core = self.core
         local = core.endpoint_path(scope["path"], scope.get("root_path", ""))
         if local is not None:

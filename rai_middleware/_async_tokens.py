@@ -1,4 +1,5 @@
-"""The asyncio driver: runs ``mint_flow`` with an ``httpx.AsyncClient`` and a ``TokenStore``.
+"""The asyncio driver: runs ``mint_flow`` with an asynchronous client (``httpx.AsyncClient``,
+``httpx2.AsyncClient``) and a ``TokenStore``.
 
 Each mint is a task; the pages that want its token wait for its flight until the flight's
 deadline, then fail fast with ``TokenError``. The task goes on after delivering (saving
@@ -11,10 +12,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 
+from ._clients import AsyncHTTPClient, HTTPResponse, detached, is_http_error
 from ._config import Settings
 from ._exceptions import StoreError, TokenError
 from ._identity import Identity
@@ -50,7 +52,7 @@ class TokenService(PolicyDriver):
         self,
         settings: Settings,
         *,
-        http_client: httpx.AsyncClient | None = None,
+        http_client: AsyncHTTPClient | None = None,
         clock: Callable[[], float] = time.monotonic,
         store: TokenStore | None = None,
         wall_clock: Callable[[], float] = time.time,
@@ -103,10 +105,11 @@ class TokenService(PolicyDriver):
                 logger.warning("closing the token store failed", exc_info=True)
 
     @property
-    def http_client(self) -> httpx.AsyncClient | None:
+    def http_client(self) -> Any:
+        """The client in use: the one given, or the ``httpx.AsyncClient`` made (or None)."""
         return self._client
 
-    def _http_client(self) -> httpx.AsyncClient:
+    def _http_client(self) -> AsyncHTTPClient:
         loop = asyncio.get_running_loop()
         if self._client is None or (self._owns_client and self._client_loop is not loop):
             # A client's connection pool belongs to the loop it was used on; a new loop
@@ -239,7 +242,9 @@ class TokenService(PolicyDriver):
         return pages.accept(need, fetched)
 
     async def _get(self, url: str, timeout: float) -> Fetched:
-        client = self._http_client()
+        # Mode proxy needs a client's ``stream`` too, beyond what AsyncHTTPClient promises
+        # (httpx's and httpx2's have it); a client without it is a failed fetch, logged.
+        client: Any = self._http_client()
         async with client.stream("GET", url, headers=PAGE_HEADERS, timeout=timeout) as answer:
             body = bytearray()
             async for chunk in answer.aiter_bytes():
@@ -302,7 +307,7 @@ class TokenService(PolicyDriver):
             await store.release(op.key, op.owner)
         return None
 
-    async def _post(self, op: Post) -> httpx.Response:
+    async def _post(self, op: Post) -> HTTPResponse:
         request = op.request
         failure: Exception | None = None
         try:
@@ -316,12 +321,8 @@ class TokenService(PolicyDriver):
             )
         except asyncio.TimeoutError:
             failure = TimeoutError()  # one class for the flow (asyncio's differs on 3.10)
-        except httpx.HTTPError as exc:
-            # The flow keeps its class and (for network errors) its text; not its frames.
-            failure = exc.with_traceback(None)
-            failure.__cause__ = failure.__context__ = None
-        except Exception as exc:  # a bug or a broken client: no frame of it goes on
-            failure = client_failure(exc)
+        except Exception as exc:  # an HTTPError, or a bug or a broken client: no frame goes on
+            failure = detached(exc) if is_http_error(exc) else client_failure(exc)
         # Raised outside the except: the client's frames (which hold the request) are not
         # this exception's context.
         raise failure

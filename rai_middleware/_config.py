@@ -20,8 +20,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from types import MappingProxyType
-from typing import Any, TypedDict
+from typing import Any, Protocol, TypedDict
 from urllib.parse import urlsplit
+
+from starlette.datastructures import Secret as StarletteSecret
 
 from ._exceptions import ConfigurationError
 from ._metrics import Event
@@ -53,6 +55,7 @@ __all__ = [
     "MODES",
     "Options",
     "Secret",
+    "SecretInput",
     "Settings",
     "build_settings",
     "check_option_names",
@@ -102,6 +105,16 @@ MODES: Mapping[str, type[Mode]] = MappingProxyType(
 )
 
 
+class HasSecretValue(Protocol):
+    """A secret holder such as pydantic's ``SecretStr``."""
+
+    def get_secret_value(self) -> str: ...
+
+
+#: What a secret option accepts: a string or a holder that does not show it.
+SecretInput = str | Secret | StarletteSecret | HasSecretValue
+
+
 class Options(TypedDict, total=False):
     """The settings a middleware takes by keyword, typed for ``Unpack``.
 
@@ -110,10 +123,10 @@ class Options(TypedDict, total=False):
 
     mode: str | None
     community_id: str | None
-    access_id: str | None
-    access_key: str | None
-    widget_api_key: str | None
-    secret_key: str | None
+    access_id: SecretInput | None
+    access_key: SecretInput | None
+    widget_api_key: SecretInput | None
+    secret_key: SecretInput | None
     api_base_url: str | None
     token_path: str
     sdk_url: str
@@ -122,6 +135,8 @@ class Options(TypedDict, total=False):
     loader_url: str
     iframe_segments: Mapping[str, str] | None
     endpoint_prefix: str
+    exclude_paths: tuple[str, ...] | list[str]
+    skip: Callable[[Any], object] | str | None
     placeholder_tag: str
     widgets: Mapping[str, str] | None
     timeout: float
@@ -167,6 +182,8 @@ class Settings:
     loader_url: str
     iframe_segments: Mapping[str, str]
     endpoint_prefix: str
+    exclude_paths: tuple[str, ...]
+    skip: Callable[[Any], object] | None
     placeholder_tag: str
     widgets: Mapping[str, str]
     timeout: float

@@ -18,18 +18,19 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import inspect
 import logging
 import threading
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
 from typing import Any, Protocol, TypeVar
 
-import httpx
-
 from ._async_tokens import TokenService
+from ._clients import is_async_client, is_sync_client
 from ._config import ADAPTER_KEYWORDS, Settings, build_settings
 from ._endpoint import Reply, answer, widget_answer
 from ._exceptions import ConfigurationError, TokenError
+from ._exclude import Excluded, exclusions
 from ._http import RawHeaders, csp_nonce, inspect_response
 from ._identity import Identity, IdentityKey, resolve_identity, resolve_identity_sync
 from ._metrics import Stats
@@ -51,6 +52,7 @@ __all__ = [
     "TokensInThreads",
     "async_services",
     "load_callable",
+    "needs_threads",
     "sync_services",
 ]
 
@@ -78,6 +80,11 @@ class Core:
         self._prefix = settings.endpoint_prefix if answers else "\x00"
         #: Mode ``proxy``: the prefix of the widget pages the middleware serves.
         self.widget_route = settings.endpoint_prefix + ROUTE if self.mode.widget_route else None
+        #: ``excluded(request, path, root)``, or None when nothing is excluded.
+        self.excluded: Excluded | None = exclusions(
+            settings.exclude_paths, settings.skip, self.refresh_path
+        )
+        self._check_exclusions()
         self._compression_advice = compression_advice
         # The token policy's counters, which pages are counted in too: one set per
         # middleware, whichever driver serves a request.
@@ -100,6 +107,17 @@ class Core:
                 "rai-middleware answers GET %s{segment}/{widget_id} (before the app)",
                 self.widget_route,
             )
+
+    def _check_exclusions(self) -> None:
+        # The refresh endpoint, and in mode proxy the widget pages: what the widgets call.
+        answered = [self.refresh_path, (self.widget_route or "").rstrip("/") or None]
+        for prefix in self.settings.exclude_paths:
+            for endpoint in filter(None, answered):
+                if endpoint == prefix or endpoint.startswith(prefix + "/"):
+                    raise ConfigurationError(
+                        f"exclude_paths: {prefix or '/'!r} covers the middleware's own endpoint "
+                        f"{endpoint}, which the widgets call; exclude narrower paths"
+                    )
 
     def __repr__(self) -> str:
         return f"Core(mode={self.mode.name!r}, community_id={self.settings.community_id!r})"
@@ -370,9 +388,13 @@ class AsyncDriver:
         return self.core.usable(found, path)
 
 
-def load_callable(value: object, where: str) -> Callable[..., object] | None:
+def load_callable(
+    value: object, where: str, run_coroutines: Callable[[Any], Any] | None = None
+) -> Callable[..., object] | None:
     """A callable option, or its dotted path (``"myapp.auth.identify"`` or
-    ``"myapp.auth:identify"``), loaded."""
+    ``"myapp.auth:identify"``), loaded. With ``run_coroutines`` (a framework's way of
+    calling async code from sync code, such as Flask's ``app.ensure_sync``), a coroutine
+    function comes back wrapped by it."""
     if isinstance(value, str):
         module, _, name = value.rpartition(":" if ":" in value else ".")
         try:
@@ -383,6 +405,9 @@ def load_callable(value: object, where: str) -> Callable[..., object] | None:
         raise ConfigurationError(
             f"{where} must be a callable taking the request, or its dotted path"
         )
+    if run_coroutines is not None and inspect.iscoroutinefunction(value):
+        wrapped: Callable[..., object] = run_coroutines(value)
+        return wrapped
     return value
 
 
@@ -396,18 +421,33 @@ def _settings(options: dict[str, Any], where: str, *, keep_warm: bool) -> tuple[
     return settings, options.get("clock") or time.monotonic
 
 
+def needs_threads(options: Mapping[str, Any]) -> bool:
+    """Whether an entrance that could run either token service must run the thread one:
+    its ``http_client`` or its ``token_store`` is synchronous."""
+    store = options.get("token_store")
+    return is_sync_client(options.get("http_client")) or (
+        store is not None and not inspect.iscoroutinefunction(getattr(store, "load", None))
+    )
+
+
 def sync_services(
     options: dict[str, Any], *, compression_advice: str, where: str = ""
 ) -> tuple[Core, SyncTokenService]:
     """The core and the thread-safe token service, from an adapter's keywords (``http_client``
-    an ``httpx.Client``, ``token_store`` a ``SyncTokenStore``)."""
+    a ``SyncHTTPClient``, ``token_store`` a ``SyncTokenStore``)."""
     client, store = options.get("http_client"), options.get("token_store")
-    if client is not None and not isinstance(client, httpx.Client):
-        raise ConfigurationError(f"{where}http_client must be an httpx.Client")
-    if store is not None and not isinstance(store, SyncTokenStore):
+    if client is not None and not is_sync_client(client):
+        raise ConfigurationError(
+            f"{where}http_client must be a synchronous client such as httpx.Client or "
+            f"httpx2.Client, got {type(client).__name__}"
+        )
+    if store is not None and (
+        not isinstance(store, SyncTokenStore) or inspect.iscoroutinefunction(store.load)
+    ):
         raise ConfigurationError(
             f"{where}token_store must be a synchronous token store such as "
-            "rai_middleware.redis.SyncRedisTokenStore"
+            "rai_middleware.redis.SyncRedisTokenStore or "
+            f"rai_middleware.django.DjangoCacheTokenStore, got {type(store).__name__}"
         )
     settings, clock = _settings(options, where, keep_warm=False)
     tokens = SyncTokenService(settings, http_client=client, clock=clock, store=store)
@@ -418,13 +458,19 @@ def async_services(
     options: dict[str, Any], *, compression_advice: str, where: str = ""
 ) -> tuple[Core, TokenService]:
     """The core and the asyncio token service, from an adapter's keywords (``http_client``
-    an ``httpx.AsyncClient``, ``token_store`` a ``TokenStore``)."""
+    an ``AsyncHTTPClient``, ``token_store`` a ``TokenStore``)."""
     client, store = options.get("http_client"), options.get("token_store")
-    if client is not None and not isinstance(client, httpx.AsyncClient):
-        raise ConfigurationError(f"{where}http_client must be an httpx.AsyncClient")
-    if store is not None and not isinstance(store, TokenStore):
+    if client is not None and not is_async_client(client):
         raise ConfigurationError(
-            f"{where}token_store must be a token store such as rai_middleware.redis.RedisTokenStore"
+            f"{where}http_client must be an asynchronous client such as httpx.AsyncClient or "
+            f"httpx2.AsyncClient, got {type(client).__name__}"
+        )
+    if store is not None and (
+        not isinstance(store, TokenStore) or not inspect.iscoroutinefunction(store.load)
+    ):
+        raise ConfigurationError(
+            f"{where}token_store must be an asyncio token store such as "
+            f"rai_middleware.redis.RedisTokenStore, got {type(store).__name__}"
         )
     settings, clock = _settings(options, where, keep_warm=True)
     tokens = TokenService(settings, http_client=client, clock=clock, store=store)

@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ._exceptions import ConfigurationError
+from ._exclude import normalise_prefix
 
 __all__ = [
     "DEFAULT_API_BASE_URL",
@@ -115,6 +116,37 @@ def _text(name: str, value: object) -> str:
     return value
 
 
+def reveal_secret(name: str, value: object) -> object:
+    """The string inside a secret holder: Starlette's ``Secret`` (``str()``), this
+    package's ``Secret`` (``reveal()``), or anything with ``get_secret_value()`` (pydantic's
+    ``SecretStr``). Any other value is returned as it is, for the check to judge."""
+    from starlette.datastructures import Secret as StarletteSecret
+
+    if isinstance(value, StarletteSecret):
+        return str(value)
+    for method in ("reveal", "get_secret_value"):
+        unwrap = getattr(value, method, None)
+        if callable(unwrap) and not isinstance(value, str):
+            failed = ""
+            try:
+                return unwrap()
+            except Exception as exc:  # the holder's own error may quote the value
+                failed = type(exc).__name__
+            # Raised outside the except: the holder's exception is not even its context.
+            raise ConfigurationError(f"{name}: {type(value).__name__}.{method}() raised {failed}")
+    return value
+
+
+def _secret(name: str, value: object) -> str:
+    revealed = reveal_secret(name, value)
+    if not isinstance(revealed, str):
+        raise ConfigurationError(
+            f"{name} must be a string, a starlette Secret or an object with "
+            f"get_secret_value() (pydantic's SecretStr), got {type(value).__name__}"
+        )
+    return _text(name, revealed)
+
+
 def _community_id(name: str, value: object) -> str:
     value = _text(name, value)
     if any(c in value for c in "/?#"):
@@ -176,6 +208,43 @@ def _prefix(name: str, value: object) -> str:
         raise ConfigurationError(
             f"{name} must not end with '/' nor contain ?, #, quotes, <, > or spaces, got {value!r}"
         )
+    return value
+
+
+def _prefixes(name: str, value: object) -> tuple[str, ...]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list, set, frozenset)):
+        raise ConfigurationError(
+            f"{name} must be a tuple of path prefixes such as ('/api', '/static'), "
+            f"got {type(value).__name__}"
+        )
+    checked: list[str] = []
+    for prefix in value:
+        if (
+            not isinstance(prefix, str)
+            or not _LOCAL_PATH.match(prefix)
+            or any(c in prefix for c in "?#")
+        ):
+            raise ConfigurationError(
+                f"{name}: {prefix!r} is not a path prefix (a single leading '/', no query, "
+                "fragment, spaces, quotes or <>)"
+            )
+        normalised = normalise_prefix(prefix)
+        if normalised not in checked:
+            checked.append(normalised)
+    return tuple(checked)
+
+
+def _callable(name: str, value: object) -> Callable[..., object]:
+    """A callable, or the dotted path of one (``"myapp.rai.skip"`` or ``"myapp.rai:skip"``),
+    as Django settings and Flask config give them."""
+    if isinstance(value, str):
+        module, _, attribute = value.rpartition(":" if ":" in value else ".")
+        try:
+            value = getattr(importlib.import_module(module), attribute)
+        except (ImportError, AttributeError, ValueError) as exc:
+            raise ConfigurationError(f"{name}: cannot import {value!r} ({exc})") from None
+    if not callable(value):
+        raise ConfigurationError(f"{name} must be a callable, or its dotted path")
     return value
 
 
@@ -268,15 +337,17 @@ OPTIONS: tuple[Option, ...] = (
         "access_id",
         "`str`",
         "Access Key Embed id.",
-        _text,
+        _secret,
         env="RAI_ACCESS_ID",
         secret=True,
     ),
     Option(
         "access_key",
-        "`str`",
-        "Access Key Embed secret. Never leaves the server except to the token endpoint.",
-        _text,
+        "`str` or a secret holder",
+        "Access Key Embed secret. Never leaves the server except to the token endpoint. Like "
+        "every secret option, it takes a `str`, Starlette's `Secret` or anything with "
+        "`get_secret_value()` (pydantic's `SecretStr`); see [Secrets](secrets.md).",
+        _secret,
         env="RAI_ACCESS_KEY",
         secret=True,
     ),
@@ -296,9 +367,9 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "widget_api_key",
-        "`str`",
+        "`str` or a secret holder",
         "The legacy Widget API key. Secret, like `access_key`.",
-        _text,
+        _secret,
         env="RAI_WIDGET_API_KEY",
         secret=True,
     ),
@@ -375,6 +446,27 @@ OPTIONS: tuple[Option, ...] = (
         "/_rai",
     ),
     Option(
+        "exclude_paths",
+        "`tuple[str, ...]`",
+        "Path prefixes the middleware leaves alone, matched by whole segments under the "
+        "mount point (`root_path`, `SCRIPT_NAME`): `/api` excludes `/api` and `/api/...`, not "
+        "`/apiary`. Checked before anything else: the app gets the server's own `receive` "
+        "and `send` and an untouched scope (`pathsend` stays available). See "
+        "[Excluding routes](excluding-routes.md).",
+        _prefixes,
+        (),
+        default_text="`()`",
+    ),
+    Option(
+        "skip",
+        "`callable(request) -> bool` or its dotted path",
+        "Leave a request alone when this returns true; called with the ASGI scope, the WSGI "
+        "environ, or Django's or Flask's request, after `exclude_paths`. If it raises, the "
+        "request is handled as usual and the exception logged.",
+        _callable,
+        default_text="`None`",
+    ),
+    Option(
         "placeholder_tag",
         "`str`",
         "The tag the middleware looks for.",
@@ -443,9 +535,11 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "http_client",
-        "`httpx.AsyncClient`",
+        "`httpx.AsyncClient` or `httpx2.AsyncClient` (WSGI, Django, Flask: `httpx.Client` or "
+        "`httpx2.Client`)",
         "Use this client for upstream calls (its timeouts, proxies, transport). Not closed by "
-        "the middleware.",
+        "the middleware. Any object with the same methods fits; see "
+        "[HTTP clients](http-clients.md).",
         default_text="own client",
     ),
     Option(
@@ -457,10 +551,10 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "secret_key",
-        "`str`",
+        "`str` or a secret holder",
         "Signs refresh tickets and keys the identity hashes. Set it when several processes "
         "must accept each other's tickets and you rotate keys.",
-        _text,
+        _secret,
         env="RAI_SECRET_KEY",
         secret=True,
         default_text="derived (HMAC) from the mode's key (`access_key`, `widget_api_key`), "

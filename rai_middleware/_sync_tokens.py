@@ -1,4 +1,5 @@
-"""The thread driver: runs ``mint_flow`` with an ``httpx.Client`` and a ``SyncTokenStore``.
+"""The thread driver: runs ``mint_flow`` with a synchronous client (``httpx.Client``,
+``httpx2.Client``) and a ``SyncTokenStore``.
 
 httpx's sync timeouts bound each phase (connecting, each read), not the exchange, so each
 mint runs in a daemon thread of its own and the request threads wait for its flight until
@@ -13,9 +14,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 
+from ._clients import HTTPResponse, SyncHTTPClient, detached, is_http_error
 from ._config import Settings
 from ._exceptions import StoreError
 from ._identity import Identity
@@ -49,7 +52,7 @@ class SyncTokenService(PolicyDriver):
         self,
         settings: Settings,
         *,
-        http_client: httpx.Client | None = None,
+        http_client: SyncHTTPClient | None = None,
         clock: Callable[[], float] = time.monotonic,
         store: SyncTokenStore | None = None,
         wall_clock: Callable[[], float] = time.time,
@@ -64,7 +67,8 @@ class SyncTokenService(PolicyDriver):
         self._threads: set[threading.Thread] = set()
 
     @property
-    def http_client(self) -> httpx.Client | None:
+    def http_client(self) -> Any:
+        """The client in use: the one given, or the ``httpx.Client`` made (or None)."""
         return self._client
 
     def close(self) -> None:
@@ -171,7 +175,7 @@ class SyncTokenService(PolicyDriver):
             with self._lock:
                 self._threads.discard(threading.current_thread())
 
-    def _client_now(self) -> httpx.Client:
+    def _client_now(self) -> SyncHTTPClient:
         with self._lock:
             if self._client is None:
                 self._client = httpx.Client(**client_options(self._settings))
@@ -226,23 +230,19 @@ class SyncTokenService(PolicyDriver):
             store.release(op.key, op.owner)
         return None
 
-    def _post(self, op: Post) -> httpx.Response:
+    def _post(self, op: Post) -> HTTPResponse:
         client = self._client_now()
         failure: Exception | None = None
         try:
             return _post_within(client, op.request, op.timeout)
-        except httpx.HTTPError as exc:
-            # The flow keeps its class and (for network errors) its text; not its frames.
-            failure = exc.with_traceback(None)
-            failure.__cause__ = failure.__context__ = None
-        except Exception as exc:  # a bug or a broken client: no frame of it goes on
-            failure = client_failure(exc)
+        except Exception as exc:
+            failure = detached(exc) if is_http_error(exc) else client_failure(exc)
         # Raised outside the except: the client's frames (which hold the request) are not
         # this exception's context.
         raise failure
 
 
-def _post_within(client: httpx.Client, request: TokenRequest, timeout: float) -> httpx.Response:
+def _post_within(client: SyncHTTPClient, request: TokenRequest, timeout: float) -> HTTPResponse:
     """POST and read the answer within ``timeout``, as far as a body read in chunks allows:
     the waiting pages never wait longer, and this bounds how long the mint thread lives."""
     deadline = time.monotonic() + timeout
@@ -263,11 +263,11 @@ def _post_within(client: httpx.Client, request: TokenRequest, timeout: float) ->
         )
 
 
-def _get_within(client: httpx.Client, url: str, timeout: float) -> Fetched:
+def _get_within(client: SyncHTTPClient, url: str, timeout: float) -> Fetched:
     """GET a widget page and read it (at most ``MAX_PAGE_BYTES``) within ``timeout``, as far
     as a body read in chunks allows (the waiting request stops waiting at ``timeout``)."""
     deadline = time.monotonic() + timeout
-    with client.stream("GET", url, headers=PAGE_HEADERS, timeout=timeout) as answer:
+    with client.stream("GET", url, content=None, headers=PAGE_HEADERS, timeout=timeout) as answer:
         body = bytearray()
         for chunk in answer.iter_bytes():
             body += chunk

@@ -12,9 +12,10 @@ returns) ends the lookup as a store failure, and the mint still has a whole time
 the page has its answer within 1.5 x ``timeout``.
 
 The flow yields an op; the driver executes it and sends back its result (``Load``:
-``StoredToken | None``, ``Acquire``: the owner or None, ``Post``: the ``httpx.Response``,
+``StoredToken | None``, ``Acquire``: the owner or None, ``Post``: the client's response,
 read in full; anything else: None) or throws in its failure (``StoreError`` from a store
-op; an ``httpx.HTTPError`` or a ``TimeoutError`` from ``Post``; anything else is a bug
+op; an ``HTTPError`` of httpx or httpx2, or a ``TimeoutError``, from ``Post``; anything else
+is a bug
 and ends the flow, the driver then fails the flight with it). ``Deliver`` answers
 every waiter, so saving and releasing happen while the page is already on its way.
 Breaker and store accounting happen here and in the policy, never in a driver.
@@ -26,8 +27,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-
+from ._clients import HTTPResponse, is_http_error, is_network_error, is_timeout
 from ._exceptions import StoreError, TokenError
 from ._identity import Identity
 from ._store import STORE_POLL, StoredToken
@@ -207,10 +207,12 @@ def _mint(
     policy.count_mint()
     started = policy.now()
     failure: TokenError | None = None
-    response: httpx.Response | None = None
+    response: HTTPResponse | None = None
     try:
         response = yield Post(request, remaining)
-    except (httpx.HTTPError, TimeoutError) as exc:
+    except Exception as exc:
+        if not (is_http_error(exc) or isinstance(exc, TimeoutError)):
+            raise  # a bug: the driver fails the flight with it
         failure = transport_error(exc, settings.timeout)
     if failure is not None:
         raise failure  # outside the except: no __context__ either
@@ -218,13 +220,13 @@ def _mint(
     return policy.accept(identity, read_token(settings, response), started)
 
 
-def transport_error(exc: httpx.HTTPError | TimeoutError, timeout: float) -> TokenError:
+def transport_error(exc: Exception, timeout: float) -> TokenError:
     """The TokenError for an exception raised while talking to Returning.AI. Its message
     names the failure, never what was sent (no credential, no identifier): the text of a
     network error (connection refused, a TLS failure) is kept, that of any other (a
     protocol error may quote a header) is not."""
-    if isinstance(exc, (httpx.TimeoutException, TimeoutError)):
+    if is_timeout(exc):
         return TimedOut(f"timed out after {timeout:g} s")
-    if isinstance(exc, httpx.NetworkError):
+    if is_network_error(exc):
         return Unreachable(f"{type(exc).__name__}: {exc}"[:300])
     return Unreachable(type(exc).__name__)

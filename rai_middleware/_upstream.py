@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeGuard
 from ._exceptions import TokenError
 
 if TYPE_CHECKING:
-    import httpx
-
+    from ._clients import HTTPResponse
     from ._config import Settings
     from ._identity import Identity
 
@@ -145,12 +144,12 @@ def encode_json(payload: Mapping[str, Any]) -> bytes:
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=True).encode("ascii")
 
 
-def read_token(settings: Settings, response: httpx.Response) -> tuple[str, float | None]:
+def read_token(settings: Settings, response: HTTPResponse) -> tuple[str, float | None]:
     """(token, lifetime in seconds or None when the answer does not say)."""
     return settings.auth.read_token(response)
 
 
-def json_body(response: httpx.Response) -> Any:
+def json_body(response: HTTPResponse) -> Any:
     """The JSON of a 2xx answer; TokenError for anything else."""
     if not response.is_success:
         raise TokenError(f"HTTP {response.status_code}", status_code=response.status_code)

@@ -52,7 +52,7 @@ MAX_PAGE_BYTES = 1024 * 1024
 #: What the page cache holds at most, in characters, over all its pages.
 CACHE_CHARS = 16 * 1024 * 1024
 #: The only headers sent for a widget page.
-PAGE_HEADERS = {"accept": "text/html"}
+PAGE_HEADERS = {b"accept": b"text/html"}
 
 
 class PageTooLarge(Exception):

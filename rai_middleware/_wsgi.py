@@ -11,8 +11,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-import httpx
-
+from ._clients import SyncHTTPClient
 from ._closing import ClosingIterable
 from ._config import Options
 from ._core import Stats, SyncDriver, sync_services
@@ -43,7 +42,8 @@ class ReturningAIWSGIMiddleware:
     """Replace placeholder tags in HTML pages with Returning.AI widgets, for WSGI apps.
 
     Takes the same options as ``ReturningAIMiddleware``; ``identify`` is called with the
-    WSGI ``environ`` (a plain function), and ``http_client`` is an ``httpx.Client``.
+    WSGI ``environ`` (a plain function), and ``http_client`` an ``httpx.Client`` or an
+    ``httpx2.Client``.
     """
 
     def __init__(
@@ -51,7 +51,7 @@ class ReturningAIWSGIMiddleware:
         app: WSGIApp,
         *,
         identify: Callable[[Any], Mapping[str, str] | None] | None = None,
-        http_client: httpx.Client | None = None,
+        http_client: SyncHTTPClient | None = None,
         token_store: SyncTokenStore | None = None,
         clock: Callable[[], float] = time.monotonic,
         **options: Unpack[Options],
@@ -67,6 +67,7 @@ class ReturningAIWSGIMiddleware:
         self.identify = identify or default_wsgi_identify
         self.tickets = self.core.tickets
         self.driver = SyncDriver(self.core, self.identify, self.tokens)
+        self.excluded = self.core.excluded
 
     def __repr__(self) -> str:
         return (
@@ -84,6 +85,8 @@ class ReturningAIWSGIMiddleware:
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
+        if self.excluded and self.excluded(environ, path, ""):  # first: the app as it is
+            return self.app(environ, start_response)
         if self.core.is_endpoint(path):
             return self._endpoint(environ, start_response)
         tag = self.settings.placeholder_tag

@@ -25,6 +25,7 @@ from ._closing import ClosingIterable
 from ._config import Settings, check_option_names, option_names
 from ._core import Core, Stats, SyncDriver, load_callable, sync_services
 from ._endpoint import Reply
+from ._exclude import is_exempt, rai_exempt
 from ._identity import identifiers_of
 from ._sync_tokens import SyncTokenService
 
@@ -94,7 +95,8 @@ class ReturningAI:
 
     ``ReturningAI(app, **options)`` or ``ext = ReturningAI(**options)`` then
     ``ext.init_app(app)``. ``identify`` is a callable taking the Flask ``request`` (or the
-    dotted path of one, in ``RAI_IDENTIFY``); ``http_client`` an ``httpx.Client``.
+    dotted path of one, in ``RAI_IDENTIFY``), a coroutine function run the way Flask runs
+    async views (``flask[async]``); ``http_client`` an httpx or httpx2 ``Client``.
     """
 
     def __init__(
@@ -124,13 +126,17 @@ class ReturningAI:
                 logger.warning("app.config[%r] is not a rai-middleware option; ignored", key)
         options.update(self._options)
         identify = self._identify or options.pop("identify", None)
-        chosen = load_callable(identify, "identify (RAI_IDENTIFY)") or default_identify
+        where = "identify (RAI_IDENTIFY)"  # async: run as Flask runs async views
+        chosen = load_callable(identify, where, app.ensure_sync) or default_identify
         core, tokens = sync_services(options, compression_advice=_COMPRESSION_ADVICE)
         app.extensions[EXTENSION] = _State(core, tokens, SyncDriver(core, chosen, tokens))
         # First, so that no other before_request function (a CSRF check, a login
         # requirement) stands between the page's script and its token.
         app.before_request_funcs.setdefault(None, []).insert(0, self._before_request)
         app.after_request(self._after_request)
+
+    #: ``@ReturningAI.exempt`` (or ``@ext.exempt``): a view whose responses are left alone.
+    exempt = staticmethod(rai_exempt)
 
     @staticmethod
     def core(app: Flask | None = None) -> _State:
@@ -162,6 +168,9 @@ class ReturningAI:
     @staticmethod
     def _after_request(response: Response) -> Response:
         state: _State = current_app.extensions[EXTENSION]
+        excluded, view = state.core.excluded, current_app.view_functions.get(request.endpoint or "")
+        if (excluded and excluded(_request(), request.path, "")) or is_exempt(view):
+            return response
         # Read now: a streamed body is rewritten after the request context is gone.
         nonce = _csp_nonce()
         rewrite = state.core.page(

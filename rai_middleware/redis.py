@@ -21,17 +21,20 @@ never raised) and overwritten by the next mint.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import math
-import re
 import secrets
-import threading
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from ._store import StoredToken, StoreError
+from ._store import (
+    IgnoredValues,
+    StoredToken,
+    StoreError,
+    decode_stored,
+    encode_stored,
+    lease_ms,
+    ttl_ms,
+)
 
 __all__ = ["RedisTokenStore", "SyncRedisTokenStore"]
 
@@ -45,32 +48,7 @@ if redis.call("get", KEYS[1]) == ARGV[1] then
 end
 return 0
 """
-_MAX_VALUE = 8 * 1024
-# JSON strings, to look at the structure around them without parsing (a value nested
-# thousands deep would make json.loads raise RecursionError).
-_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
-
 logger = logging.getLogger("rai_middleware")
-
-
-class _Once:
-    """Says why a stored value was ignored, once per reason (a store per process: once
-    per process), not once per page."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._said: set[str] = set()
-
-    def __call__(self, reason: str) -> None:
-        with self._lock:
-            if reason in self._said:
-                return
-            self._said.add(reason)
-        logger.warning(
-            "a token value in Redis is %s; ignored (a new token is minted and stored over "
-            "it). Said once.",
-            reason,
-        )
 
 
 class RedisTokenStore:
@@ -86,7 +64,7 @@ class RedisTokenStore:
         self._client, self._owns_client = _client(url_or_client, op_timeout, asyncio=True)
         self._prefix = _checked_prefix(prefix)
         self._op_timeout = op_timeout
-        self._ignored = _Once()
+        self._ignored = IgnoredValues("Redis")
 
     def __repr__(self) -> str:
         # The URL may carry a password: never shown.
@@ -101,19 +79,21 @@ class RedisTokenStore:
             raise StoreError(f"Redis failed: {type(exc).__name__}") from None
 
     async def load(self, key: str) -> StoredToken | None:
-        return _parse(await self._run(self._client.get(self._prefix + "tok:" + key)), self._ignored)
+        return decode_stored(
+            await self._run(self._client.get(self._prefix + "tok:" + key)), self._ignored
+        )
 
     async def save(self, key: str, token: StoredToken) -> None:
-        ttl_ms = _ttl_ms(token)
-        if ttl_ms > 0:
+        left = ttl_ms(token)
+        if left > 0:
             await self._run(
-                self._client.set(self._prefix + "tok:" + key, _serialize(token), px=ttl_ms)
+                self._client.set(self._prefix + "tok:" + key, encode_stored(token), px=left)
             )
 
     async def acquire(self, key: str, lease: float) -> str | None:
         owner = secrets.token_hex(16)
         lock = self._prefix + "lock:" + key
-        taken = await self._run(self._client.set(lock, owner, nx=True, px=_lease_ms(lease)))
+        taken = await self._run(self._client.set(lock, owner, nx=True, px=lease_ms(lease)))
         return owner if taken else None
 
     async def release(self, key: str, owner: str) -> None:
@@ -134,7 +114,7 @@ class SyncRedisTokenStore:
         # The socket timeouts bound every command: the sync client has no wait_for.
         self._client, self._owns_client = _client(url_or_client, op_timeout, asyncio=False)
         self._prefix = _checked_prefix(prefix)
-        self._ignored = _Once()
+        self._ignored = IgnoredValues("Redis")
 
     def __repr__(self) -> str:
         # The URL may carry a password: never shown.
@@ -148,18 +128,18 @@ class SyncRedisTokenStore:
 
     def load(self, key: str) -> StoredToken | None:
         raw = self._run(lambda: self._client.get(self._prefix + "tok:" + key))
-        return _parse(raw, self._ignored)
+        return decode_stored(raw, self._ignored)
 
     def save(self, key: str, token: StoredToken) -> None:
-        ttl_ms = _ttl_ms(token)
-        if ttl_ms > 0:
-            name, value = self._prefix + "tok:" + key, _serialize(token)
-            self._run(lambda: self._client.set(name, value, px=ttl_ms))
+        left = ttl_ms(token)
+        if left > 0:
+            name, value = self._prefix + "tok:" + key, encode_stored(token)
+            self._run(lambda: self._client.set(name, value, px=left))
 
     def acquire(self, key: str, lease: float) -> str | None:
         owner = secrets.token_hex(16)
         lock = self._prefix + "lock:" + key
-        taken = self._run(lambda: self._client.set(lock, owner, nx=True, px=_lease_ms(lease)))
+        taken = self._run(lambda: self._client.set(lock, owner, nx=True, px=lease_ms(lease)))
         return owner if taken else None
 
     def release(self, key: str, owner: str) -> None:
@@ -194,62 +174,3 @@ def _checked_prefix(prefix: object) -> str:
     if not isinstance(prefix, str):
         raise TypeError("prefix must be a string")
     return prefix
-
-
-def _serialize(token: StoredToken) -> str:
-    return json.dumps(
-        {"t": token.value, "exp": token.expires_at, "m": token.seal}, separators=(",", ":")
-    )
-
-
-def _ttl_ms(token: StoredToken) -> int:
-    """Milliseconds until the token expires: the Redis TTL that makes it vanish on time."""
-    return int((token.expires_at - time.time()) * 1000)
-
-
-def _lease_ms(lease: float) -> int:
-    return max(1, int(lease * 1000))
-
-
-def _parse(raw: object, ignored: Callable[[str], None]) -> StoredToken | None:
-    """The stored token, or None: absent, or not one flat object of the expected fields
-    (``ignored`` says why, once). Never raises."""
-    if raw is None:
-        return None
-    if not isinstance(raw, (bytes, str)):
-        ignored("not a string")
-        return None
-    if len(raw) > _MAX_VALUE:
-        ignored(f"over {_MAX_VALUE // 1024} KiB")
-        return None
-    try:
-        text = raw.decode() if isinstance(raw, bytes) else raw
-    except UnicodeDecodeError:
-        ignored("not UTF-8")
-        return None
-    bare = _JSON_STRING.sub('""', text)
-    if bare.count("{") + bare.count("[") > 1:
-        ignored("nested (one flat object was expected)")
-        return None
-    try:
-        data = json.loads(text)
-    except (ValueError, RecursionError):
-        ignored("not JSON")
-        return None
-    if not isinstance(data, dict):
-        ignored("not a JSON object")
-        return None
-    value, expires_at, seal = data.get("t"), data.get("exp"), data.get("m", "")
-    if (
-        not isinstance(value, str)
-        or not value
-        or not value.isascii()
-        or not value.isprintable()
-        or isinstance(expires_at, bool)
-        or not isinstance(expires_at, (int, float))
-        or not math.isfinite(expires_at)
-        or not isinstance(seal, str)
-    ):
-        ignored("not a token, an expiry and a seal")
-        return None
-    return StoredToken(value, float(expires_at), seal=seal)

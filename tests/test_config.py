@@ -123,7 +123,7 @@ def test_secret_key_is_derived_from_access_key_when_not_given() -> None:
         ("widgets", {}, "widgets must be a non-empty mapping"),
         ("widgets", {"x": "bad element"}, "must be an ASCII tag name"),
         ("identify", "not callable", "identify must be a callable"),
-        ("http_client", object(), "http_client must be an httpx.AsyncClient"),
+        ("http_client", object(), "http_client must be an asynchronous client such as httpx"),
     ],
 )
 def test_invalid_option_raises_configuration_error(option: str, value: Any, message: str) -> None:
@@ -149,6 +149,7 @@ def test_public_names_are_exported() -> None:
     assert set(rai_middleware.__all__) == {
         "EVENTS",
         "FAILURE_KINDS",
+        "AsyncHTTPClient",
         "ConfigurationError",
         "Event",
         "PlaceholderError",
@@ -157,6 +158,7 @@ def test_public_names_are_exported() -> None:
         "ReturningAIWSGIMiddleware",
         "Stats",
         "StoreError",
+        "SyncHTTPClient",
         "SyncTokenStore",
         "TokenError",
         "TokenStore",

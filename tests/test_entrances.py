@@ -1072,3 +1072,58 @@ def test_proxy_route_answers_within_the_timeout_when_the_widgets_host_hangs(
     assert_route_answer(response, 503, UNAVAILABLE)
     assert elapsed < TIMEOUT + 0.5, f"the route took {elapsed:.2f} s with timeout={TIMEOUT}"
     assert fake.signin_calls == 1
+
+
+# -- issue 15: excluded routes -------------------------------------------------------------
+
+
+def wants_skip(request: Any) -> bool:
+    """``skip`` for every entrance: an ``X-Skip`` request header, read from what the
+    entrance gives (the ASGI scope, the WSGI environ, Django's or Flask's request)."""
+    if isinstance(request, dict) and "headers" in request:
+        return any(name == b"x-skip" for name, _ in request["headers"])
+    if isinstance(request, dict):
+        return "HTTP_X_SKIP" in request
+    return "X-Skip" in request.headers
+
+
+@pytest.mark.parametrize("prefix", ["/page", "/page/"])
+def test_an_excluded_path_is_served_as_the_bare_app_serves_it(
+    make_site: Callable[..., Site], bare: Site, fake: FakeReturningAI, prefix: str
+) -> None:
+    site = make_site(exclude_paths=(prefix, "/json"))
+    for path in ("/page", "/json"):
+        assert site.get(path, headers=ALICE) == bare.get(path, headers=ALICE)
+    # /page-vary-cookie shares the text but not the segment: it is still rewritten.
+    widget_parts(WIDGET_PAGE, site.get("/page-vary-cookie", headers=ALICE).body)
+    assert fake.calls == 1
+
+
+def test_skip_leaves_the_request_alone_and_is_not_asked_about_the_endpoint(
+    make_site: Callable[..., Site], bare: Site, fake: FakeReturningAI
+) -> None:
+    site = make_site(skip=wants_skip)
+    skipped = {**ALICE, "X-Skip": "1"}
+    assert site.get("/page", headers=skipped) == bare.get("/page", headers=skipped)
+    assert fake.calls == 0
+    token, ticket = widget_parts(WIDGET_PAGE, site.get("/page", headers=ALICE).body)
+    answer = site.post(REFRESH_URL, headers={**refresh_headers(ticket), "X-Skip": "1"})
+    assert answer.status == 200
+    assert answer.json()["embedToken"] == token
+    assert fake.calls == 1
+
+
+def test_a_skip_that_raises_is_logged_and_the_page_still_rewritten(
+    make_site: Callable[..., Site], fake: FakeReturningAI, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(request: Any) -> bool:
+        raise LookupError("a bug in the site's skip")
+
+    site = make_site(skip=broken)
+    with caplog.at_level("ERROR", logger="rai_middleware"):
+        widget_parts(WIDGET_PAGE, site.get("/page", headers=ALICE).body)
+    assert [r.getMessage() for r in caplog.records] == [
+        "skip raised for /page; the request is handled by the middleware as usual"
+    ]
+    assert caplog.records[0].exc_info is not None
+    assert fake.calls == 1

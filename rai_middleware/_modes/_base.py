@@ -16,8 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from rai_middleware._identity import Identity
 
 if TYPE_CHECKING:
-    import httpx
-
+    from rai_middleware._clients import HTTPResponse
     from rai_middleware._config import Settings
     from rai_middleware._upstream import TokenRequest
 
@@ -128,7 +127,7 @@ class Mode:
         """The upstream request that mints a token for ``identity``."""
         raise NotImplementedError
 
-    def read_token(self, response: httpx.Response) -> tuple[str, float | None]:
+    def read_token(self, response: HTTPResponse) -> tuple[str, float | None]:
         """(token, lifetime in seconds or None) from the upstream's answer; TokenError if none."""
         raise NotImplementedError
 

@@ -29,7 +29,7 @@ from rai_middleware._upstream import (
 from ._base import Mode, PageAuth, PageContext, Widget
 
 if TYPE_CHECKING:
-    import httpx
+    from rai_middleware._clients import HTTPResponse
 
 __all__ = ["REFRESH_SCRIPT", "AccessKeyMode", "WidgetMarkup", "render_scripts", "render_widget"]
 
@@ -151,7 +151,7 @@ class AccessKeyMode(Mode):
         )
         return TokenRequest(self.token_url, {b"content-type": b"application/json"}, body)
 
-    def read_token(self, response: httpx.Response) -> tuple[str, float | None]:
+    def read_token(self, response: HTTPResponse) -> tuple[str, float | None]:
         body: Any = json_body(response)
         data = body.get("data") if isinstance(body, dict) else None
         if not isinstance(data, dict):

@@ -39,7 +39,7 @@ from ._base import Mode, PageAuth, PageContext, Widget, widget_page
 from ._height import height_attributes, render_height_script
 
 if TYPE_CHECKING:
-    import httpx
+    from rai_middleware._clients import HTTPResponse
 
 __all__ = [
     "IFRAME_AUTH_SCRIPT",
@@ -176,7 +176,7 @@ class IframeMode(Mode):
         }
         return TokenRequest(self.token_url, headers)
 
-    def read_token(self, response: httpx.Response) -> tuple[str, float | None]:
+    def read_token(self, response: HTTPResponse) -> tuple[str, float | None]:
         body: Any = json_body(response)
         value = body.get("token") if isinstance(body, dict) else None
         if not plausible_token(value):

@@ -25,7 +25,6 @@ import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
-import httpx
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.conf import settings as django_settings
 from django.http import HttpResponse
@@ -39,15 +38,18 @@ from rai_middleware._core import (
     TokensInThreads,
     async_services,
     load_callable,
+    needs_threads,
     sync_services,
 )
 from rai_middleware._endpoint import Reply
 from rai_middleware._exceptions import ConfigurationError
+from rai_middleware._exclude import is_exempt, rai_exempt
 from rai_middleware._identity import identifiers_of
 from rai_middleware._page import PageRewrite, Step
 from rai_middleware._sync_tokens import SyncTokenService
+from rai_middleware.django.cache_store import DjangoCacheTokenStore
 
-__all__ = ["ReturningAIMiddleware", "default_identify"]
+__all__ = ["DjangoCacheTokenStore", "ReturningAIMiddleware", "default_identify", "rai_exempt"]
 
 logger = logging.getLogger("rai_middleware")
 
@@ -110,7 +112,7 @@ class ReturningAIMiddleware:
         self.identify: Callable[[Request], object] = identify or self._default_identify
         where = f"{SETTING}: "
         self.tokens: TokenService | SyncTokenService
-        if self.async_mode and not isinstance(options.get("http_client"), httpx.Client):
+        if self.async_mode and not needs_threads(options):
             self.core, tokens = async_services(
                 options, compression_advice=_COMPRESSION_ADVICE, where=where
             )
@@ -126,6 +128,7 @@ class ReturningAIMiddleware:
             self.adriver = AsyncDriver(self.core, self._aidentify, TokensInThreads(sync_tokens))
         self.settings = self.core.settings
         self.tickets = self.core.tickets
+        self.excluded = self.core.excluded
 
     @staticmethod
     def _read_settings() -> dict[str, Any]:
@@ -184,6 +187,8 @@ class ReturningAIMiddleware:
     def __call__(self, request: Request) -> Any:
         if self.async_mode:
             return self.__acall__(request)
+        if self.excluded and self.excluded(request, request.path_info, ""):
+            return self.get_response(request)
         if self.core.is_endpoint(request.path_info):
             return _reply_response(self.driver.run(self._endpoint(request), request))
         response = self.get_response(request)
@@ -203,6 +208,8 @@ class ReturningAIMiddleware:
         return _whole(response, self.driver.run(flow, request, request.path))
 
     async def __acall__(self, request: Request) -> Any:
+        if self.excluded and self.excluded(request, request.path_info, ""):
+            return await self.get_response(request)
         if self.core.is_endpoint(request.path_info):
             return _reply_response(await self.adriver.run(self._endpoint(request), request))
         response = await self.get_response(request)
@@ -230,6 +237,8 @@ class ReturningAIMiddleware:
         return self.core.endpoint(request.method, headers, request.scheme, request.path_info, query)
 
     def _page(self, request: Request, response: Response) -> PageRewrite | None:
+        if is_exempt(getattr(getattr(request, "resolver_match", None), "func", None)):
+            return None  # a view decorated with rai_exempt
         path: str = request.path
         path_info: str = request.path_info
         return self.core.page(
