@@ -1,7 +1,7 @@
 """Every ```python block of README.md and docs/**/*.md runs, as a test of its own.
 
 The test id names the file and the line of the block's opening fence
-(``test_snippet[docs/frameworks/django.md:7]``). The rules, also in docs/contributing.md:
+(``test_snippet[docs/frameworks/django.md:8]``). The rules, also in docs/contributing.md:
 
 * **Self-contained.** Each block runs in a fresh namespace (a module named ``__snippet__``),
   in a temporary working directory, with ``RAI_COMMUNITY_ID``, ``RAI_ACCESS_ID``,
