@@ -5,20 +5,28 @@ Run it from the repository root::
     pip install -e ".[demo]"
     python examples/demo.py            # then open http://127.0.0.1:8000/
     python examples/demo.py --port 9000 --host 0.0.0.0
-    python examples/demo.py --mode iframe        # or --mode attributes, --mode proxy
+    python examples/demo.py --mode iframe        # or --mode attributes, ...
+    python examples/demo.py --token-ttl 60       # watch a token being renewed
 
-``--mode`` picks the middleware's auth flow: ``access_key`` (the default: the widget SDK's
-elements with an embed token), ``iframe`` (widget pages in iframes, which get their token from
-the page by ``postMessage``) or ``attributes`` (the widget loader script, with the identity in
-its ``data-*`` attributes and no token) or ``proxy`` (widget pages fetched by the server and
-served, token inside, from the site's own ``/_rai/widget/...``).
+``--mode`` picks the middleware's auth flow, one of the package's modes
+(``rai_middleware._config.MODES``): ``access_key`` (the default: the widget SDK's elements
+with an embed token), ``iframe`` (widget pages in iframes, which get their token from the page
+by ``postMessage``), ``attributes`` (the widget loader script, with the identity in its
+``data-*`` attributes and no token), and any mode added since.
+
+``--token-ttl SECONDS`` (offline only) makes the fake mint tokens that live that long (900 by
+default, as Returning.AI's), and scales the middleware's ``min_token_ttl`` and
+``refresh_ahead`` to match: each stand-in widget counts its token's life down, and when it
+runs out the page's refresh script fetches a new one, which the widget shows as "token
+renewed", without a reload.
 
 Offline or real:
 
 * **Offline** (the default): no account and no network needed. The demo starts
   :class:`rai_middleware.testing.FakeReturningAI` in a background thread and points the
   middleware at it; the fake mints real (HS256) tokens and serves stand-ins for the widget SDK,
-  the widget pages and the loader, which simply show whose token (or identity) they got.
+  the widget pages and the loader: small cards that show whose token (or identity) they got
+  and how long the token has to live.
 * **Real**: set the mode's variables (``REAL_MODE_VARS``): ``RAI_COMMUNITY_ID``,
   ``RAI_ACCESS_ID`` and ``RAI_ACCESS_KEY`` for ``access_key``; ``RAI_COMMUNITY_ID`` and
   ``RAI_WIDGET_API_KEY`` for ``iframe``; ``RAI_WIDGETS_BASE_URL`` for ``attributes`` (which has
@@ -57,22 +65,31 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Route
 
 from rai_middleware import ReturningAIMiddleware
+from rai_middleware._config import MODES as PACKAGE_MODES
+from rai_middleware._options import SETTINGS
 from rai_middleware.testing import FakeReturningAI
 
-__all__ = ["MODES", "DemoAuthBackend", "DemoUser", "build_app", "main", "real_mode"]
+__all__ = [
+    "MODES",
+    "DemoAuthBackend",
+    "DemoUser",
+    "build_app",
+    "main",
+    "real_mode",
+    "short_token_options",
+]
 
-#: The middleware's auth flows, for ``--mode``; the first is the default.
-MODES = ("access_key", "iframe", "attributes", "proxy")
+#: The middleware's auth flows, for ``--mode``: every mode the package has, the default first.
+MODES: tuple[str, ...] = tuple(PACKAGE_MODES)
 
 #: The environment variables that switch the demo to the real Returning.AI (Access Key mode).
 CREDENTIAL_VARS = ("RAI_COMMUNITY_ID", "RAI_ACCESS_ID", "RAI_ACCESS_KEY")
-#: The same, for every mode: all of them set means real, otherwise offline.
+#: The same, for every mode: all of them set means real, otherwise offline. A mode's variables
+#: are those of the options it requires; Attribute Auth requires none (it has no secret), so
+#: the widgets host is what makes it real.
 REAL_MODE_VARS: dict[str, tuple[str, ...]] = {
-    "access_key": CREDENTIAL_VARS,
-    "iframe": ("RAI_COMMUNITY_ID", "RAI_WIDGET_API_KEY"),
-    # Attribute Auth has no secret: the widgets host is what makes it real.
-    "attributes": ("RAI_WIDGETS_BASE_URL",),
-    "proxy": ("RAI_COMMUNITY_ID", "RAI_WIDGET_API_KEY"),
+    name: tuple(str(SETTINGS[option].env) for option in mode.required) or ("RAI_WIDGETS_BASE_URL",)
+    for name, mode in PACKAGE_MODES.items()
 }
 
 # Offline credentials: the ones FakeReturningAI accepts by default.
@@ -80,6 +97,15 @@ DEMO_COMMUNITY_ID = "demo-community"
 DEMO_ACCESS_ID = "demo-access-id"
 DEMO_ACCESS_KEY = "demo-access-key"
 DEMO_WIDGET_API_KEY = "demo-widget-api-key"
+#: What each required option is offline.
+DEMO_OPTIONS: dict[str, str] = {
+    "community_id": DEMO_COMMUNITY_ID,
+    "access_id": DEMO_ACCESS_ID,
+    "access_key": DEMO_ACCESS_KEY,
+    "widget_api_key": DEMO_WIDGET_API_KEY,
+}
+#: The shortest ``--token-ttl``: below it the middleware's margins would leave no time to show.
+MIN_TOKEN_TTL = 10.0
 FAKE_SDK_PATH = "/sdk/rai-widget.iife.js"
 FAKE_LOADER_PATH = "/widget-loader.js"
 
@@ -146,8 +172,13 @@ PAGE = """<!doctype html>
          padding: 0 1rem; line-height: 1.5; }}
   header {{ display: flex; justify-content: space-between; align-items: center;
            border-bottom: 1px solid #ddd; margin-bottom: 1rem; }}
-  section {{ border: 1px solid #ddd; border-radius: 8px; padding: 0 1rem 1rem;
-            margin-bottom: 1rem; }}
+  header h1 {{ font-size: 1.5rem; }}
+  header h1 a {{ color: inherit; text-decoration: none; }}
+  section {{ border: 1px solid #ddd; border-radius: 8px; padding: 1rem;
+            margin-bottom: 1rem; background: #f6f8fa; }}
+  section > p:first-child {{ margin-top: 0; }}
+  /* Widget frames (modes iframe, attributes, proxy) take the section's whole width. */
+  section iframe {{ display: block; width: 100%; min-height: 200px; border: 0; }}
   form.inline {{ display: inline; }}
   label {{ display: block; margin: .5rem 0; }}
   .note {{ color: #555; font-size: .9rem; }}
@@ -164,8 +195,7 @@ PAGE = """<!doctype html>
 
 HOME = """<h2>Community chat</h2>
 <section>
-<rai-placeholder widget="channel" widget-id="demo-channel" channel-id="general" theme="dark"
-  height="600px">
+<rai-placeholder widget="channel" widget-id="demo-channel" channel-id="general" theme="dark">
   <p><a href="/login">Sign in</a> to join the chat.</p>
 </rai-placeholder>
 </section>
@@ -252,6 +282,15 @@ async def favicon(request: Request) -> Response:
 # -- the application ------------------------------------------------------------------------
 
 
+def short_token_options(token_ttl: float) -> dict[str, float]:
+    """The middleware's margins for tokens that live ``token_ttl`` seconds: a page gets a token
+    with at least a quarter of its life left, renewed ahead in the last sixth of it (the
+    defaults, 300 s and 120 s, are for Returning.AI's 900-second tokens)."""
+    if not token_ttl >= MIN_TOKEN_TTL:
+        raise ValueError(f"token_ttl must be at least {MIN_TOKEN_TTL:g} seconds, got {token_ttl}")
+    return {"min_token_ttl": min(300.0, token_ttl / 4), "refresh_ahead": min(120.0, token_ttl / 6)}
+
+
 def build_app(
     *,
     mode: str = "access_key",
@@ -260,31 +299,29 @@ def build_app(
     widgets_base_url: str | None = None,
     loader_url: str | None = None,
     http_client: httpx.AsyncClient | None = None,
+    token_ttl: float | None = None,
 ) -> Starlette:
     """The demo site, with the middleware in ``mode`` (one of :data:`MODES`).
 
     With the mode's variables set (:data:`REAL_MODE_VARS`), the middleware reads them and talks
     to Returning.AI. Otherwise it uses the demo credentials that
     :class:`~rai_middleware.testing.FakeReturningAI` accepts: pass the fake's URL as
-    ``api_base_url`` (its SDK stand-in then becomes ``sdk_url``, and in the ``iframe`` and
-    ``attributes`` modes the fake also serves the widgets: ``widgets_base_url`` defaults to it,
+    ``api_base_url`` (its SDK stand-in then becomes ``sdk_url``, and in the modes with widget
+    pages the fake also serves the widgets: ``widgets_base_url`` defaults to it,
     ``loader_url`` to its loader), or an ``http_client`` wired to the fake (``fake.client()``).
+    ``token_ttl`` is the lifetime of the fake's tokens, when it is not the default 900 s: the
+    middleware's margins are scaled to it (:func:`short_token_options`).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     rai_options: dict[str, Any] = {"mode": mode, "http_client": http_client}
+    if token_ttl is not None:
+        rai_options.update(short_token_options(token_ttl))
     if real_mode(mode):
         # The middleware reads the RAI_* variables itself.
         notice = ""
     else:
-        if mode == "access_key":
-            rai_options.update(
-                community_id=DEMO_COMMUNITY_ID,
-                access_id=DEMO_ACCESS_ID,
-                access_key=DEMO_ACCESS_KEY,
-            )
-        elif mode in ("iframe", "proxy"):
-            rai_options.update(community_id=DEMO_COMMUNITY_ID, widget_api_key=DEMO_WIDGET_API_KEY)
+        rai_options.update({name: DEMO_OPTIONS[name] for name in PACKAGE_MODES[mode].required})
         fake_url = api_base_url.rstrip("/") if api_base_url is not None else None
         if sdk_url is None and fake_url is not None:
             sdk_url = fake_url + FAKE_SDK_PATH
@@ -292,15 +329,16 @@ def build_app(
             widgets_base_url = fake_url
         if loader_url is None and widgets_base_url is not None:
             loader_url = widgets_base_url.rstrip("/") + FAKE_LOADER_PATH
-        shows = {
-            "access_key": "whose widgets just show the claims of their token",
-            "iframe": "whose widget pages just show whose token they were given",
-            "attributes": "whose widget pages just show the identity they were given",
-            "proxy": "whose widget pages, served by this site, show whose token they hold",
-        }[mode]
+        shows = (
+            "whose stand-in widgets show whom they got an identity for (no token in this mode)"
+            if mode == "attributes"
+            else "whose stand-in widgets show whom their token was minted for and how long it "
+            "has to live"
+        )
+        lifetime = f" Tokens live {token_ttl:g} s." if token_ttl and mode != "attributes" else ""
         variables = ", ".join(REAL_MODE_VARS[mode])
         notice = (
-            f'<p class="note">Offline mode ({mode}): a fake Returning.AI, {shows}. '
+            f'<p class="note">Offline mode ({mode}): a fake Returning.AI, {shows}.{lifetime} '
             f"Set {variables} to use the real service.</p>"
         )
     if api_base_url is not None:
@@ -343,6 +381,16 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+def _token_ttl(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value >= MIN_TOKEN_TTL:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"at least {MIN_TOKEN_TTL:g} seconds, got {text}")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Run the rai-middleware demo site.")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (127.0.0.1)")
@@ -351,7 +399,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--mode",
         choices=MODES,
         default=MODES[0],
-        help="the middleware's auth flow (access_key)",
+        help=f"the middleware's auth flow ({MODES[0]})",
+    )
+    parser.add_argument(
+        "--token-ttl",
+        type=_token_ttl,
+        default=None,
+        metavar="SECONDS",
+        help="offline only: the fake's tokens live this long (900), e.g. 60 to watch a renewal",
     )
     args = parser.parse_args(argv)
 
@@ -364,6 +419,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     with contextlib.ExitStack() as stack:
         variables = REAL_MODE_VARS[args.mode]
         if real_mode(args.mode):
+            if args.token_ttl is not None:
+                parser.error(
+                    "--token-ttl works offline only (Returning.AI decides how long its tokens "
+                    f"live): unset {', '.join(variables)} to use the fake"
+                )
             app = build_app(mode=args.mode)
             where = ", ".join(f"{name}={os.environ[name].strip()}" for name in variables)
             if "RAI_COMMUNITY_ID" in variables:
@@ -373,9 +433,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             missing = [name for name in variables if not os.environ.get(name, "").strip()]
             if len(missing) < len(variables):
                 print(f"note: {', '.join(missing)} not set; running offline", file=sys.stderr)
-            fake_url = stack.enter_context(FakeReturningAI().run_in_thread())
-            app = build_app(mode=args.mode, api_base_url=fake_url)
+            fake = FakeReturningAI()
+            if args.token_ttl is not None:
+                fake.token_lifetime = args.token_ttl
+            fake_url = stack.enter_context(fake.run_in_thread())
+            app = build_app(mode=args.mode, api_base_url=fake_url, token_ttl=args.token_ttl)
             description = f"offline, fake Returning.AI at {fake_url}"
+            if args.token_ttl is not None:
+                description += f", tokens live {args.token_ttl:g} s"
             if args.mode != MODES[0]:
                 description = f"{args.mode}, {description}"
         print(f"rai-middleware demo ({description}): open {site_url}", flush=True)

@@ -45,7 +45,7 @@ _COMPRESSION_ADVICE = (
 class ReturningAIMiddleware:
     """Replace placeholder tags in HTML pages with Returning.AI widgets.
 
-    See the README for every option. All options are keyword arguments; the three
+    See docs/options.md for every option. All options are keyword arguments; the three
     credentials fall back to the ``RAI_COMMUNITY_ID``, ``RAI_ACCESS_ID`` and
     ``RAI_ACCESS_KEY`` environment variables.
     """

@@ -1,8 +1,9 @@
 """The options, each written once: name, default, environment variable, check and meaning.
 
-``_config.build_settings`` reads this table to build ``Settings``, and README.md's "Options"
-table is generated from it (``tests/test_options_table.py`` checks that they agree), so a new
-option is one row here plus its statically typed lines in ``Options`` and ``Settings``.
+``_config.build_settings`` reads this table to build ``Settings``, and the table of
+docs/options.md is generated from it (``tests/test_options_table.py`` checks that they
+agree), so a new option is one row here plus its statically typed lines in ``Options``
+and ``Settings``.
 
 A check takes the keyword and the given value and returns the value to keep, or raises a
 ``ConfigurationError`` that starts with the keyword and never shows a secret's value.
@@ -71,7 +72,8 @@ DEFAULT_IFRAME_SEGMENTS: Mapping[str, str] = MappingProxyType(
 
 @dataclass(frozen=True)
 class Option:
-    """One row. ``type_text``, ``default_text`` and ``doc`` are README markdown."""
+    """One row. ``type_text``, ``default_text`` and ``doc`` are markdown for docs/options.md
+    (links are relative to docs/)."""
 
     name: str
     type_text: str
@@ -87,7 +89,7 @@ class Option:
     env: str | None = None
     #: Kept as a ``Secret`` and dropped when the chosen mode does not use it.
     secret: bool = False
-    #: The README's default, where the value alone would say too little.
+    #: The documented default, where the value alone would say too little.
     default_text: str | None = None
 
 
@@ -323,7 +325,7 @@ def _callback(name: str, value: object) -> Callable[..., object]:
     return value
 
 
-# The table, in the README's order. -----------------------------------------------------------
+# The table, in the order of docs/options.md. --------------------------------------------------
 
 OPTIONS: tuple[Option, ...] = (
     Option(
@@ -355,13 +357,13 @@ OPTIONS: tuple[Option, ...] = (
         "identify",
         "`callable(scope)`, sync or async",
         'Returns the visitor\'s `userIdentifiers` (`{"data-customer-id": ...}`) or `None` for '
-        "anonymous. See below.",
+        "anonymous. See [Who is the visitor](identify.md).",
         default_text='reads `scope["user"]`',
     ),
     Option(
         "mode",
         '`"access_key"` \\| `"iframe"` \\| `"attributes"` \\| `"proxy"`',
-        "Which Returning.AI auth flow to use; see [Auth modes](#auth-modes).",
+        "Which Returning.AI auth flow to use; see [Auth modes](modes/index.md).",
         _string,
         default_text='`"access_key"`, or `"iframe"` when only `widget_api_key` is given',
     ),
@@ -479,7 +481,7 @@ OPTIONS: tuple[Option, ...] = (
         "`widget=` value to SDK element name, replacing the defaults.",
         _widgets,
         DEFAULT_WIDGETS,
-        default_text="the table above",
+        default_text="the table in [Placeholders](placeholders.md)",
     ),
     Option(
         "timeout",
@@ -546,7 +548,7 @@ OPTIONS: tuple[Option, ...] = (
         "token_store",
         "`RedisTokenStore` (ASGI), `SyncRedisTokenStore` (WSGI, Django, Flask) or `None`",
         "A store shared by processes and hosts, so that each identity is minted once for all "
-        "of them; see [Deployment](#deployment-many-workers-many-hosts).",
+        "of them; see [Deployment](deployment.md).",
         default_text="`None` (per process)",
     ),
     Option(

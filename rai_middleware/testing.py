@@ -7,8 +7,9 @@ told to misbehave, so that the whole token flow can be exercised without network
 * ``POST /v2/api/widget-access-keys/token`` - mint an embed token (the current API);
 * ``POST /widget/{community_id}/signin`` - the legacy widget sign-in flow;
 * ``GET /sdk/rai-widget.iife.js`` - a tiny stand-in for the widget SDK script, whose custom
-  elements simply print the claims of their ``embed-token`` and dispatch ``rai-error`` once it
-  has expired (re-checked every 500 ms);
+  elements show a small card (the widget type, whom their ``embed-token`` was minted for, its
+  remaining lifetime counting down, "token renewed" when the page replaces it) and dispatch
+  ``rai-error`` once it has expired (re-checked every 500 ms);
 * ``GET /{segment}/{widget_id}`` (``/channel-widget/general``, ``/store-widget/1``...: every
   segment of ``DEFAULT_IFRAME_SEGMENTS``) - a stand-in for a widget page, for the ``iframe``,
   ``attributes`` and ``proxy`` modes. It holds ``window.__WIDGET_INIT__ = { token: "" }``:
@@ -860,21 +861,145 @@ _SDK_SCRIPT: Final = """\
     return typeof claims.exp === "number" && claims.exp * 1000 <= Date.now();
   }
 
+  /* -- How a stand-in widget looks: presentation only. A card in the element's shadow root
+     (so that the site's CSS and the card's cannot meet): the widget type, whom the token was
+     minted for, its remaining lifetime counting down, and "token renewed" when the page's
+     refresh script gives it a new one. The light DOM keeps a one-line text summary. */
+  var LOOK_CSS = ":host{display:block;margin:.25rem 0}" +
+    ".card{font:14px/1.45 system-ui,sans-serif;color:#1f2328;background:#fff;" +
+    "border:1px solid #d0d7de;border-radius:12px;padding:14px 16px;" +
+    "box-shadow:0 1px 3px rgba(31,35,40,.08);overflow-wrap:anywhere}" +
+    ".head{display:flex;justify-content:space-between;align-items:center;gap:8px;" +
+    "font-weight:600;font-size:15px}" +
+    ".chip{font-weight:500;font-size:11px;color:#57606a;border:1px solid #d0d7de;" +
+    "border-radius:999px;padding:1px 8px}" +
+    ".who{margin:8px 0 2px;font-size:15px}.id{color:#57606a;font-size:12px}" +
+    ".life{margin-top:10px;font-variant-numeric:tabular-nums}" +
+    ".bar{height:6px;border-radius:3px;background:#eaeef2;margin-top:4px;overflow:hidden}" +
+    ".fill{height:100%;background:#2da44e;transition:width .5s linear}" +
+    ".low .fill{background:#bf8700}.gone .fill{background:#cf222e}" +
+    ".renewed{margin-top:10px;color:#1a7f37;font-weight:600;border-radius:6px;padding:2px 6px}" +
+    ".renewed[hidden]{display:none}.flash{animation:flash 2.5s ease-out}" +
+    "@keyframes flash{0%{background:#aceebb}100%{background:transparent}}" +
+    ".bad .who{color:#cf222e}";
+  var lookSheet = null;
+
+  function kindOf(tag) {
+    var kind = tag.replace(/^rai-/, "").replace(/-widget$/, "");
+    return kind.charAt(0).toUpperCase() + kind.slice(1) + " widget";
+  }
+
+  function clock(seconds) {
+    var s = Math.max(0, Math.ceil(seconds));
+    var m = Math.floor(s / 60);
+    return m + ":" + String(s % 60).replace(/^(\\d)$/, "0$1");
+  }
+
+  function cardOf(el) {
+    if (el._fakeRaiCard !== undefined) return el._fakeRaiCard;
+    el._fakeRaiCard = null;
+    if (typeof el.attachShadow !== "function" || typeof document.createElement !== "function") {
+      return null; /* no DOM to draw in: the text summary is all there is */
+    }
+    var root = el.shadowRoot || el.attachShadow({mode: "open"});
+    try { /* a constructed sheet: allowed by any Content-Security-Policy */
+      lookSheet = lookSheet || new CSSStyleSheet();
+      lookSheet.replaceSync(LOOK_CSS);
+      root.adoptedStyleSheets = [lookSheet];
+    } catch (e) {
+      var style = document.createElement("style");
+      style.textContent = LOOK_CSS;
+      root.appendChild(style);
+    }
+    function add(parent, tag, cls, text) {
+      var node = document.createElement(tag);
+      node.className = cls;
+      if (text) node.textContent = text;
+      parent.appendChild(node);
+      return node;
+    }
+    var card = {box: add(root, "div", "card", "")};
+    var head = add(card.box, "div", "head", "");
+    add(head, "span", "kind", kindOf(el.tagName.toLowerCase()));
+    add(head, "span", "chip", "offline stand-in");
+    card.who = add(card.box, "div", "who", "");
+    card.id = add(card.box, "div", "id", "");
+    card.life = add(card.box, "div", "life", "");
+    card.left = add(card.life, "div", "left", "");
+    card.fill = add(add(card.life, "div", "bar", ""), "div", "fill", "");
+    card.renewed = add(card.box, "div", "renewed", "");
+    card.renewed.hidden = true;
+    el._fakeRaiCard = card;
+    return card;
+  }
+
+  /* Count a renewal when a valid token replaces another one (not on reload()). */
+  function noteRenewal(el, token) {
+    var renewed = el._fakeRaiShown !== undefined && el._fakeRaiShown !== token;
+    el._fakeRaiShown = token;
+    if (!renewed) return false;
+    el._fakeRaiRenewals = (el._fakeRaiRenewals || 0) + 1;
+    el.setAttribute("data-fake-renewals", String(el._fakeRaiRenewals));
+    return true;
+  }
+
+  function paint(el, state, claims) {
+    var kind = kindOf(el.tagName.toLowerCase());
+    var who = claims ? String(claims["data-email"] || claims.email ||
+      claims["data-customer-id"] || "an unnamed visitor") : "";
+    var renewed = state === "ok" && noteRenewal(el, el.getAttribute("embed-token"));
+    el.textContent = state === "ok" ? kind + ": signed in as " + who :
+      state === "expired" ? kind + ": token expired" : kind + ": missing or invalid token";
+    el._fakeRaiClaims = claims;
+    var card = cardOf(el);
+    if (!card) return;
+    card.box.className = "card" + (state === "ok" ? "" : " bad");
+    card.who.textContent = state === "ok" ? "Signed in as " + who :
+      state === "expired" ? "Token expired: asking the page for a new one" :
+      "No valid token";
+    var customer = claims && claims["data-customer-id"];
+    card.id.textContent = customer && customer !== who ? "customer " + customer : "";
+    if (renewed) {
+      card.renewed.hidden = false;
+      card.renewed.textContent = "\\u2713 Token renewed at " +
+        new Date().toLocaleTimeString() + ", without a reload";
+      card.renewed.classList.remove("flash");
+      void card.renewed.offsetWidth; /* restart the animation */
+      card.renewed.classList.add("flash");
+    }
+    tick(el);
+  }
+
+  /* The countdown, every 500 ms (from the expiry check below) and on each paint. */
+  function tick(el) {
+    var card = el._fakeRaiCard, claims = el._fakeRaiClaims;
+    if (!card) return;
+    if (!claims || typeof claims.exp !== "number") {
+      card.left.textContent = claims ? "Token without an expiry" : "";
+      card.fill.style.width = "0";
+      return;
+    }
+    var left = claims.exp - Date.now() / 1000;
+    var life = typeof claims.iat === "number" ? claims.exp - claims.iat : 900;
+    card.left.textContent = left > 0 ? "Token expires in " + clock(left) : "Token expired";
+    card.fill.style.width = Math.max(0, Math.min(100, 100 * left / life)) + "%";
+    card.life.className = "life" + (left <= 0 ? " gone" : left < life / 4 ? " low" : "");
+  }
+
   function render(el) {
-    var tag = el.tagName.toLowerCase();
     var token = el.getAttribute("embed-token");
     var claims = claimsOf(token);
     if (!claims) {
       el.setAttribute("data-fake-state", "invalid");
-      el.textContent = "Fake " + tag + ": missing or invalid token";
+      paint(el, "invalid", null);
       fail(el, token, "invalid_token");
     } else if (expired(claims)) {
       el.setAttribute("data-fake-state", "expired");
-      el.textContent = "Fake " + tag + ": expired";
+      paint(el, "expired", claims);
       fail(el, token, "token_expired");
     } else {
       el.setAttribute("data-fake-state", "ok");
-      el.textContent = "Fake " + tag + " for " + JSON.stringify(claims);
+      paint(el, "ok", claims);
     }
   }
 
@@ -903,6 +1028,7 @@ _SDK_SCRIPT: Final = """\
         if (els[i].getAttribute("data-fake-state") === "ok" && claims && expired(claims)) {
           render(els[i]);
         }
+        tick(els[i]);
       }
     }, 500);
   }
@@ -943,17 +1069,46 @@ _WIDGET_PAGE: Final = """\
 <head>
 <meta charset="utf-8">
 <title>Fake Returning.AI widget</title>
-<style>body { font: 14px system-ui, sans-serif; margin: 8px; }</style>
+<style>
+/* How the stand-in looks: a card with the widget type, whom it was given a token for, the
+   token's remaining lifetime and a "token renewed" moment (presentation only). */
+body { font: 14px/1.45 system-ui, sans-serif; color: #1f2328; margin: 0; padding: 4px; }
+.card { background: #fff; border: 1px solid #d0d7de; border-radius: 12px; padding: 14px 16px;
+        box-shadow: 0 1px 3px rgba(31, 35, 40, .08); overflow-wrap: anywhere; }
+.head { display: flex; justify-content: space-between; align-items: center; gap: 8px;
+        font-weight: 600; font-size: 15px; }
+.chip { font-weight: 500; font-size: 11px; color: #57606a; border: 1px solid #d0d7de;
+        border-radius: 999px; padding: 1px 8px; }
+#status { margin: 8px 0 2px; font-size: 15px; }
+#detail { color: #57606a; font-size: 12px; }
+#life { margin-top: 10px; font-variant-numeric: tabular-nums; }
+.bar { height: 6px; border-radius: 3px; background: #eaeef2; margin-top: 4px; overflow: hidden; }
+#fill { height: 100%; width: 0; background: #2da44e; transition: width .5s linear; }
+#life.low #fill { background: #bf8700; } #life.gone #fill { background: #cf222e; }
+#renewed { margin-top: 10px; color: #1a7f37; font-weight: 600; border-radius: 6px;
+           padding: 2px 6px; }
+.flash { animation: flash 2.5s ease-out; }
+@keyframes flash { 0% { background: #aceebb; } 100% { background: transparent; } }
+body[data-state="expired"] #status, body[data-state="invalid"] #status { color: #cf222e; }
+[hidden] { display: none !important; }
+</style>
 </head>
 <body data-state="waiting" data-token="" data-email="" data-requests="0" data-received="0">
-<p id="status">Fake widget: waiting for a token</p>
+<div class="card">
+<div class="head"><span id="kind">Widget</span><span class="chip">offline stand-in</span></div>
+<p id="status">Waiting for a token from the page</p>
+<div id="detail"></div>
+<div id="life" hidden><div id="left"></div><div class="bar"><div id="fill"></div></div></div>
+<div id="renewed" hidden></div>
+</div>
 <script>window.__WIDGET_INIT__ = { token: "", color: "light" };</script>
 <script>
 /* A stand-in for a Returning.AI widget page (FakeReturningAI). State for tests is on
    document.body.dataset: state (waiting, ok, expired, invalid, identified, standalone), source
    (init: the token came in window.__WIDGET_INIT__, served by the proxy mode's route; message:
-   from the parent page), token, email, customerId, exp, requests (token requests sent),
-   received (tokens received) and posted (the height last posted to the parent). */
+   from the parent page), token, email, customerId, exp, iat, requests (token requests sent),
+   received (tokens received), renewals (valid tokens that replaced another one) and posted
+   (the height last posted to the parent). */
 (function () {
   "use strict";
   var params = new URLSearchParams(location.search);
@@ -971,45 +1126,88 @@ _WIDGET_PAGE: Final = """\
   function show(state, text) {
     body.dataset.state = state;
     status.textContent = text;
+    paint();
     postHeight();
+  }
+  /* -- presentation: the card around the status line ------------------------------------ */
+  var kindText = body.dataset.widget.split("/")[0].replace(/-widget$/, "").split("-")[0];
+  document.getElementById("kind").textContent =
+    kindText.charAt(0).toUpperCase() + kindText.slice(1) + " widget";
+  function paint() {
+    var detail = document.getElementById("detail");
+    var state = body.dataset.state;
+    detail.textContent = state === "identified" ?
+      "identity from the loader's data-* attributes; no token in this mode" :
+      state !== "ok" ? "" : body.dataset.source === "init" ?
+      "token served inside the page by the site's own server" :
+      "token from the page, by postMessage";
+    tick();
+  }
+  function tick() {
+    var life = document.getElementById("life");
+    var exp = Number(body.dataset.exp), iat = Number(body.dataset.iat);
+    if (!body.dataset.exp || !isFinite(exp)) { life.hidden = true; return; }
+    var left = exp - Date.now() / 1000, span = isFinite(iat) && iat < exp ? exp - iat : 900;
+    var s = Math.max(0, Math.ceil(left));
+    life.hidden = false;
+    document.getElementById("left").textContent = left > 0 ?
+      "Token expires in " + Math.floor(s / 60) + ":" + String(s % 60).replace(/^(\\d)$/, "0$1") :
+      "Token expired";
+    document.getElementById("fill").style.width =
+      Math.max(0, Math.min(100, 100 * left / span)) + "%";
+    life.className = left <= 0 ? "gone" : left < span / 4 ? "low" : "";
+  }
+  function renewed() {
+    var note = document.getElementById("renewed");
+    body.dataset.renewals = String(Number(body.dataset.renewals || 0) + 1);
+    note.hidden = false;
+    note.textContent = "\\u2713 Token renewed at " + new Date().toLocaleTimeString() +
+      ", without a reload";
+    note.className = "";
+    void note.offsetWidth; /* restart the animation */
+    note.className = "flash";
   }
   if (params.has("email") || params.has("customerId")) {
     /* Attribute Auth: the loader passed the identity in our URL; no token involved. */
     body.dataset.email = params.get("email") || "";
     body.dataset.customerId = params.get("customerId") || "";
-    show("identified", "identity " + body.dataset.email);
+    show("identified", "Signed in as " + body.dataset.email);
     return;
   }
-  if (typeof init.token === "string" && init.token) {
-    /* Server Proxy: the site's server put the token into the page. */
-    body.dataset.source = "init";
-    take(init.token);
-    return;
-  }
-  if (window.parent === window) {
-    show("standalone", "Fake widget: not framed, so nobody to ask for a token");
-    return;
-  }
-  /* ?legacy=1: ask with the older message type, which the same page script must answer. */
-  var REQUEST = params.get("legacy") === "1" ?
-    "RETURNINGAI_WIDGET_TOKEN" : "RETURNINGAI_WIDGET_REQUEST_TOKEN";
   var exp = null; /* the current token's expiry in ms; null until one arrives */
   function take(token) {
     body.dataset.received = String(Number(body.dataset.received) + 1);
     var claims = claimsOf(token);
     if (!claims) {
       exp = 0;
-      show("invalid", "Fake widget: invalid token");
+      show("invalid", "Invalid token");
       return;
     }
     var email = String(claims.email || claims["data-email"] || "");
     exp = typeof claims.exp === "number" ? claims.exp * 1000 : Infinity;
+    var previous = body.dataset.token;
     body.dataset.token = token;
     body.dataset.email = email;
     body.dataset.exp = String(claims.exp);
-    if (exp <= Date.now()) show("expired", "Fake widget: expired token");
-    else show("ok", "token for " + email);
+    body.dataset.iat = String(claims.iat);
+    if (exp <= Date.now()) show("expired", "Token expired");
+    else show("ok", "Signed in as " + email);
+    if (exp > Date.now() && previous && previous !== token) renewed();
   }
+  if (typeof init.token === "string" && init.token) {
+    /* Server Proxy: the site's server put the token into the page. */
+    body.dataset.source = "init";
+    take(init.token);
+    setInterval(tick, 1000);
+    return;
+  }
+  if (window.parent === window) {
+    show("standalone", "Not framed, so nobody to ask for a token");
+    return;
+  }
+  /* ?legacy=1: ask with the older message type, which the same page script must answer. */
+  var REQUEST = params.get("legacy") === "1" ?
+    "RETURNINGAI_WIDGET_TOKEN" : "RETURNINGAI_WIDGET_REQUEST_TOKEN";
   function claimsOf(token) {
     try {
       var b64 = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
@@ -1040,8 +1238,9 @@ _WIDGET_PAGE: Final = """\
   ask();
   /* Every second: no token yet, or the token ran out? Ask (again). */
   setInterval(function () {
+    tick();
     if (exp !== null && exp > Date.now()) return;
-    if (exp !== null) show("expired", "Fake widget: token expired, asking again");
+    if (exp !== null) show("expired", "Token expired: asking the page for a new one");
     ask();
   }, 1000);
 })();

@@ -7,7 +7,7 @@ site's event loop for the ASGI ones), against the fake upstream with a short tok
 that tokens are minted, reused and replaced while the run goes on. Every page's token is
 verified with the fake's ``decode`` and must name the visitor who asked; so must every
 refresh through the endpoint with that page's ticket. ``RAI_ATTACK_REQUESTS`` makes the run
-larger (the README's figures come from ``RAI_ATTACK_REQUESTS=3000``).
+larger (the figures in docs/security.md come from ``RAI_ATTACK_REQUESTS=3000``).
 """
 
 from __future__ import annotations

@@ -350,7 +350,7 @@ def expect_signed_in_widgets(
             token = widget.get_attribute("embed-token") or ""
             assert fake.decode(token)["data-email"] == email
             assert fake.decode(token)["data-customer-id"] == user
-            expect(widget).to_contain_text(f'"data-email":"{email}"')
+            expect(widget).to_contain_text(f"signed in as {email}")
         elif mode in ("iframe", "proxy"):
             expect(widget).to_have_attribute("data-state", "ok")
             # Proxy: the token came inside the page; iframe: from the page, by postMessage.
@@ -359,13 +359,13 @@ def expect_signed_in_widgets(
             token = widget.get_attribute("data-token") or ""
             assert fake.decode(token)["email"] == email
             expect(widget).to_have_attribute("data-email", email)
-            expect(widget).to_have_text(f"token for {email}")
+            expect(widget.locator("#status")).to_have_text(f"Signed in as {email}")
         else:
             expect(widget).to_have_attribute("data-state", "identified")
             token = ""
             expect(widget).to_have_attribute("data-email", email)
             expect(widget).to_have_attribute("data-customer-id", user)
-            expect(widget).to_have_text(f"identity {email}")
+            expect(widget.locator("#status")).to_have_text(f"Signed in as {email}")
         tokens.append(token)
     return tokens
 

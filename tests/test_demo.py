@@ -8,6 +8,7 @@ import json
 import os
 import queue
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,7 +17,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import httpx
 import pytest
@@ -31,7 +32,9 @@ from examples.demo import (
     build_app,
     customer_id_for,
     main,
+    short_token_options,
 )
+from rai_middleware._config import MODES as PACKAGE_MODES
 from rai_middleware.testing import FakeReturningAI
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +45,7 @@ NAME = "Ada <Lovelace>"
 LOGIN = {"email": EMAIL, "name": NAME}
 CHANNEL_WIDGET = re.compile(
     r'<rai-channel-widget community-id="demo-community" widget-id="demo-channel" '
-    r'channel-id="general" theme="dark" height="600px" embed-token="([^"]+)"></rai-channel-widget>'
+    r'channel-id="general" theme="dark" embed-token="([^"]+)"></rai-channel-widget>'
 )
 STORE_WIDGET = re.compile(
     r'<rai-store-widget community-id="demo-community" widget-id="demo-store" '
@@ -287,7 +290,7 @@ async def test_mode_proxy_frames_the_sites_own_widget_route() -> None:
             )
 
     assert FALLBACK not in page
-    channel = '<iframe src="/_rai/widget/channel-widget/demo-channel?color=dark" height="600px">'
+    channel = '<iframe src="/_rai/widget/channel-widget/demo-channel?color=dark">'
     assert channel + "</iframe>" in page
     assert '<iframe src="/_rai/widget/store-widget/demo-store?color=light"></iframe>' in page
     assert page.count('<script data-rai-frames="/_rai/widget/">') == 1
@@ -315,9 +318,9 @@ async def test_mode_iframe_renders_iframes_and_the_auth_script() -> None:
 
     assert FALLBACK not in page
     assert "rai-placeholder" not in page
-    channel = f'<iframe src="{WIDGETS}/channel-widget/demo-channel" allow="clipboard-write" '
+    channel = f'<iframe src="{WIDGETS}/channel-widget/demo-channel" allow="clipboard-write">'
     store = f'<iframe src="{WIDGETS}/store-widget/demo-store" allow="clipboard-write">'
-    assert channel + 'height="600px"></iframe>' in page
+    assert channel + "</iframe>" in page
     assert store + "</iframe>" in page
     assert page.count('<script type="application/json">') == 1
     assert page.count("RETURNINGAI_WIDGET_REQUEST_TOKEN") == 1
@@ -347,7 +350,7 @@ async def test_mode_attributes_renders_the_loader_with_the_identity() -> None:
         f'<script src="{WIDGETS}/widget-loader.js" data-widget-id="demo-channel" '
         'data-widget-type="channel" data-container="returning-ai-widget-1" '
         f'data-api-url="{WIDGETS}" data-widget-url="{WIDGETS}/channel-widget" '
-        f'data-channel-id="general" data-theme="dark" data-height="600px" {identity}></script>'
+        f'data-channel-id="general" data-theme="dark" {identity}></script>'
     ) in page
     assert (
         '<div id="returning-ai-widget-2"></div>'
@@ -435,6 +438,87 @@ def test_main_runs_the_chosen_mode_against_the_fake(
     }[mode]
     assert marker in page
     assert FALLBACK not in page
+
+
+# -- --mode lists the package's modes; --token-ttl ---------------------------------------------
+
+
+def test_modes_are_the_packages_with_the_default_first() -> None:
+    assert tuple(PACKAGE_MODES) == MODES
+    assert MODES[0] == "access_key"
+    assert REAL_MODE_VARS["access_key"] == ("RAI_COMMUNITY_ID", "RAI_ACCESS_ID", "RAI_ACCESS_KEY")
+    assert REAL_MODE_VARS["iframe"] == ("RAI_COMMUNITY_ID", "RAI_WIDGET_API_KEY")
+    assert REAL_MODE_VARS["attributes"] == ("RAI_WIDGETS_BASE_URL",)
+    assert REAL_MODE_VARS.keys() == PACKAGE_MODES.keys()
+
+
+def test_short_tokens_scale_the_middlewares_margins() -> None:
+    assert short_token_options(60) == {"min_token_ttl": 15.0, "refresh_ahead": 10.0}
+    assert short_token_options(10) == {"min_token_ttl": 2.5, "refresh_ahead": 10 / 6}
+    assert short_token_options(3600) == {"min_token_ttl": 300.0, "refresh_ahead": 120.0}
+    for bad in (9.9, 0, -60, float("nan")):
+        with pytest.raises(ValueError, match="token_ttl must be at least 10 seconds"):
+            short_token_options(bad)
+
+
+@pytest.mark.parametrize("value", ["5", "abc", "nan", "-60"])
+def test_token_ttl_must_be_ten_seconds_or_more(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--token-ttl", value])
+    assert exit_info.value.code == 2
+    assert "--token-ttl" in capsys.readouterr().err
+
+
+def test_token_ttl_is_refused_against_the_real_service(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in REAL_MODE_VARS["access_key"]:
+        monkeypatch.setenv(name, "set")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--token-ttl", "60"])
+    assert exit_info.value.code == 2
+    assert "--token-ttl works offline only" in capsys.readouterr().err
+
+
+@pytest.mark.server
+def test_main_with_short_tokens_mints_them_and_says_so(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lifetimes: list[float] = []
+
+    def run(app: Starlette, *, host: str, port: int) -> None:
+        with serve(app) as base_url, httpx.Client(base_url=base_url, timeout=10) as client:
+            client.post("/login", data=LOGIN)
+            page = client.get("/").text
+            assert "Tokens live 60 s." in page
+            claims = FakeReturningAI().decode(the_token(page))
+            lifetimes.append(claims["exp"] - claims["iat"])
+
+    monkeypatch.setattr(uvicorn, "run", run)
+    main(["--token-ttl", "60", "--port", "8124"])
+
+    assert lifetimes == [60]
+    assert ", tokens live 60 s): open http://127.0.0.1:8124/" in capsys.readouterr().out
+
+
+@pytest.mark.anyio
+async def test_short_tokens_are_served_to_pages() -> None:
+    """With 60-second tokens, a page still gets one (the default min_token_ttl, 300 s, would
+    refuse every token the fake mints) and the refresh endpoint answers with it."""
+    fake = FakeReturningAI(token_lifetime=60)
+    async with fake.client() as upstream:
+        app = build_app(api_base_url=fake.base_url, http_client=upstream, token_ttl=60)
+        async with signed_in(app) as (page, client):
+            refresh = await client.post(
+                "/_rai/embed-token", headers={"X-RAI-Ticket": the_ticket(page)}
+            )
+    token = the_token(page)
+    assert_signed_in_claims(fake, token)
+    assert refresh.json() == {"embedToken": token, "expiresIn": refresh.json()["expiresIn"]}
+    assert 45 < refresh.json()["expiresIn"] <= 60
+    assert fake.calls == 1
 
 
 # -- over real sockets -----------------------------------------------------------------------
@@ -604,3 +688,107 @@ def _get_when_up(client: httpx.Client, path: str, *, timeout: float) -> httpx.Re
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
+
+
+# -- in Chromium: how the stand-in widgets look ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Any]:
+    """Headless Chromium, as tests/test_browser.py launches it (skipped where it is missing)."""
+    from tests.test_browser import HAVE_PLAYWRIGHT, LAUNCH_ARGS, _unavailable
+
+    if not HAVE_PLAYWRIGHT:
+        _unavailable("playwright is not installed")
+    path = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+        _unavailable("Chromium is not installed")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=path, args=LAUNCH_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def _seconds_left(text: str) -> int:
+    found = re.fullmatch(r"Token expires in (\d+):(\d\d)", text)
+    assert found is not None, text
+    return int(found.group(1)) * 60 + int(found.group(2))
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("mode", ["access_key", "iframe"])
+def test_widgets_count_their_token_down_and_show_its_renewal(mode: str, chromium: Any) -> None:
+    """Tokens of 10 s: each card names the widget and the visitor, counts down, and shows
+    "Token renewed" once the page's refresh has replaced the token, without a reload."""
+    from playwright.sync_api import expect
+
+    from examples.screenshot import wait_for_renewal
+    from tests.test_browser import TIMEOUT_MS, Watch
+
+    fake = FakeReturningAI(token_lifetime=10)
+    with (
+        fake.run_in_thread() as fake_url,
+        serve(build_app(mode=mode, api_base_url=fake_url, token_ttl=10)) as url,
+    ):
+        context = chromium.new_context()
+        context.set_default_timeout(TIMEOUT_MS)
+        try:
+            page = context.new_page()
+            watch = Watch(page)
+            page.goto(f"{url}/login")
+            page.get_by_label("Email").fill(EMAIL)
+            page.get_by_role("button", name="Sign in").click()
+            page.wait_for_url(f"{url}/")
+            if mode == "access_key":
+                cards = [page.locator("rai-channel-widget"), page.locator("rai-store-widget")]
+            else:
+                cards = [
+                    page.frame_locator(f'iframe[src*="/{kind}-widget/"]').locator("body")
+                    for kind in ("channel", "store")
+                ]
+            for card, kind in zip(cards, ("Channel widget", "Store widget"), strict=True):
+                expect(card.get_by_text(kind, exact=True)).to_be_visible()
+                expect(card.get_by_text(f"Signed in as {EMAIL}", exact=True)).to_be_visible()
+                expect(card.get_by_text("offline stand-in")).to_be_visible()
+            countdown = cards[0].get_by_text(re.compile(r"^Token expires in \d+:\d\d$"))
+            first = _seconds_left(countdown.inner_text())
+            assert 0 < first <= 10
+            page.wait_for_timeout(1600)
+            assert _seconds_left(countdown.inner_text()) < first
+            renewed = cards[0].get_by_text(re.compile("Token renewed at .*, without a reload"))
+            expect(renewed).to_be_hidden()
+
+            wait_for_renewal(page, 30)
+
+            expect(renewed).to_be_visible()
+            expect(cards[0].get_by_text(f"Signed in as {EMAIL}", exact=True)).to_be_visible()
+            assert _seconds_left(countdown.inner_text()) > 2  # a fresh token's life
+            if mode == "access_key":
+                # Two widgets, one page: both got the renewed token.
+                expect(cards[1]).to_have_attribute("data-fake-renewals", re.compile(r"^[1-9]"))
+                assert fake.decode(cards[1].get_attribute("embed-token") or "")["exp"] > time.time()
+            assert fake.calls + fake.signin_calls >= 2  # the first token, then a new one
+            watch.assert_clean()
+            page.close()
+        finally:
+            context.close()
+
+
+@pytest.mark.server
+def test_the_screenshot_script_saves_the_demo(tmp_path: Path, chromium: Any) -> None:
+    """examples/screenshot.py (which made docs/images/demo.png), in the mode that has no token
+    to wait for: a PNG of the signed-in page."""
+    from examples.screenshot import capture
+
+    output = tmp_path / "shots" / "demo.png"
+    saved = capture(output, mode="attributes", token_ttl=10, browser=chromium)
+
+    assert saved == tmp_path / "shots" / "demo.png"
+    data = saved.read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n")
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert width == 960 and height >= 600

@@ -1,4 +1,4 @@
-"""The ASGI middleware with Litestar: the two ways to plug it in, as the README documents them.
+"""The ASGI middleware with Litestar: the two ways to plug it in, as the docs show them.
 
 1. Around the ``Litestar`` app (recommended): one middleware instance, lifespan events, the
    refresh endpoint with no route; ``identify`` reads Litestar's session.

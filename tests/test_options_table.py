@@ -1,8 +1,8 @@
 """The options table (``_options.OPTIONS``) agrees with everything that restates it.
 
-``Options`` and ``Settings`` must be spelled out for mypy, and README.md's "Options" table is
-generated from the rows: after changing a row, rewrite the README's table with
-``python -m tests.test_options_table``.
+``Options`` and ``Settings`` must be spelled out for mypy, and the table of docs/options.md (the
+documentation site's options reference) is generated from the rows: after changing a row,
+rewrite it with ``python -m tests.test_options_table``.
 """
 
 from __future__ import annotations
@@ -30,15 +30,15 @@ from rai_middleware._identity import Identity
 from rai_middleware._modes import PageAuth, PageContext, Widget
 from rai_middleware._options import DEFAULT_SDK_URL, DEFAULT_WIDGETS, OPTIONS, SETTINGS, Option
 
-README = Path(__file__).resolve().parent.parent / "README.md"
-# The Options section's table: from its header row to the first line that is not a row.
-README_TABLE = re.compile(r"(?ms)^## Options\n.*?^(\| Option \|.*?\n)(?!\|)")
+OPTIONS_PAGE = Path(__file__).resolve().parent.parent / "docs" / "options.md"
+# The page's table: from its header row to the first line that is not a row.
+OPTIONS_TABLE = re.compile(r"(?ms)^# Options\n.*?^(\| Option \|.*?\n)(?!\|)")
 
 ACCESS = {"community_id": "c", "access_id": "i", "access_key": "k"}
 
 
-def readme_table() -> str:
-    """The README's Options table, in markdown, from the rows (and the modes' requirements)."""
+def options_table() -> str:
+    """docs/options.md's table, in markdown, from the rows (and the modes' requirements)."""
     lines = ["| Option | Type | Default | Meaning |", "|---|---|---|---|"]
     for option in OPTIONS:
         lines.append(
@@ -63,17 +63,17 @@ def _required_in(name: str) -> str:
     return f" Required in mode{'s' if len(modes) > 1 else ''} {', '.join(modes)}."
 
 
-def _readme_section() -> str:
-    found = README_TABLE.search(README.read_text(encoding="utf-8"))
-    assert found, "README.md has no table under '## Options'"
+def _page_table() -> str:
+    found = OPTIONS_TABLE.search(OPTIONS_PAGE.read_text(encoding="utf-8"))
+    assert found, "docs/options.md has no table under '# Options'"
     return found.group(1)
 
 
 # The table and what restates it. -------------------------------------------------------------
 
 
-def test_readme_options_table_is_generated_from_the_rows() -> None:
-    assert _readme_section() == readme_table(), "run: python -m tests.test_options_table"
+def test_docs_options_table_is_generated_from_the_rows() -> None:
+    assert _page_table() == options_table(), "run: python -m tests.test_options_table"
 
 
 def test_options_typeddict_names_the_settings_rows() -> None:
@@ -100,7 +100,7 @@ def test_each_default_passes_its_check_and_has_the_settings_type(option: Option)
     hint = typing.get_type_hints(Settings)[option.name]
     assert isinstance(option.default, typing.get_origin(hint) or hint)
     if option.default_text is not None and isinstance(option.default, (str, int, float)):
-        # The README's note may add to a plain default ("(12 h)"), never contradict it.
+        # The documented note may add to a plain default ("(12 h)"), never contradict it.
         assert f"`{option.default}`" in option.default_text
 
 
@@ -312,8 +312,8 @@ def test_same_origin_loader_path_is_rendered_as_given() -> None:
 
 
 if __name__ == "__main__":
-    # Rewrite README.md's Options table from the rows.
-    text = README.read_text(encoding="utf-8")
-    table = _readme_section()
-    README.write_text(text.replace(table, readme_table(), 1), encoding="utf-8")
-    sys.stdout.write(f"{README}: Options table rewritten\n")
+    # Rewrite docs/options.md's table from the rows.
+    text = OPTIONS_PAGE.read_text(encoding="utf-8")
+    table = _page_table()
+    OPTIONS_PAGE.write_text(text.replace(table, options_table(), 1), encoding="utf-8")
+    sys.stdout.write(f"{OPTIONS_PAGE}: options table rewritten\n")

@@ -1,5 +1,5 @@
 """The ASGI middleware with Quart: ``app.asgi_app = ReturningAIMiddleware(app.asgi_app, ...)``,
-as the README documents it, through Quart's test client and a real server.
+as docs/frameworks/quart.md documents it, through Quart's test client and a real server.
 
 Quart's session and ``g`` live in its request context, which an ASGI middleware does not see:
 ``identify`` reads what it needs from the scope (a header set by an authenticating proxy, or the
@@ -53,7 +53,8 @@ def header_identify(scope: MutableMapping[str, Any]) -> dict[str, str] | None:
 
 
 def session_identify(app: Quart) -> Callable[[MutableMapping[str, Any]], dict[str, str] | None]:
-    """The README's recipe: Quart's signed session cookie, checked with Quart's serializer."""
+    """The documented recipe (docs/frameworks/quart.md): Quart's signed session cookie,
+    checked with Quart's serializer."""
 
     def identify(scope: MutableMapping[str, Any]) -> dict[str, str] | None:
         interface = app.session_interface

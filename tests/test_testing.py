@@ -597,13 +597,13 @@ console.log(JSON.stringify({{first, afterChange, events, tags: [...registry.keys
 """
     )
 
-    claims_json = json.dumps(fake.decode(fresh), separators=(",", ":"))
+    # Without a DOM to draw the card in (no attachShadow here), a one-line summary.
     assert out["first"] == [
-        f"Fake rai-channel-widget for {claims_json}",
-        "Fake rai-store-widget: expired",
+        "Channel widget: signed in as c-42",
+        "Store widget: token expired",
         "ok",
     ]
-    assert out["afterChange"] == "Fake rai-channel-widget: expired"
+    assert out["afterChange"] == "Channel widget: token expired"
     expired_event = {
         "tag": "RAI-STORE-WIDGET",
         "type": "rai-error",
@@ -746,11 +746,20 @@ globalThis.window = {
 globalThis.setInterval = (fn) => timers.push(fn);
 globalThis.location = {search: SEARCH, pathname: "/store-widget/w%201"};
 const status = {textContent: ""};
-globalThis.document = {body: {dataset: {...BODY_DATA}}, getElementById: () => status};
+const parts = {};  // the card around the status line (presentation)
+function part(id) {
+  return parts[id] || (parts[id] = {textContent: "", hidden: true, className: "", style: {}});
+}
+globalThis.document = {
+  body: {dataset: {...BODY_DATA}},
+  getElementById: (id) => (id === "status" ? status : part(id)),
+};
 function deliver(data, source) { listeners.forEach((fn) => fn({data, source})); }
 function tick() { timers.forEach((fn) => fn()); }
 function snapshot() {
-  return {...document.body.dataset, text: status.textContent, posted: posted.length};
+  return {...document.body.dataset, text: status.textContent, posted: posted.length,
+    left: part("left").textContent, renewed: part("renewed").hidden ? "" :
+    part("renewed").textContent.split(" at ")[0]};
 }
 """
 
@@ -818,7 +827,15 @@ out.push(snapshot());
     ]
     assert out[2]["token"] == first
     assert out[2]["email"] == "ann@example.com"
-    assert out[2]["text"] == "token for ann@example.com"
+    assert out[2]["text"] == "Signed in as ann@example.com"
+    # The countdown, m:ss of the time left (node starts a moment after the token is made).
+    assert re.fullmatch(r"Token expires in (1:00|0:5\d)", out[2]["left"]), out[2]["left"]
+    assert (out[2]["renewed"], out[2].get("renewals")) == ("", None)
+    assert out[3]["text"] == "Token expired: asking the page for a new one"
+    assert out[3]["left"] == "Token expired"
+    # A valid token replacing another one is a renewal, shown on the card.
+    assert (out[4]["renewed"], out[4]["renewals"]) == ("\u2713 Token renewed", "1")
+    assert re.fullmatch(r"Token expires in (8:00|7:5\d)", out[4]["left"]), out[4]["left"]
     assert out[4]["token"] == second
 
 
@@ -836,7 +853,7 @@ def test_widget_page_with_the_token_in_its_init_object_asks_nobody_under_node() 
         "ok",
         "init",
         token,
-        "token for ann@example.com",
+        "Signed in as ann@example.com",
     )
 
 
@@ -854,7 +871,7 @@ def test_widget_page_legacy_request_and_loader_identity_under_node() -> None:
         "identified",
         "ann@example.com",
         "c-42",
-        "identity ann@example.com",
+        "Signed in as ann@example.com",
     )
 
 
