@@ -121,6 +121,7 @@ class Options(TypedDict, total=False):
     iframe_segments: Mapping[str, str] | None
     endpoint_prefix: str
     placeholder_tag: str
+    runtime_tag: str
     widgets: Mapping[str, str] | None
     timeout: float
     min_token_ttl: float
@@ -164,6 +165,7 @@ class Settings:
     iframe_segments: Mapping[str, str]
     endpoint_prefix: str
     placeholder_tag: str
+    runtime_tag: str
     widgets: Mapping[str, str]
     timeout: float
     min_token_ttl: float

@@ -8,7 +8,9 @@ told to misbehave, so that the whole token flow can be exercised without network
 * ``POST /widget/{community_id}/signin`` - the legacy widget sign-in flow;
 * ``GET /sdk/rai-widget.iife.js`` - a tiny stand-in for the widget SDK script, whose custom
   elements simply print the claims of their ``embed-token`` and dispatch ``rai-error`` once it
-  has expired (re-checked every 500 ms);
+  has expired (re-checked every 500 ms). Run twice in one document it throws, as a real
+  bundle does (a second ``customElements.define`` of a name); ``window.__fakeRaiSdkRuns``
+  counts its runs;
 * ``GET /{segment}/{widget_id}`` (``/channel-widget/general``, ``/store-widget/1``...: every
   segment of ``DEFAULT_IFRAME_SEGMENTS``) - a stand-in for a widget page, for the ``iframe``
   and ``attributes`` modes: framed by your page, it asks its parent for a token by
@@ -661,8 +663,10 @@ _SDK_SCRIPT: Final = """\
     }
   }
 
+  /* Runs counted for tests. Like a real bundle, a second run in one document throws: the
+     second customElements.define of a name is a NotSupportedError in every browser. */
+  window.__fakeRaiSdkRuns = (window.__fakeRaiSdkRuns || 0) + 1;
   TAGS.forEach(function (tag) {
-    if (customElements.get(tag)) return;
     customElements.define(tag, class extends HTMLElement {
       static get observedAttributes() { return ["embed-token"]; }
       connectedCallback() { render(this); }

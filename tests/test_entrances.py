@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from rai_middleware._runtime import RUNTIME_SCRIPT
 from rai_middleware.testing import FakeReturningAI
 from tests.conftest import ACCESS_ID, ACCESS_KEY, COMMUNITY_ID, SECRET_KEY
 from tests.entrances import (
@@ -42,11 +43,13 @@ from tests.entrances import (
 ALICE = {"X-User": "alice"}
 BOB = {"X-User": "bob"}
 
-# The widget that replaces the placeholder, then the SDK and refresh scripts (once per
-# page): exact bytes but for the token, the ticket and the refresh script's code.
+# The widget that replaces the placeholder, then the SDK, refresh and runtime scripts (once
+# per page): exact bytes but for the token, the ticket, the runtime's configuration and the
+# refresh script's code.
 WIDGET = (
-    re.escape(
-        b'<div id="returning-ai-widget-1"><rai-channel-widget community-id="'
+    rb'<div id="returning-ai-widget-(?P<suffix>[0-9]+)">'
+    + re.escape(
+        b'<rai-channel-widget community-id="'
         + COMMUNITY_ID.encode()
         + b'" channel-id="abc" embed-token="'
     )
@@ -54,11 +57,13 @@ WIDGET = (
     + re.escape(
         b'"></rai-channel-widget></div><script src="'
         + SDK_URL.encode()
-        + b'"></script><script data-rai-ticket="'
+        + b'" data-turbo-eval="false"></script><script data-rai-ticket="'
     )
     + rb'(?P<ticket>[^"<>]+)'
     + re.escape(b'" data-rai-endpoint="' + REFRESH_URL.encode() + b'">')
     + rb"(?P<script>[^\n]*?rai-error[^\n]*?)</script>"
+    + rb'<script data-rai="(?P<runtime>[^"<>]+)">'
+    + re.escape(RUNTIME_SCRIPT.encode() + b"</script>")
 )
 
 
