@@ -225,6 +225,10 @@ def build_settings(
                 f"{name} is required in mode={chosen.name!r}: pass {name}=... to the "
                 f"middleware or set the {SETTINGS[name].env} environment variable"
             )
+    if values["runtime_tag"] == values["placeholder_tag"]:
+        raise ConfigurationError(
+            f"runtime_tag must differ from placeholder_tag (both are {values['runtime_tag']!r})"
+        )
     _warn_weak(values, env)
     if values["secret_key"] is None:
         # Attribute Auth needs no credential; its identity hashes still want a key.
