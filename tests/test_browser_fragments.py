@@ -470,3 +470,30 @@ def test_spa_in_iframe_mode_renders_frames_answered_by_the_page(
             "alice@example.com"
         )
         watch.assert_clean()
+
+
+def test_spa_token_needs_a_minute_left_and_concurrent_calls_share_one_request(
+    fake: tuple[FakeReturningAI, str],  # noqa: F811
+    site: str,
+    page: tuple[Page, Watch],  # noqa: F811
+) -> None:
+    service, _ = fake
+    tab, watch = page
+    sign_in(tab, site)
+    tab.clock.install()
+    tab.goto(f"{site}/spa")
+    expect_widgets(tab, service, "#view rai-store-widget", 1)
+    assert watch.posts("/_rai/embed-token") == 1
+    # The endpoint said about 900 s; 835 s later a minute is still left: from memory.
+    tab.clock.fast_forward(835_000)
+    tab.evaluate("window.raiMiddleware.token()")
+    assert watch.posts("/_rai/embed-token") == 1
+    # Seven more seconds: under a minute left. Three concurrent calls, one request.
+    tab.clock.fast_forward(7_000)
+    tokens = tab.evaluate(
+        "Promise.all([1, 2, 3].map(() => window.raiMiddleware.token()))"
+        ".then((all) => all.filter((t) => t === all[0]).length)"
+    )
+    assert tokens == 3
+    assert watch.posts("/_rai/embed-token") == 2
+    watch.assert_clean()
