@@ -190,3 +190,30 @@ async def test_runtime_configuration_is_escaped(upstream: respx.MockRouter) -> N
     assert b"<script>alert" not in body and b"<b>" not in body
     config = config_of(body)
     assert config["sdk"] == sdk and config["community"] == 'c"><b>'
+
+
+async def test_streamed_runtime_then_widget_share_one_ticket_and_one_sdk_tag(
+    upstream: respx.MockRouter,
+) -> None:
+    chunks = [
+        b"<html><body><rai-runtime></rai-runtime><p>",
+        b'</p><rai-placeholder widget="store"></rai-placeholder></body></html>',
+    ]
+    app = html_app(chunks, content_length=False)
+    body = body_of(await call_asgi(wrap(app), http_scope()))
+    assert body.count(SDK_TAG) == 1
+    assert body.count(b"data-rai=") == 1
+    assert "token" not in config_of(body)  # the runtime left before the token was known
+    ticket = re.search(rb'data-rai-ticket="([^"]+)"', body)
+    assert ticket is not None
+    assert config_of(body)["ticket"] == html.unescape(ticket.group(1).decode())
+    assert b'embed-token="tok-1"' in body
+    assert upstream["token"].call_count == 1
+
+
+async def test_a_document_tag_cut_by_a_chunk_end_still_makes_a_page(
+    upstream: respx.MockRouter,
+) -> None:
+    chunks = [b"<ht", b'ml><p>x</p><rai-placeholder widget="store"></rai-placeholder></html>']
+    body = body_of(await call_asgi(wrap(html_app(chunks, content_length=False)), http_scope()))
+    assert SDK_TAG in body
