@@ -13,16 +13,28 @@ for the visitor with the site's server-side credentials, and writes the widget i
 from __future__ import annotations
 
 from ._asgi import ReturningAIMiddleware
-from ._exceptions import ConfigurationError, ReturningAIError, StoreError, TokenError
+from ._exceptions import (
+    ConfigurationError,
+    PlaceholderError,
+    ReturningAIError,
+    StoreError,
+    TokenError,
+)
+from ._metrics import EVENTS, FAILURE_KINDS, Event, Stats
 from ._store import SyncTokenStore, TokenStore
 from ._version import __version__
 from ._wsgi import ReturningAIWSGIMiddleware
 
 __all__ = [
+    "EVENTS",
+    "FAILURE_KINDS",
     "ConfigurationError",
+    "Event",
+    "PlaceholderError",
     "ReturningAIError",
     "ReturningAIMiddleware",
     "ReturningAIWSGIMiddleware",
+    "Stats",
     "StoreError",
     "SyncTokenStore",
     "TokenError",
@@ -33,9 +45,12 @@ __all__ = [
 # Show the public path in reprs and tracebacks, as httpx does.
 for _name in (
     "ConfigurationError",
+    "Event",
+    "PlaceholderError",
     "ReturningAIError",
     "ReturningAIMiddleware",
     "ReturningAIWSGIMiddleware",
+    "Stats",
     "StoreError",
     "SyncTokenStore",
     "TokenError",

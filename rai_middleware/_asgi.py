@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from ._config import Options
-from ._core import AsyncDriver, async_services
+from ._core import AsyncDriver, Stats, async_services
 from ._endpoint import first_headers
 from ._exceptions import ConfigurationError
 from ._http import may_be_page
@@ -88,6 +88,10 @@ class ReturningAIMiddleware:
         """Close what the middleware owns (its HTTP client, the token store), for apps
         that do not run the lifespan protocol."""
         await self.tokens.aclose()
+
+    def stats(self) -> Stats:
+        """A snapshot of the counters: cache hits, mints, failures, pages (docs/metrics.md)."""
+        return self.core.stats()
 
     def _identify(self, scope: Scope) -> object:
         if self.identify is default_identify and "user" not in scope:

@@ -122,7 +122,7 @@ class TokenService(PolicyDriver):
         if self._settings.keep_warm > 0:
             policy.seen(identity)
             self._start_warmer()
-        token = policy.cached(identity)
+        token = policy.lookup(identity)
         if token is not None:
             # Refresh ahead of expiry, in the background: this request (and every one until
             # the new token lands) is served the still-valid token.

@@ -16,7 +16,7 @@ import ipaddress
 import logging
 import os
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from types import MappingProxyType
@@ -24,6 +24,7 @@ from typing import Any, TypedDict
 from urllib.parse import urlsplit
 
 from ._exceptions import ConfigurationError
+from ._metrics import Event
 from ._modes import AccessKeyMode, AttributesMode, IframeMode, Mode
 from ._options import (
     DEFAULT_API_BASE_URL,
@@ -132,6 +133,7 @@ class Options(TypedDict, total=False):
     max_placeholder_size: int
     failure_threshold: int
     failure_cooldown: float
+    on_event: Callable[[Event], object] | str | None
 
 
 #: Keywords every middleware takes besides the options: they are objects, not settings.
@@ -176,6 +178,8 @@ class Settings:
     max_placeholder_size: int
     failure_threshold: int
     failure_cooldown: float
+    #: Not in the repr: a callable's repr may show whatever it holds.
+    on_event: Callable[[Event], object] | None = field(repr=False)
     #: Lifetime assumed for a token whose answer does not say. Not an option: the upstream
     #: decides it, this only covers an answer without ``expiresIn``.
     default_token_lifetime: float = 900.0

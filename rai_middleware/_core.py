@@ -32,6 +32,7 @@ from ._endpoint import Reply, answer
 from ._exceptions import ConfigurationError, TokenError
 from ._http import RawHeaders, csp_nonce, fragment_request, inspect_response
 from ._identity import Identity, IdentityKey, resolve_identity, resolve_identity_sync
+from ._metrics import Stats
 from ._modes import PageContext
 from ._needs import Flow, Grant, Need, TokenNeed
 from ._page import WHOLE_PAGE_LIMIT, PageRewrite, quick_matcher
@@ -39,12 +40,13 @@ from ._render import ContainerIds
 from ._store import SyncTokenStore, TokenStore
 from ._sync_tokens import SyncTokenService
 from ._tickets import TicketSigner
-from ._tokens import EmbedToken
+from ._tokens import EmbedToken, TokenPolicy
 
 __all__ = [
     "AsyncDriver",
     "AsyncTokens",
     "Core",
+    "Stats",
     "SyncDriver",
     "TokensInThreads",
     "async_services",
@@ -60,7 +62,9 @@ T = TypeVar("T")
 class Core:
     """Configuration and the shared services of one middleware instance."""
 
-    def __init__(self, settings: Settings, *, compression_advice: str) -> None:
+    def __init__(
+        self, settings: Settings, *, compression_advice: str, policy: TokenPolicy | None = None
+    ) -> None:
         self.settings = settings
         self.mode = settings.auth
         # Holders, never the revealed string: both are passed down frames a locals-capturing
@@ -72,6 +76,10 @@ class Core:
         self.container_ids = ContainerIds()
         self.refresh_path = settings.refresh_path
         self._compression_advice = compression_advice
+        # The token policy's counters, which pages are counted in too: one set per
+        # middleware, whichever driver serves a request.
+        self._policy = policy or TokenPolicy(settings)
+        self.metrics = self._policy.metrics
         # Process-wide, not per request: what was warned about already.
         self._warned: set[str] = set()
         self._warned_lock = threading.Lock()
@@ -87,6 +95,10 @@ class Core:
 
     def __repr__(self) -> str:
         return f"Core(mode={self.mode.name!r}, community_id={self.settings.community_id!r})"
+
+    def stats(self) -> Stats:
+        """A snapshot of the counters: what every entrance's ``stats()`` returns."""
+        return self.metrics.snapshot(self._policy.breaker_state())
 
     # -- pages -------------------------------------------------------------------------
 
@@ -353,7 +365,7 @@ def sync_services(
         )
     settings, clock = _settings(options, where, keep_warm=False)
     tokens = SyncTokenService(settings, http_client=client, clock=clock, store=store)
-    return Core(settings, compression_advice=compression_advice), tokens
+    return Core(settings, compression_advice=compression_advice, policy=tokens.policy), tokens
 
 
 def async_services(
@@ -370,4 +382,4 @@ def async_services(
         )
     settings, clock = _settings(options, where, keep_warm=True)
     tokens = TokenService(settings, http_client=client, clock=clock, store=store)
-    return Core(settings, compression_advice=compression_advice), tokens
+    return Core(settings, compression_advice=compression_advice, policy=tokens.policy), tokens

@@ -2,6 +2,8 @@
 
     ReturningAIError
     ├── ConfigurationError (also a ValueError): bad or missing options, raised at construction
+    ├── PlaceholderError (also a ValueError): a template helper was asked for a placeholder
+    │   the middleware would not understand (unknown widget, invalid attribute name)
     ├── TokenError: Returning.AI did not give us a usable token
     └── StoreError: the shared token store is unavailable, too slow, or answered nonsense
 
@@ -11,7 +13,13 @@ variable, the HTTP status or the kind of failure, and nothing that was sent upst
 
 from __future__ import annotations
 
-__all__ = ["ConfigurationError", "ReturningAIError", "StoreError", "TokenError"]
+__all__ = [
+    "ConfigurationError",
+    "PlaceholderError",
+    "ReturningAIError",
+    "StoreError",
+    "TokenError",
+]
 
 
 class ReturningAIError(Exception):
@@ -20,6 +28,12 @@ class ReturningAIError(Exception):
 
 class ConfigurationError(ReturningAIError, ValueError):
     """An option is missing or invalid. Raised when the middleware is constructed."""
+
+
+class PlaceholderError(ReturningAIError, ValueError):
+    """A template helper (``{% rai_widget %}``, Jinja2's ``rai_widget()``) was given a widget
+    the middleware does not know, an attribute name it would not copy, or a fallback that
+    would break the placeholder. Raised while the template renders."""
 
 
 class TokenError(ReturningAIError):

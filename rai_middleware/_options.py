@@ -10,6 +10,7 @@ A check takes the keyword and the given value and returns the value to keep, or 
 
 from __future__ import annotations
 
+import importlib
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -236,6 +237,22 @@ def _non_negative(name: str, value: object) -> float:
 def _positive_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigurationError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def _callback(name: str, value: object) -> Callable[..., object]:
+    """A callable, or the dotted path of one (``"myapp.metrics.on_event"`` or
+    ``"myapp.metrics:on_event"``: settings files and ``app.config`` hold strings)."""
+    if isinstance(value, str):
+        module, _, attribute = value.rpartition(":" if ":" in value else ".")
+        try:
+            value = getattr(importlib.import_module(module), attribute)
+        except (ImportError, AttributeError, ValueError) as exc:
+            raise ConfigurationError(f"{name}: cannot import {value!r} ({exc})") from None
+    if not callable(value):
+        raise ConfigurationError(
+            f"{name} must be a callable or its dotted path, got {type(value).__name__}"
+        )
     return value
 
 
@@ -480,6 +497,14 @@ OPTIONS: tuple[Option, ...] = (
         "line.",
         _non_negative,
         30.0,
+    ),
+    Option(
+        "on_event",
+        "`callable(Event)` or its dotted path",
+        "Called with each event (name, identity hash, duration; see `docs/metrics.md`) on a "
+        "background thread of its own: a slow or failing callable never delays a page.",
+        _callback,
+        default_text="`None`",
     ),
     Option(
         "clock",

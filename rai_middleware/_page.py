@@ -100,6 +100,7 @@ class PageRewrite:
         "_buffered",
         "_codec",
         "_core",
+        "_counted",
         "_ctx",
         "_document",
         "_ended",
@@ -110,6 +111,7 @@ class PageRewrite:
         "_info",
         "_passthrough",
         "_relaying",
+        "_replaced",
         "_runtime_tag",
         "_scanner",
         "_sent_headers",
@@ -152,6 +154,10 @@ class PageRewrite:
         self.widgets = 0
         #: A token or an identity was written into the page: it must stay private.
         self.token_used = False
+        #: Rewritten bytes of a stream have left (a placeholder was replaced).
+        self._replaced = False
+        #: Counted in the metrics (as rewritten or passed through).
+        self._counted = False
 
     # -- what adapters call ------------------------------------------------------------
 
@@ -160,21 +166,27 @@ class PageRewrite:
         if self._ended:
             return _NOTHING
         if self._passthrough:
-            return self._unchanged(bytes(chunk))
-        if self._whole or (not more and not self._sent_headers):
-            self._buffer.append(bytes(chunk))
-            self._buffered += len(chunk)
-            if not more:
-                body = b"".join(self._buffer)
+            step = self._unchanged(bytes(chunk))
+        else:
+            if self._whole or (not more and not self._sent_headers):
+                self._buffer.append(bytes(chunk))
+                self._buffered += len(chunk)
+                if not more:
+                    body = b"".join(self._buffer)
+                    self._buffer.clear()
+                    step = yield from self._whole_page(body)
+                    self._count(step.changed)
+                    return step
+                if self._buffered <= WHOLE_PAGE_LIMIT:
+                    return _NOTHING
+                # Larger than a whole page may be: stream it from here.
+                self._whole = False
+                chunk = b"".join(self._buffer)
                 self._buffer.clear()
-                return (yield from self._whole_page(body))
-            if self._buffered <= WHOLE_PAGE_LIMIT:
-                return _NOTHING
-            # Larger than a whole page may be: stream it from here.
-            self._whole = False
-            chunk = b"".join(self._buffer)
-            self._buffer.clear()
-        return (yield from self._stream(bytes(chunk), more=more))
+            step = yield from self._stream(bytes(chunk), more=more)
+        if not more or step.end:
+            self._count(self._replaced)
+        return step
 
     def headers_now(self) -> Flow[Step]:
         """Decide a stream's headers before any body (frameworks whose response object
@@ -186,6 +198,7 @@ class PageRewrite:
         """The app stopped without a last chunk: whatever is held, unchanged."""
         held = b"".join(self._buffer)
         self._buffer.clear()
+        self._count(self._replaced)
         if self._ended:
             return _NOTHING
         if not self._sent_headers:
@@ -201,6 +214,7 @@ class PageRewrite:
         on the response goes as the app writes it, starting with what is held."""
         held = b"".join(self._buffer)
         self._buffer.clear()
+        self._count(self._replaced)  # nothing is rewritten from here on
         if self._sent_headers:
             held += self._release_scanner()
             if self._codec is not None and not self._relaying:
@@ -213,6 +227,14 @@ class PageRewrite:
                 return Step(None, self._codec.encode(held, final=True), end=True)
         self._passthrough = True
         return self._unchanged(held)
+
+    def _count(self, rewritten: bool) -> None:
+        """Count the page once, as rewritten (a placeholder was replaced in what left) or
+        passed through (the app's bytes as they were)."""
+        if not self._counted:
+            self._counted = True
+            identity = self._identity
+            self._core.metrics.page(rewritten, None if identity is None else identity.tag)
 
     def _release_scanner(self) -> bytes:
         """What the scanner holds, raw; from now on nothing is scanned."""
@@ -263,6 +285,7 @@ class PageRewrite:
         final = not more
         items: list[Item] = []
         relaying = self._relaying
+        replaced = False
         before: Any = None  # the decoder before this chunk (what the client's is in)
         try:
             if first:
@@ -282,6 +305,7 @@ class PageRewrite:
             else:
                 yield from self._authenticate(items)
                 text = self._render_text(items)
+                replaced = not self._failed and any(isinstance(i, Placeholder) for i in items)
                 out = self._encode(text, final=final)
                 if relaying:
                     self._relaying = False
@@ -300,6 +324,8 @@ class PageRewrite:
             # again, so that a compressed stream stays one stream).
             rest = b"".join(item if isinstance(item, bytes) else item.raw for item in items)
             return Step(None, self._encode(rest + self._release_scanner(), final=final))
+        if replaced:
+            self._replaced = True
         if not first:
             return Step(None, out)
         self._sent_headers = True
@@ -461,10 +487,10 @@ class PageRewrite:
             self._auth = PageAuth(identity)
             return
         grant: Grant | None = yield TokenNeed(identity)
-        if grant is not None:
-            self._auth = PageAuth(
-                identity, grant.token, self._ticket_for(identity), grant.expires_in
-            )
+        if grant is None:
+            self._core.metrics.fallback_served(identity.tag)
+            return
+        self._auth = PageAuth(identity, grant.token, self._ticket_for(identity), grant.expires_in)
 
     def _ticket_for(self, identity: Identity) -> str:
         if self._ticket is None:

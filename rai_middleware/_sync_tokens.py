@@ -89,7 +89,7 @@ class SyncTokenService(PolicyDriver):
         """A token with at least ``min_token_ttl`` seconds to live, within the timeout
         (1.5 x with a store). Raises ``TokenError``."""
         policy = self._policy
-        token = policy.cached(identity)
+        token = policy.lookup(identity)
         if token is not None:
             # Refresh ahead of expiry in a thread; this request keeps the valid token.
             if policy.due_for_refresh(token):

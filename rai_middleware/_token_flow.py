@@ -32,7 +32,7 @@ from ._exceptions import StoreError, TokenError
 from ._identity import Identity
 from ._store import STORE_POLL, StoredToken
 from ._tokens import EmbedToken, TokenPolicy
-from ._upstream import TokenRequest, read_token, token_request
+from ._upstream import TimedOut, TokenRequest, Unreachable, read_token, token_request
 
 __all__ = [
     "Acquire",
@@ -203,7 +203,7 @@ def _mint(
     settings = policy.settings
     remaining = min(settings.timeout, deadline - timer())
     if remaining <= 0:
-        raise TokenError("timed out before asking Returning.AI (the shared store was slow)")
+        raise TimedOut("timed out before asking Returning.AI (the shared store was slow)")
     policy.count_mint()
     started = policy.now()
     failure: TokenError | None = None
@@ -224,7 +224,7 @@ def transport_error(exc: httpx.HTTPError | TimeoutError, timeout: float) -> Toke
     network error (connection refused, a TLS failure) is kept, that of any other (a
     protocol error may quote a header) is not."""
     if isinstance(exc, (httpx.TimeoutException, TimeoutError)):
-        return TokenError(f"timed out after {timeout:g} s")
+        return TimedOut(f"timed out after {timeout:g} s")
     if isinstance(exc, httpx.NetworkError):
-        return TokenError(f"{type(exc).__name__}: {exc}"[:300])
-    return TokenError(type(exc).__name__)
+        return Unreachable(f"{type(exc).__name__}: {exc}"[:300])
+    return Unreachable(type(exc).__name__)

@@ -47,8 +47,9 @@ from cachetools import LRUCache, TTLCache
 from ._config import Settings
 from ._exceptions import ConfigurationError, StoreError, TokenError
 from ._identity import Identity
+from ._metrics import BreakerState, Metrics
 from ._store import StoredToken
-from ._upstream import blames_identity, plausible_token
+from ._upstream import TimedOut, blames_identity, failure_kind, plausible_token
 
 __all__ = [
     "IDENTITY_BACKOFF",
@@ -111,12 +112,14 @@ class Flight:
     event loop) by asking to be woken; the first outcome settles it, later ones are ignored.
     Only ``TokenPolicy`` changes it, under its lock."""
 
-    __slots__ = ("_wakers", "deadline", "error", "key", "settled", "token")
+    __slots__ = ("_wakers", "deadline", "error", "key", "settled", "started", "token")
 
-    def __init__(self, key: str, deadline: float) -> None:
+    def __init__(self, key: str, deadline: float, started: float | None = None) -> None:
         self.key = key
         #: ``time.monotonic()`` by which every waiter has its answer.
         self.deadline = deadline
+        #: When it began, on the policy's clock (None: unknown).
+        self.started = started
         self.settled = False
         self.token: EmbedToken | None = None
         #: A TokenError, or what a driver's bug raised (the caller logs that one loudly).
@@ -167,7 +170,8 @@ class TokenPolicy:
             maxsize=settings.cache_maxsize, ttl=IDENTITY_BACKOFF, timer=clock
         )
         self._store_down_until = -math.inf
-        self._mints = 0
+        #: The counters ``stats()`` reads, and the ``on_event`` dispatcher.
+        self.metrics = Metrics(settings.on_event)
         # Seals store values to their key; derived, so that it is no other key's twin.
         self._seal_key = hmac.new(
             settings.secret_key.reveal().encode(), b"rai-middleware/stored-token/v1", "sha256"
@@ -184,7 +188,7 @@ class TokenPolicy:
     @property
     def mint_count(self) -> int:
         """Upstream calls made (successful or not); useful in tests and benchmarks."""
-        return self._mints
+        return self.metrics.mints
 
     def now(self) -> float:
         """The policy's clock (monotonic seconds), against which expiries are kept."""
@@ -196,6 +200,13 @@ class TokenPolicy:
         """The cached token for ``identity`` if it may still be served."""
         with self._lock:
             return self._servable(identity.key)
+
+    def lookup(self, identity: Identity) -> EmbedToken | None:
+        """``cached``, counted as a cache hit or miss: a driver's first look for a page."""
+        with self._lock:
+            token = self._servable(identity.key)
+        self.metrics.lookup(identity.tag, token is not None)
+        return token
 
     def _servable(self, key: str) -> EmbedToken | None:
         token = self._cache.get(key)
@@ -235,7 +246,10 @@ class TokenPolicy:
         with self._lock:
             self._cache[identity.key] = token
             self._consecutive_failures = 0
-            self._tripped = False  # Returning.AI answered: the breaker is closed
+            was_open, self._tripped = self._tripped, False  # it answered: the breaker is closed
+        self.metrics.minted(identity.tag, self._clock() - started)
+        if was_open:
+            self.metrics.breaker_closed()
         return token
 
     # -- single flight ---------------------------------------------------------------
@@ -257,7 +271,7 @@ class TokenPolicy:
                 return flight, False
             token = self._servable(key)
             if token is not None:  # a flight landed since the caller looked in the cache
-                landed = Flight(key, deadline)
+                landed = Flight(key, deadline, self._clock())
                 landed.token, landed.settled = token, True
                 return landed, False
             if key in self._backoff:
@@ -265,7 +279,7 @@ class TokenPolicy:
             refusal = self._breaker_refusal()
             if refusal is not None:
                 raise TokenError(refusal)
-            flight = self._inflight[key] = Flight(key, deadline)
+            flight = self._inflight[key] = Flight(key, deadline, self._clock())
             if self._tripped:  # half-open: this flight is the one probe
                 self._probe = flight
                 self._probe_until = self._clock() + 2 * self._settings.timeout
@@ -280,8 +294,9 @@ class TokenPolicy:
                 return None
             if self._clock() < self._open_until:
                 return None
-            flight = self._inflight[key] = Flight(key, deadline)
-            return flight
+            flight = self._inflight[key] = Flight(key, deadline, self._clock())
+        self.metrics.refresh_started(identity.tag)
+        return flight
 
     def _breaker_refusal(self) -> str | None:
         """Why no new mint may start (under the lock), or None."""
@@ -318,10 +333,12 @@ class TokenPolicy:
     def expire(self, flight: Flight) -> None:
         """A waiter's deadline passed with no outcome: fail the flight for every waiter,
         and count it towards the breaker once (the late outcome will not count again)."""
-        self._settle(flight, None, TokenError("timed out waiting for a token"), count=True)
+        self._settle(flight, None, TimedOut("timed out waiting for a token"), count=True)
 
     def abandon(self, flight: Flight, error: Exception) -> None:
-        """Fail the flight without blaming Returning.AI (shutdown, a bug in a driver)."""
+        """Fail the flight without blaming Returning.AI (shutdown, a bug in a driver). A
+        ``TokenError`` (shutdown) is no mint failure; anything else is counted as kind
+        ``error``."""
         self._settle(flight, None, error, count=False)
 
     def _settle(
@@ -338,6 +355,13 @@ class TokenPolicy:
                 del self._inflight[flight.key]
             if self._probe is flight:
                 self._probe = None
+            if error is not None and (count or not isinstance(error, TokenError)):
+                started = flight.started
+                self.metrics.mint_failed(
+                    failure_kind(error),
+                    flight.key[:8],  # Identity.tag
+                    None if started is None else self._clock() - started,
+                )
             if count and isinstance(error, TokenError):
                 if blames_identity(error):
                     warning = self._refused(flight.key, error)
@@ -351,8 +375,15 @@ class TokenPolicy:
     # -- the circuit breaker ---------------------------------------------------------
 
     def count_mint(self) -> None:
+        self.metrics.mint_started()
+
+    def breaker_state(self) -> BreakerState:
+        """``"open"`` during the cool-down, ``"half_open"`` after it until a mint succeeds
+        (one probe at a time), ``"closed"`` otherwise."""
         with self._lock:
-            self._mints += 1
+            if self._clock() < self._open_until:
+                return "open"
+            return "half_open" if self._tripped else "closed"
 
     def _refused(self, key: str, exc: TokenError) -> tuple[Any, ...]:
         """Back off from one identity (under the lock); the warning to log afterwards. The
@@ -373,6 +404,7 @@ class TokenPolicy:
             return ("Returning.AI token request failed (%s); serving the placeholder fallback", exc)
         self._open_until = self._clock() + settings.failure_cooldown
         self._tripped = True
+        self.metrics.breaker_opened()
         # Half-open after the cool-down: one probe, and one more failure opens it again at
         # once, so a lasting outage costs one timed-out request per cool-down.
         self._consecutive_failures = settings.failure_threshold - 1
@@ -458,6 +490,7 @@ class TokenPolicy:
             now = self._clock()
             first = now >= self._store_down_until
             self._store_down_until = now + cooldown
+        self.metrics.store_failed()
         if first:
             logger.warning(
                 "the shared token store failed (%s); minting per process for %.0f s",

@@ -24,10 +24,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "IdentityRefused",
+    "TimedOut",
     "TokenRequest",
+    "Unreachable",
     "blames_identity",
     "checked_identifiers",
     "encode_json",
+    "failure_kind",
     "header_value",
     "json_body",
     "plausible_token",
@@ -56,6 +59,15 @@ class IdentityRefused(TokenError):
     gets its fallback for a short backoff instead."""
 
 
+class TimedOut(TokenError):
+    """No answer within the time there was: the request's timeout, or a waiting page's
+    deadline."""
+
+
+class Unreachable(TokenError):
+    """Returning.AI could not be talked to: a connection, DNS, TLS or protocol error."""
+
+
 @dataclass(frozen=True, slots=True)
 class TokenRequest:
     """One POST to Returning.AI, encoded: the HTTP client is given bytes, and has nothing
@@ -82,6 +94,26 @@ def blames_identity(error: BaseException) -> bool:
         return True
     status = getattr(error, "status_code", None)
     return status is not None and 400 <= status < 500 and status not in UPSTREAM_WIDE_4XX
+
+
+def failure_kind(error: BaseException) -> str:
+    """Which of ``_metrics.FAILURE_KINDS`` a failed mint was."""
+    if isinstance(error, TimedOut):
+        return "timeout"
+    if isinstance(error, Unreachable):
+        return "network"
+    if not isinstance(error, TokenError):
+        return "error"
+    status = error.status_code
+    if status is None:
+        return "invalid_identity" if isinstance(error, IdentityRefused) else "bad_answer"
+    if status >= 500:
+        return "server_error"
+    if status in (401, 403):
+        return "unauthorized"
+    if status == 429:
+        return "rate_limited"
+    return "refused" if status >= 400 else "bad_answer"
 
 
 def checked_identifiers(identity: Identity, *, in_headers: frozenset[str] = frozenset()) -> None:

@@ -15,7 +15,7 @@ import httpx
 
 from ._closing import ClosingIterable
 from ._config import Options
-from ._core import SyncDriver, sync_services
+from ._core import Stats, SyncDriver, sync_services
 from ._endpoint import REASONS
 from ._exceptions import ConfigurationError
 from ._page import PageRewrite, Step
@@ -77,6 +77,10 @@ class ReturningAIWSGIMiddleware:
     def close(self) -> None:
         """Close the HTTP client the middleware created (at process shutdown)."""
         self.tokens.close()
+
+    def stats(self) -> Stats:
+        """A snapshot of the counters: cache hits, mints, failures, pages (docs/metrics.md)."""
+        return self.core.stats()
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")

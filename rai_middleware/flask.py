@@ -23,7 +23,7 @@ from flask import Flask, Response, current_app, g, request
 
 from ._closing import ClosingIterable
 from ._config import Settings, check_option_names, option_names
-from ._core import Core, SyncDriver, load_callable, sync_services
+from ._core import Core, Stats, SyncDriver, load_callable, sync_services
 from ._endpoint import Reply
 from ._identity import identifiers_of
 from ._sync_tokens import SyncTokenService
@@ -137,6 +137,10 @@ class ReturningAI:
         """The app's state: ``settings``, ``core``, ``tokens``, ``close()``."""
         state: _State = (app or current_app).extensions[EXTENSION]
         return state
+
+    def stats(self, app: Flask | None = None) -> Stats:
+        """The app's counters (``current_app``'s by default): see docs/metrics.md."""
+        return self.core(app).core.stats()
 
     # -- the refresh endpoint --------------------------------------------------------------
 

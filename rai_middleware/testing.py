@@ -41,12 +41,22 @@ In-process, with httpx (no socket involved)::
     assert fake.decode(token)["data-customer-id"] == "c-42"
     assert fake.calls == 1
 
-Fault injection::
+Fault injection, for every visitor or only for one (``identity=``, matched against the
+identifiers the middleware sends)::
 
     fake.fail_next(2, status=503)  # the next two requests answer 503
     fake.fail_next(mode="hang")  # then one request never answers (the client must time out)
     fake.fail_always(mode="garbage")  # afterwards, every request answers HTML instead of JSON
+    fake.fail_always(status=403, identity={"data-customer-id": "c-13"})  # only for c-13
     fake.recover()  # back to normal
+
+For synchronous code (Django, Flask, ``ReturningAIWSGIMiddleware``), :meth:`sync_client` and
+:meth:`sync_transport` do the same as :meth:`client` and :meth:`transport`: the requests run on
+an event loop in a background thread, started on the first request and stopped when the
+transport (or client) is closed, or by :meth:`close`::
+
+    with fake.sync_client() as client:
+        client.post("/v2/api/widget-access-keys/token", json={...})
 
 Over a real socket (needs ``uvicorn``), e.g. for a browser or a subprocess::
 
@@ -54,14 +64,17 @@ Over a real socket (needs ``uvicorn``), e.g. for a browser or a subprocess::
         httpx.get(f"{base_url}/healthz")
 
 State (counters, request logs, injected failures) is only touched by the event loop that runs the
-application; read it from tests once the requests you care about have completed.
+application (a sync transport's own loop, for its requests); read it from tests once the
+requests you care about have completed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import collections
+import concurrent.futures
 import contextlib
 import hashlib
 import hmac
@@ -72,6 +85,7 @@ import secrets
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal, cast, get_args
@@ -114,6 +128,15 @@ class _Injection:
     mode: FailureMode
     status: int
     remaining: int = 1
+    #: Identifier items a request must all carry for this failure to apply; None: any request.
+    identity: frozenset[tuple[str, str]] | None = None
+
+    def applies_to(self, identifiers: Mapping[str, object] | None) -> bool:
+        if self.identity is None:
+            return True
+        return identifiers is not None and all(
+            identifiers.get(name) == value for name, value in self.identity
+        )
 
 
 class _DisconnectResponse(Response):
@@ -158,6 +181,94 @@ class _FakeTransport(httpx.ASGITransport):
                 request=request,
             )
         return response
+
+
+class _SyncFakeTransport(httpx.BaseTransport):
+    """A synchronous httpx transport to :class:`FakeReturningAI`: each request runs through
+    :class:`_FakeTransport` (read timeout and disconnects included) on an event loop in a
+    daemon thread, started on the first request and stopped by :meth:`close`."""
+
+    def __init__(self, app: FakeReturningAI) -> None:
+        self._inner = _FakeTransport(app=app)
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("this FakeReturningAI sync transport is closed")
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(
+                    target=_run_loop, args=(loop,), name="FakeReturningAI-sync", daemon=True
+                )
+                thread.start()
+                self._loop, self._thread = loop, thread
+            return self._loop
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        # The sync client's body stream may be sync-only: read it here, send it as bytes.
+        forwarded = httpx.Request(
+            request.method,
+            request.url,
+            headers=request.headers,
+            content=request.read(),
+            extensions=request.extensions,
+        )
+        loop = self._running_loop()  # first: a closed transport creates no coroutine
+        future = asyncio.run_coroutine_threadsafe(self._send(forwarded), loop)
+        try:
+            status, headers, content = future.result()
+        except concurrent.futures.CancelledError as exc:  # closed while the request ran
+            raise httpx.ReadError("FakeReturningAI transport closed", request=request) from exc
+        return httpx.Response(status, headers=headers, content=content, request=request)
+
+    async def _send(self, request: httpx.Request) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        response = await self._inner.handle_async_request(request)
+        try:
+            content = await response.aread()
+        finally:
+            await response.aclose()
+        return response.status_code, response.headers.raw, content
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            loop, thread = self._loop, self._thread
+            self._loop = self._thread = None
+        if loop is not None and thread is not None:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout=10)
+
+
+def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_forever()
+    finally:
+        pending = asyncio.all_tasks(loop)
+        for task in pending:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+
+def _identity(identity: Mapping[str, str] | None) -> frozenset[tuple[str, str]] | None:
+    if identity is None:
+        return None
+    if (
+        not isinstance(identity, Mapping)
+        or not identity
+        or not all(isinstance(k, str) and isinstance(v, str) for k, v in identity.items())
+    ):
+        raise ValueError(
+            "identity must be a non-empty mapping of identifier name to string value, "
+            "such as {'data-customer-id': 'c-42'}"
+        )
+    return frozenset(identity.items())
 
 
 def _b64url_encode(data: bytes) -> str:
@@ -211,7 +322,9 @@ class FakeReturningAI:
 
     Inspection attributes: :attr:`calls`, :attr:`requests`, :attr:`signin_calls`,
     :attr:`signin_requests`. Fault injection: :meth:`fail_next`, :meth:`fail_always`,
-    :meth:`recover`. :meth:`reset` forgets everything.
+    :meth:`recover`. :meth:`reset` forgets everything. Clients: :meth:`client` and
+    :meth:`transport` (async), :meth:`sync_client` and :meth:`sync_transport` (sync);
+    :meth:`close` stops the threads of the sync transports.
     """
 
     #: Where :meth:`client` points by default; mirrors the real service.
@@ -252,7 +365,8 @@ class FakeReturningAI:
         #: ``""`` when the header is missing).
         self.signin_requests: list[dict[str, str]] = []
         self._queued: collections.deque[_Injection] = collections.deque()
-        self._always: _Injection | None = None
+        self._always: list[_Injection] = []  # per identity first, then the one for all
+        self._sync_transports: weakref.WeakSet[_SyncFakeTransport] = weakref.WeakSet()
         self._hang_epoch = 0  # bumped to release requests stuck in an injected hang
 
         segments = list(
@@ -288,8 +402,19 @@ class FakeReturningAI:
 
     # -- fault injection ------------------------------------------------------------------------
 
-    def fail_next(self, n: int = 1, *, status: int = 500, mode: FailureMode = "status") -> None:
+    def fail_next(
+        self,
+        n: int = 1,
+        *,
+        status: int = 500,
+        mode: FailureMode = "status",
+        identity: Mapping[str, str] | None = None,
+    ) -> None:
         """Make the next ``n`` requests to the token or sign-in endpoint fail.
+
+        With ``identity`` (e.g. ``{"data-customer-id": "c-42"}``), only requests whose
+        identifiers carry all of its items count and fail; the others pass by. A sign-in
+        request's identifiers are ``{"data-email": <its email header>}``.
 
         Both endpoints consume from the same queue; successive calls queue up in order and are
         consumed before any :meth:`fail_always` failure. Modes:
@@ -316,23 +441,45 @@ class FakeReturningAI:
         """
         if n < 0:
             raise ValueError("n must be >= 0")
+        checked = self._checked(mode, status)
+        scope = _identity(identity)
         if n:
-            self._queued.append(_Injection(*self._checked(mode, status), remaining=n))
+            self._queued.append(_Injection(*checked, remaining=n, identity=scope))
 
-    def fail_always(self, *, status: int = 500, mode: FailureMode = "status") -> None:
+    def fail_always(
+        self,
+        *,
+        status: int = 500,
+        mode: FailureMode = "status",
+        identity: Mapping[str, str] | None = None,
+    ) -> None:
         """Make every request to the token or sign-in endpoint fail until :meth:`recover`.
 
-        Same modes as :meth:`fail_next`, whose queued failures are consumed first.
+        Same modes as :meth:`fail_next`, whose queued failures are consumed first. With
+        ``identity``, only that visitor's requests fail (as in :meth:`fail_next`); a failure
+        for one identity wins over the one for all. A new call replaces the previous one for
+        the same identity (or for all).
         """
-        self._always = _Injection(*self._checked(mode, status))
+        injection = _Injection(*self._checked(mode, status), identity=_identity(identity))
+        self._always = [i for i in self._always if i.identity != injection.identity]
+        if injection.identity is None:
+            self._always.append(injection)
+        else:
+            self._always.insert(0, injection)
 
-    def recover(self) -> None:
-        """Cancel every injected failure, queued (:meth:`fail_next`) or permanent.
+    def recover(self, *, identity: Mapping[str, str] | None = None) -> None:
+        """Cancel every injected failure, queued (:meth:`fail_next`) or permanent; with
+        ``identity``, only those injected for that same identity.
 
         Requests currently stuck in a ``"hang"`` are released (they answer 504).
         """
-        self._queued.clear()
-        self._always = None
+        scope = _identity(identity)
+        if scope is None:
+            self._queued.clear()
+            self._always = []
+        else:
+            self._queued = collections.deque(i for i in self._queued if i.identity != scope)
+            self._always = [i for i in self._always if i.identity != scope]
         self._hang_epoch += 1
 
     def reset(self) -> None:
@@ -353,14 +500,14 @@ class FakeReturningAI:
             raise ValueError("status must be between 200 and 599")
         return cast(FailureMode, mode), status
 
-    def _take_injection(self) -> _Injection | None:
-        if not self._queued:
-            return self._always
-        injection = self._queued[0]
-        injection.remaining -= 1
-        if injection.remaining <= 0:
-            self._queued.popleft()
-        return injection
+    def _take_injection(self, identifiers: Mapping[str, object] | None) -> _Injection | None:
+        for injection in self._queued:
+            if injection.applies_to(identifiers):
+                injection.remaining -= 1
+                if injection.remaining <= 0:
+                    self._queued.remove(injection)
+                return injection
+        return next((i for i in self._always if i.applies_to(identifiers)), None)
 
     async def _injected_response(
         self, request: Request, injection: _Injection, epoch: int, *, signin: bool
@@ -444,9 +591,12 @@ class FakeReturningAI:
             payload: Any = json.loads(body)
         except ValueError:
             payload = None
+        identifiers = None
         if isinstance(payload, dict):
             self.requests.append(payload)
-        injection = self._take_injection()
+            given = payload.get("userIdentifiers")
+            identifiers = given if isinstance(given, dict) else None
+        injection = self._take_injection(identifiers)
         if self.latency:
             await anyio.sleep(self.latency)
         if injection is not None:
@@ -487,7 +637,7 @@ class FakeReturningAI:
         community: str = request.path_params["community_id"]
         email = request.headers.get("email", "")
         self.signin_requests.append({"community": community, "email": email})
-        injection = self._take_injection()
+        injection = self._take_injection({"data-email": email})
         if self.latency:
             await anyio.sleep(self.latency)
         if injection is not None:
@@ -547,6 +697,32 @@ class FakeReturningAI:
             base_url=self.base_url if base_url is None else base_url,
             **kwargs,
         )
+
+    def sync_transport(self) -> httpx.BaseTransport:
+        """A synchronous httpx transport that calls this application in-process, for an
+        :class:`httpx.Client` (Django, Flask, WSGI): the same behaviour as :meth:`transport`.
+
+        Its requests run on an event loop in a daemon thread, started on the first request and
+        stopped when the transport is closed (closing its client does it) or by :meth:`close`.
+        """
+        transport = _SyncFakeTransport(self)
+        self._sync_transports.add(transport)
+        return transport
+
+    def sync_client(self, *, base_url: str | None = None, **kwargs: Any) -> httpx.Client:
+        """An :class:`httpx.Client` wired to :meth:`sync_transport` (``base_url`` as for
+        :meth:`client`). Close it, or let :meth:`close` stop its thread."""
+        return httpx.Client(
+            transport=self.sync_transport(),
+            base_url=self.base_url if base_url is None else base_url,
+            **kwargs,
+        )
+
+    def close(self) -> None:
+        """Stop the threads of every :meth:`sync_transport` (and :meth:`sync_client`) made so
+        far; they refuse requests afterwards. Async transports hold nothing to close."""
+        for transport in list(self._sync_transports):
+            transport.close()
 
     @contextlib.contextmanager
     def run_in_thread(self, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:

@@ -17,6 +17,10 @@ import respx
 
 from rai_middleware import ReturningAIMiddleware
 
+# The fake_returning_ai fixture, as users get it. Installed with its pytest11 entry point it
+# is loaded already; the entry point's name is the module's, so this is then a no-op.
+pytest_plugins = ["rai_middleware.pytest_plugin"]
+
 COMMUNITY_ID = "community-123"
 ACCESS_ID = "access-id-AAAAAAAAAAAAAAAAAAAA"
 ACCESS_KEY = "access-key-SSSSSSSSSSSSSSSSSSSSSSSS"

@@ -249,6 +249,9 @@ class Site:
         self.entrance = entrance
         self.state = state
         self._cleanup = contextlib.ExitStack()
+        #: The middleware object's public ``stats`` (None when bare), and its core.
+        self.stats: Callable[[], Any] | None = None
+        self.core: Any = None
 
     def request(
         self, method: str, path: str, headers: Mapping[str, str] | None = None, body: bytes = b""
@@ -542,7 +545,10 @@ def _asgi_site(
             cleanup.callback(portal.call, client.aclose)
             options["http_client"] = client
         app = ReturningAIMiddleware(app, identify=identify, **options)
-    return ASGISite("asgi", state, app, lifespan=True, portal=portal)
+    site = ASGISite("asgi", state, app, lifespan=True, portal=portal)
+    if options is not None:
+        site.stats, site.core = app.stats, app.core
+    return site
 
 
 # WSGI: a plain WSGI app, wrapped by ReturningAIWSGIMiddleware.
@@ -581,7 +587,9 @@ def _wsgi_site(
     _sync_client(http_client, options, cleanup)
     middleware = ReturningAIWSGIMiddleware(app, identify=identify, **options)
     cleanup.callback(middleware.close)
-    return WSGISite("wsgi", state, middleware)
+    site = WSGISite("wsgi", state, middleware)
+    site.stats, site.core = middleware.stats, middleware.core
+    return site
 
 
 # Django: one URLconf, ReturningAIMiddleware in settings.MIDDLEWARE, configured by
@@ -670,7 +678,7 @@ def _django_sync_site(
     from django.core.handlers.wsgi import WSGIHandler
 
     _django_settings(state, options, http_client, cleanup)
-    return WSGISite("django-sync", state, WSGIHandler())
+    return _django_middleware(WSGISite("django-sync", state, WSGIHandler()))
 
 
 def _django_async_site(
@@ -683,7 +691,22 @@ def _django_async_site(
 
     _django_settings(state, options, http_client, cleanup)
     portal = cleanup.enter_context(anyio.from_thread.start_blocking_portal())
-    return ASGISite("django-async", state, ASGIHandler(), lifespan=False, portal=portal)
+    site = ASGISite("django-async", state, ASGIHandler(), lifespan=False, portal=portal)
+    return _django_middleware(site)
+
+
+def _django_middleware(site: ASGISite | WSGISite) -> Site:
+    """Note the stats of the middleware instance the handler built (its one middleware,
+    under Django's exception wrapper), if it has one."""
+    import inspect
+
+    from rai_middleware.django import ReturningAIMiddleware
+
+    chain = site.app._middleware_chain
+    middleware = inspect.unwrap(chain) if chain is not None else None
+    if isinstance(middleware, ReturningAIMiddleware):
+        site.stats, site.core = middleware.stats, middleware.core
+    return site
 
 
 # Flask: an app with one view per route, and the ReturningAI extension.
@@ -724,6 +747,9 @@ def _flask_site(
             return identity(request.headers.get("X-User"))
 
         _sync_client(http_client, options, cleanup)
-        ReturningAI(app, identify=identify, **options)
+        extension = ReturningAI(app, identify=identify, **options)
         cleanup.callback(ReturningAI.core(app).close)
-    return WSGISite("flask", state, app)
+    site = WSGISite("flask", state, app)
+    if options is not None:
+        site.stats, site.core = lambda: extension.stats(app), ReturningAI.core(app).core
+    return site

@@ -53,11 +53,12 @@ def test_the_core_imports_no_adapter() -> None:
 
 
 def test_the_adapters_together_stay_small() -> None:
-    """The middleware proper of each adapter (not its template tags or checks) stays thin.
-    (1002: each adapter passes its request headers for fragment detection, one line each.)"""
+    """The middleware proper of each adapter (not its template tags or checks) stays thin."""
     entrances = [PACKAGE / "_asgi.py", PACKAGE / "_wsgi.py", PACKAGE / "django" / "__init__.py"]
     entrances.append(PACKAGE / "flask.py")
-    assert sum(len(path.read_text().splitlines()) for path in entrances) < 1002
+    # 1000, +16 for the one-line stats() each entrance delegates to the core (issue 15.6),
+    # +3 for the request headers each entrance hands the core for fragment detection (13).
+    assert sum(len(path.read_text().splitlines()) for path in entrances) < 1019
 
 
 def test_only_the_configuration_looks_at_the_mode_name() -> None:

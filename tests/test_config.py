@@ -147,10 +147,15 @@ def test_public_names_are_exported() -> None:
     import rai_middleware
 
     assert set(rai_middleware.__all__) == {
+        "EVENTS",
+        "FAILURE_KINDS",
         "ConfigurationError",
+        "Event",
+        "PlaceholderError",
         "ReturningAIError",
         "ReturningAIMiddleware",
         "ReturningAIWSGIMiddleware",
+        "Stats",
         "StoreError",
         "SyncTokenStore",
         "TokenError",

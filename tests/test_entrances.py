@@ -14,11 +14,13 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import pytest
 
+from rai_middleware import FAILURE_KINDS, Event, StoreError
+from rai_middleware._identity import Identity
 from rai_middleware._runtime import RUNTIME_SCRIPT
 from rai_middleware.testing import FakeReturningAI
 from tests.conftest import ACCESS_ID, ACCESS_KEY, COMMUNITY_ID, SECRET_KEY
@@ -636,3 +638,254 @@ def test_runtime_tag_for_an_anonymous_visitor_is_removed(site: Site, fake: FakeR
     response = site.get("/shell")
     assert response.body == SHELL.replace(b"<rai-runtime></rai-runtime>", b"")
     assert fake.calls == 0
+
+
+# -- issue 15, item 6: stats() and on_event ------------------------------------------------
+
+
+def expected_stats(
+    *, failures: Mapping[str, int] | None = None, breaker: str = "closed", **counts: int
+) -> dict[str, Any]:
+    """Every key of ``stats()``: zero, but for ``counts`` and ``failures`` (by kind)."""
+    stats: dict[str, Any] = {
+        "cache_hits": 0,
+        "cache_misses": 0,
+        "mints": 0,
+        "mint_failures": dict.fromkeys(FAILURE_KINDS, 0),
+        "breaker_state": breaker,
+        "breaker_openings": 0,
+        "store_fallbacks": 0,
+        "refresh_ahead_mints": 0,
+        "pages_rewritten": 0,
+        "pages_passed_through": 0,
+        "fallbacks_served": 0,
+        "events_dropped": 0,
+        "event_errors": 0,
+    }
+    assert set(counts) <= set(stats), set(counts) - set(stats)
+    assert set(failures or {}) <= set(FAILURE_KINDS)
+    stats["mint_failures"].update(failures or {})
+    return {**stats, **counts}
+
+
+def stats_of(site: Site) -> Any:
+    assert site.stats is not None
+    return site.stats()
+
+
+def tag_of(site: Site, user: str) -> str:
+    """The identity hash events name ``user`` by (as the log lines do)."""
+    return Identity.create({"data-customer-id": user}, site.core.identity_secret).tag
+
+
+def test_stats_count_cache_hits_misses_mints_and_pages(site: Site, fake: FakeReturningAI) -> None:
+    assert stats_of(site) == expected_stats()
+    assert WIDGET_PAGE.fullmatch(site.get("/page", headers=ALICE).body)  # miss, mint
+    assert WIDGET_PAGE.fullmatch(site.get("/page", headers=ALICE).body)  # hit
+    assert site.get("/plain", headers=ALICE).body == PLAIN  # an HTML page, no placeholder
+    assert site.get("/json", headers=ALICE).body == JSON_BODY  # no page: not counted
+    assert site.head("/page", headers=ALICE).status == 200  # HEAD: not counted
+    assert site.get("/page").body == FALLBACK_PAGE  # anonymous: placeholders replaced
+    assert stats_of(site) == expected_stats(
+        cache_hits=1, cache_misses=1, mints=1, pages_rewritten=3, pages_passed_through=1
+    )
+    assert fake.calls == 1
+
+
+def test_stats_count_streamed_pages_when_they_end(site: Site, fake: FakeReturningAI) -> None:
+    assert STREAM_WIDGET_PAGE.fullmatch(site.get("/stream", headers=ALICE).body)
+    site.get("/gzip-mislabelled", headers=ALICE)  # sent unchanged from first to last byte
+    assert stats_of(site) == expected_stats(
+        cache_misses=1, mints=1, pages_rewritten=1, pages_passed_through=1
+    )
+
+
+@pytest.mark.parametrize(
+    ("status", "mode", "kind"),
+    [
+        (503, "status", "server_error"),
+        (401, "status", "unauthorized"),
+        (429, "status", "rate_limited"),
+        (400, "status", "refused"),
+        (200, "garbage", "bad_answer"),
+        (200, "disconnect", "network"),
+    ],
+)
+def test_a_failed_mint_is_counted_by_kind_and_its_page_as_a_fallback(
+    site: Site, fake: FakeReturningAI, status: int, mode: Any, kind: str
+) -> None:
+    fake.fail_next(1, status=status, mode=mode)
+    assert site.get("/page", headers=ALICE).body == FALLBACK_PAGE
+    assert stats_of(site) == expected_stats(
+        cache_misses=1, mints=1, failures={kind: 1}, fallbacks_served=1, pages_rewritten=1
+    )
+
+
+def test_a_mint_that_times_out_is_counted_once_as_a_timeout(
+    make_site: Callable[..., Site], fake: FakeReturningAI
+) -> None:
+    site = make_site(timeout=0.3)
+    fake.fail_next(1, mode="hang")
+    assert site.get("/page", headers=ALICE).body == FALLBACK_PAGE
+    try:
+        assert stats_of(site) == expected_stats(
+            cache_misses=1, mints=1, failures={"timeout": 1}, fallbacks_served=1, pages_rewritten=1
+        )
+    finally:
+        fake.recover()  # the hanging request ends now
+
+
+def test_the_breaker_opening_is_counted_and_its_state_shown(
+    make_site: Callable[..., Site], fake: FakeReturningAI, clock: Clock
+) -> None:
+    site = make_site(failure_threshold=2, failure_cooldown=30.0)
+    fake.fail_always(status=503)
+    for headers in (ALICE, BOB, ALICE):  # two failures open it; the third page asks nothing
+        assert site.get("/page", headers=headers).body == FALLBACK_PAGE
+    assert fake.calls == 2
+    failed = {"server_error": 2}
+    assert stats_of(site) == expected_stats(
+        breaker="open",
+        failures=failed,
+        cache_misses=3,
+        mints=2,
+        breaker_openings=1,
+        fallbacks_served=3,
+        pages_rewritten=3,
+    )
+    clock.now += 31.0
+    assert stats_of(site)["breaker_state"] == "half_open"
+    fake.recover()
+    assert WIDGET_PAGE.fullmatch(site.get("/page", headers=BOB).body)  # the probe
+    assert stats_of(site) == expected_stats(
+        breaker="closed",
+        failures=failed,
+        cache_misses=4,
+        mints=3,
+        breaker_openings=1,
+        fallbacks_served=3,
+        pages_rewritten=4,
+    )
+
+
+class _BrokenStore:
+    """A token store whose every operation fails (async methods)."""
+
+    async def load(self, key: str) -> Any:
+        raise StoreError("the store is down")
+
+    save = acquire = release = load
+
+    async def aclose(self) -> None:
+        return None
+
+
+class _BrokenSyncStore:
+    """The same, synchronous."""
+
+    def load(self, key: str) -> Any:
+        raise StoreError("the store is down")
+
+    save = acquire = release = load
+
+    def close(self) -> None:
+        return None
+
+
+def test_a_failing_store_is_counted_once_per_cool_down(
+    make_site: Callable[..., Site], fake: FakeReturningAI, entrance: str
+) -> None:
+    store = _BrokenStore() if entrance == "asgi" else _BrokenSyncStore()
+    site = make_site(token_store=store)
+    assert WIDGET_PAGE.fullmatch(site.get("/page", headers=ALICE).body)  # minted per process
+    assert WIDGET_PAGE.fullmatch(site.get("/page", headers=BOB).body)  # store not asked again
+    assert stats_of(site) == expected_stats(
+        cache_misses=2, mints=2, store_fallbacks=1, pages_rewritten=2
+    )
+
+
+def test_a_refresh_ahead_mint_is_counted(site: Site, fake: FakeReturningAI, clock: Clock) -> None:
+    first, _ = widget_parts(WIDGET_PAGE, site.get("/page", headers=ALICE).body)
+    clock.now += 500.0  # 400 s left: in the refresh-ahead window, past half its life
+    again, _ = widget_parts(WIDGET_PAGE, site.get("/page", headers=ALICE).body)
+    assert again == first  # served the cached token while one mint replaces it
+    deadline = time.monotonic() + 5.0
+    while fake.calls < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert fake.calls == 2
+    assert stats_of(site) == expected_stats(
+        cache_hits=1, cache_misses=1, mints=2, refresh_ahead_mints=1, pages_rewritten=2
+    )
+
+
+def test_on_event_gets_each_event_with_the_identity_hash_only(
+    make_site: Callable[..., Site], fake: FakeReturningAI
+) -> None:
+    events: list[Event] = []
+    site = make_site(on_event=events.append)
+    assert WIDGET_PAGE.fullmatch(site.get("/page", headers=ALICE).body)
+    assert WIDGET_PAGE.fullmatch(site.get("/page", headers=ALICE).body)
+    assert site.get("/plain", headers=ALICE).body == PLAIN
+    fake.fail_next(1, status=503)
+    assert site.get("/page", headers=BOB).body == FALLBACK_PAGE
+    assert site.core.metrics.flush(5.0)
+    alice, bob = tag_of(site, "alice"), tag_of(site, "bob")
+    assert events[:6] == [
+        Event("cache_miss", alice),
+        Event("mint", alice, 0.0),  # the fake clock did not move during the request
+        Event("page_rewritten", alice),
+        Event("cache_hit", alice),
+        Event("page_rewritten", alice),
+        Event("page_passed_through", None),  # nobody was identified for it
+    ]
+    assert events[6:] == [
+        Event("cache_miss", bob),
+        Event("mint_failure", bob, 0.0, "server_error"),
+        Event("fallback_served", bob),
+        Event("page_rewritten", bob),
+    ]
+    assert re.fullmatch(r"[0-9a-f]{8}", alice) and alice != bob
+    assert "alice" not in repr(events) and "bob" not in repr(events)
+
+
+def test_an_on_event_that_raises_breaks_no_page_and_is_logged_once(
+    make_site: Callable[..., Site], fake: FakeReturningAI, caplog: pytest.LogCaptureFixture
+) -> None:
+    def on_event(event: Event) -> None:
+        raise RuntimeError(f"broken exporter ({event.name})")
+
+    site = make_site(on_event=on_event)
+    with caplog.at_level("ERROR", logger="rai_middleware"):
+        assert WIDGET_PAGE.fullmatch(site.get("/page", headers=ALICE).body)
+        assert WIDGET_PAGE.fullmatch(site.get("/page", headers=ALICE).body)
+        assert site.core.metrics.flush(5.0)
+    logged = [r for r in caplog.records if "on_event raised" in r.getMessage()]
+    assert len(logged) == 1
+    assert logged[0].exc_info is not None
+    assert str(logged[0].exc_info[1]) == "broken exporter (cache_miss)"
+    assert stats_of(site) == expected_stats(
+        cache_hits=1, cache_misses=1, mints=1, pages_rewritten=2, event_errors=5
+    )
+
+
+def test_a_slow_on_event_does_not_delay_the_page(
+    make_site: Callable[..., Site], fake: FakeReturningAI
+) -> None:
+    release = threading.Event()
+    seen: list[str] = []
+
+    def on_event(event: Event) -> None:
+        release.wait(10.0)  # an exporter stuck on its network
+        seen.append(event.name)
+
+    site = make_site(on_event=on_event)
+    try:
+        started = time.monotonic()
+        for _ in range(3):
+            assert WIDGET_PAGE.fullmatch(site.get("/page", headers=ALICE).body)
+        assert time.monotonic() - started < 3.0  # not 10 s per event
+        assert seen == []
+    finally:
+        release.set()
+    assert site.core.metrics.flush(5.0)
+    assert seen == ["cache_miss", "mint", "page_rewritten"] + ["cache_hit", "page_rewritten"] * 2

@@ -216,8 +216,10 @@ def visit(
     *,
     sees_stream_headers: bool = True,
     pages_have_length: bool = True,
+    upstream: FakeReturningAI | None = None,
 ) -> None:
-    """``sees_stream_headers`` False: a client that rebuilds headers for the whole body it
+    """``upstream``: the fake the site talks to, when the test holds it (one mint per visit).
+    ``sees_stream_headers`` False: a client that rebuilds headers for the whole body it
     collected (Quart's test client adds a Content-Length). ``pages_have_length`` False: a
     framework that sends every body as a stream (Quart: the body, then an empty last message),
     so that the middleware cannot know the rewritten length before sending the headers."""
@@ -275,6 +277,10 @@ def visit(
     assert FALLBACK in after.text
     assert "embed-token" not in after.text
     assert browser.post("/_rai/embed-token", headers=refresh_headers).status == 401
+    if upstream is not None:
+        # One mint for the whole visit: the pages, the stream and the refresh share it.
+        assert upstream.calls == 1
+        assert [r["userIdentifiers"]["data-email"] for r in upstream.requests] == [EMAIL]
 
 
 def hashed_customer_id(module: Any) -> Callable[[], str]:
@@ -329,21 +335,17 @@ def test_quart_in_process(portal: BlockingPortal) -> None:
         portal.call(upstream.aclose)
 
 
-@pytest.fixture
-def fake_url() -> Iterator[str]:
-    """A fake Returning.AI on a real port, for the synchronous frameworks' httpx.Client."""
-    with FakeReturningAI().run_in_thread() as url:
-        yield url
-
-
-def test_flask_in_process(fake_url: str) -> None:
+def test_flask_in_process(fake_returning_ai: FakeReturningAI) -> None:
+    # The pytest plugin's fixture: the fake with a sync client, as a Flask site's tests use it.
     module = example("flask_app")
-    with httpx.Client() as upstream:
-        app = module.build_app(fake_url, http_client=upstream)
-        visit(FlaskBrowser(app.test_client()), hashed_customer_id(module))
+    with fake_returning_ai.sync_client() as upstream:
+        app = module.build_app(FakeReturningAI.base_url, http_client=upstream)
+        visit(
+            FlaskBrowser(app.test_client()), hashed_customer_id(module), upstream=fake_returning_ai
+        )
 
 
-def test_django_in_process(fake_url: str) -> None:
+def test_django_in_process(fake_returning_ai: FakeReturningAI) -> None:
     module = example("django_app")
     from django.contrib.auth import get_user_model
     from django.test import Client, override_settings
@@ -352,16 +354,17 @@ def test_django_in_process(fake_url: str) -> None:
 
     configure_django()  # this process's settings (shared with test_django.py)
     migrate_once()
-    with httpx.Client() as upstream:
+    with fake_returning_ai.sync_client() as upstream:
         overrides = {
             "ROOT_URLCONF": module.__name__,
             "MIDDLEWARE": module.MIDDLEWARE,
-            "RETURNING_AI": module.rai_settings(fake_url, http_client=upstream),
+            "RETURNING_AI": module.rai_settings(FakeReturningAI.base_url, http_client=upstream),
         }
         with override_settings(**overrides):
             visit(
                 DjangoBrowser(Client()),
                 lambda: str(get_user_model().objects.get(username=EMAIL).pk),
+                upstream=fake_returning_ai,
             )
 
 

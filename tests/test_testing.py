@@ -1068,3 +1068,95 @@ def test_run_in_thread_exit_releases_a_request_still_hanging() -> None:
     assert len(outcome) == 1
     assert isinstance(outcome[0], httpx.Response)
     assert outcome[0].status_code == 504
+
+
+# -- sync transport and failures per identity ------------------------------------------------
+
+
+def test_sync_client_mints_like_the_async_one() -> None:
+    fake = FakeReturningAI()
+    with fake.sync_client() as client:
+        answer = client.post(TOKEN_PATH, json=GOOD_BODY)
+        # A streamed (iterator) request body is read and forwarded too.
+        streamed = client.post(TOKEN_PATH, content=iter([json.dumps(GOOD_BODY).encode()]))
+    assert answer.status_code == streamed.status_code == 200
+    assert fake.decode(answer.json()["data"]["embedToken"])["data-customer-id"] == "c-42"
+    assert fake.calls == 2
+    assert fake.requests == [GOOD_BODY, GOOD_BODY]
+    fake.close()
+
+
+def test_closing_the_sync_transport_ends_a_request_stuck_in_a_hang() -> None:
+    fake = FakeReturningAI()
+    fake.fail_next(mode="hang")
+    transport = fake.sync_transport()
+    client = httpx.Client(transport=transport, base_url=fake.base_url, timeout=None)
+    errors: list[BaseException] = []
+
+    def post() -> None:
+        try:
+            client.post(TOKEN_PATH, json=GOOD_BODY)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=post)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while fake.calls == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert fake.calls == 1
+    fake.close()  # closes the transport: its loop cancels the hanging request
+    thread.join(timeout=10)
+    assert [type(e) for e in errors] == [httpx.ReadError]
+    assert str(errors[0]) == "FakeReturningAI transport closed"
+    with pytest.raises(RuntimeError, match="sync transport is closed"):
+        client.get("/healthz")
+    transport.close()  # again: nothing to do
+
+
+@pytest.mark.parametrize("identity", [{}, {"data-customer-id": 42}, ["data-email"], {3: "x"}])
+def test_identity_must_be_a_mapping_of_strings(identity: Any) -> None:
+    fake = FakeReturningAI()
+    with pytest.raises(ValueError, match="identity must be a non-empty mapping"):
+        fake.fail_next(identity=identity)
+    with pytest.raises(ValueError, match="identity must be a non-empty mapping"):
+        fake.fail_always(identity=identity)
+    with pytest.raises(ValueError, match="identity must be a non-empty mapping"):
+        fake.recover(identity=identity)
+
+
+@pytest.mark.anyio
+async def test_failures_per_identity_replace_queue_and_recover() -> None:
+    fake = FakeReturningAI()
+    ann = {"data-customer-id": "c-42"}
+    bob_body = {**GOOD_BODY, "userIdentifiers": {"data-customer-id": "bob"}}
+    fake.fail_always(status=500, identity=ann)
+    fake.fail_always(status=403, identity=ann)  # replaces the one for the same identity
+    fake.fail_always(status=429)  # for everyone else
+    fake.fail_next(status=502, identity=ann)  # queued: first
+    fake.fail_next(0, status=504, identity=ann)  # nothing queued
+    assert (await mint(fake)).status_code == 502
+    assert (await mint(fake)).status_code == 403
+    assert (await mint(fake, bob_body)).status_code == 429
+    assert (await mint(fake, {"not": "identifiers"})).status_code == 429
+    fake.fail_next(status=503, identity={"data-customer-id": "bob"})
+    fake.recover(identity=ann)
+    assert (await mint(fake)).status_code == 429  # ann's own are gone, the one for all stays
+    assert (await mint(fake, bob_body)).status_code == 503  # bob's queued one stays
+    fake.recover()
+    assert (await mint(fake)).status_code == 200
+    assert fake.calls == 7
+
+
+@pytest.mark.anyio
+async def test_signin_failures_match_the_email_as_data_email() -> None:
+    fake = FakeReturningAI()
+    fake.fail_always(status=503, identity={"data-email": "bob@example.com"})
+
+    async def signin(email: str) -> int:
+        headers = {"returningai-api-key": "demo-widget-api-key", "email": email}
+        async with fake.client() as client:
+            return (await client.post("/widget/c1/signin", headers=headers)).status_code
+
+    assert await signin("ann@example.com") == 200
+    assert await signin("bob@example.com") == 503

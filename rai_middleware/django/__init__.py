@@ -34,6 +34,7 @@ from rai_middleware._async_tokens import TokenService
 from rai_middleware._config import check_option_names
 from rai_middleware._core import (
     AsyncDriver,
+    Stats,
     SyncDriver,
     TokensInThreads,
     async_services,
@@ -153,6 +154,10 @@ class ReturningAIMiddleware:
             await self.tokens.aclose()
         else:
             self.tokens.close()
+
+    def stats(self) -> Stats:
+        """A snapshot of the counters: cache hits, mints, failures, pages (docs/metrics.md)."""
+        return self.core.stats()
 
     def _default_identify(self, request: Request) -> dict[str, str] | None:
         if not hasattr(request, "user"):
