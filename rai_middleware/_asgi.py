@@ -156,14 +156,14 @@ class ReturningAIMiddleware:
             await responder.finish()
 
     def _page(self, scope: Scope, start: Message) -> PageRewrite | None:
-        headers = start["headers"]
         return self.core.page(
             scope["method"],
             start.get("status", 200),
-            headers,
+            start["headers"],
             path=scope.get("path", ""),
             script_root=scope.get("root_path", ""),
             nonce=lambda: _state_nonce(scope.get("state")),
+            request_headers=scope.get("headers"),
         )
 
     async def _endpoint(self, scope: Scope, send: Send, path: str) -> None:

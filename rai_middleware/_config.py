@@ -138,6 +138,7 @@ class Options(TypedDict, total=False):
     exclude_paths: tuple[str, ...] | list[str]
     skip: Callable[[Any], object] | str | None
     placeholder_tag: str
+    runtime_tag: str
     widgets: Mapping[str, str] | None
     timeout: float
     min_token_ttl: float
@@ -185,6 +186,7 @@ class Settings:
     exclude_paths: tuple[str, ...]
     skip: Callable[[Any], object] | None
     placeholder_tag: str
+    runtime_tag: str
     widgets: Mapping[str, str]
     timeout: float
     min_token_ttl: float
@@ -247,6 +249,10 @@ def build_settings(
                 f"{name} is required in mode={chosen.name!r}: pass {name}=... to the "
                 f"middleware or set the {SETTINGS[name].env} environment variable"
             )
+    if values["runtime_tag"] == values["placeholder_tag"]:
+        raise ConfigurationError(
+            f"runtime_tag must differ from placeholder_tag (both are {values['runtime_tag']!r})"
+        )
     _warn_weak(values, env)
     if values["secret_key"] is None:
         # Attribute Auth needs no credential; its identity hashes still want a key.

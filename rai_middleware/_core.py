@@ -31,13 +31,14 @@ from ._config import ADAPTER_KEYWORDS, Settings, build_settings
 from ._endpoint import Reply, answer, widget_answer
 from ._exceptions import ConfigurationError, TokenError
 from ._exclude import Excluded, exclusions
-from ._http import RawHeaders, csp_nonce, inspect_response
+from ._http import RawHeaders, csp_nonce, fragment_request, inspect_response
 from ._identity import Identity, IdentityKey, resolve_identity, resolve_identity_sync
 from ._metrics import Stats
 from ._modes import PageContext
 from ._modes.proxy import ROUTE
 from ._needs import Flow, Grant, Need, PageNeed, TokenNeed
 from ._page import WHOLE_PAGE_LIMIT, PageRewrite, quick_matcher
+from ._render import ContainerIds
 from ._store import SyncTokenStore, TokenStore
 from ._sync_tokens import SyncTokenService
 from ._tickets import TicketSigner
@@ -73,7 +74,9 @@ class Core:
         # error reporter may print.
         self.tickets = TicketSigner(settings.secret_key, max_age=settings.ticket_max_age)
         self.identity_secret = IdentityKey(settings.secret_key.reveal().encode())
-        self.quick_match = quick_matcher(settings.placeholder_tag)
+        self.quick_match = quick_matcher(settings.placeholder_tag, settings.runtime_tag)
+        #: Container id suffixes, unique across this middleware's responses.
+        self.container_ids = ContainerIds()
         self.refresh_path = settings.refresh_path
         # Every path the middleware answers holds this (None: it answers none).
         answers = self.refresh_path is not None or self.mode.widget_route
@@ -144,11 +147,13 @@ class Core:
         script_root: str = "",
         nonce: Callable[[], str | None] | None = None,
         stream: bool | None = None,
+        request_headers: object = None,
     ) -> PageRewrite | None:
         """The rewrite for a response that may carry placeholders; None: send it as it is.
 
         ``stream`` says whether the body is streamed (True), in memory (False), or to be
-        decided from its ``Content-Length`` (None)."""
+        decided from its ``Content-Length`` (None). ``request_headers`` (ASGI's pairs, a
+        WSGI environ or a header mapping) say whether the request asks for a fragment."""
         if not self.may_rewrite(method):
             return None
         info = inspect_response(status, headers)
@@ -182,6 +187,7 @@ class Core:
             nonce=csp_nonce(info.csp),  # the page's own policy wins
             nonce_source=nonce,
             root=script_root,
+            fragment=info.turbo_stream or fragment_request(request_headers),
         )
         return PageRewrite(self, headers, info, ctx, whole=not stream)
 

@@ -10,9 +10,12 @@ from dataclasses import dataclass
 
 __all__ = [
     "CACHE_HEADERS",
+    "FRAGMENT_REQUEST_HEADERS",
     "PRIVATE_PAGE_HEADERS",
+    "TURBO_STREAM",
     "ResponseInfo",
     "csp_nonce",
+    "fragment_request",
     "inspect_response",
     "may_be_page",
     "private_page_keeps",
@@ -23,7 +26,9 @@ __all__ = [
 
 RawHeaders = list[tuple[bytes, bytes]]
 
-_HTML_TYPES = frozenset({b"text/html", b"application/xhtml+xml"})
+#: Turbo Stream responses are HTML fragments (``<turbo-stream>`` elements) too.
+TURBO_STREAM = b"text/vnd.turbo-stream.html"
+_HTML_TYPES = frozenset({b"text/html", b"application/xhtml+xml", TURBO_STREAM})
 _DECODABLE = frozenset({"gzip", "x-gzip", "deflate"})
 _CHARSET = re.compile(rb"""charset\s*=\s*["']?([^"';\s]+)""", re.IGNORECASE)
 _NONCE = re.compile(r"'nonce-([A-Za-z0-9+/=_-]+)'")
@@ -161,9 +166,36 @@ class ResponseInfo:
     xhtml: bool = False
     #: The app's ``Content-Length``, when it sent a valid one.
     content_length: int | None = None
+    #: A ``text/vnd.turbo-stream.html`` response: a fragment, whatever the request.
+    turbo_stream: bool = False
 
 
-_PAGE_TYPES = (b"text/html", b"application/xhtml+xml")
+_PAGE_TYPES = (b"text/html", b"application/xhtml+xml", TURBO_STREAM[:21])
+
+
+#: Request headers that ask for a fragment of a page: htmx (``HX-Request``, also sent by
+#: ``hx-boost``), a Turbo Frame (``Turbo-Frame``), Unpoly (``X-Up-Version``).
+FRAGMENT_REQUEST_HEADERS = ("hx-request", "turbo-frame", "x-up-version")
+_FRAGMENT_REQUEST_BYTES = frozenset(name.encode() for name in FRAGMENT_REQUEST_HEADERS)
+
+
+def fragment_request(headers: object) -> bool:
+    """Does the request ask for a fragment (one of ``FRAGMENT_REQUEST_HEADERS``, with any
+    value but ``false``)? ``headers`` is what the entrance has: ASGI's list of byte pairs,
+    a WSGI environ (``HTTP_HX_REQUEST``) or a framework's case-insensitive header mapping."""
+    if headers is None:
+        return False
+    get = getattr(headers, "get", None)
+    if get is not None:
+        for name in FRAGMENT_REQUEST_HEADERS:
+            value = get(name) or get("HTTP_" + name.upper().replace("-", "_"))
+            if isinstance(value, str) and value.strip() and value.strip().lower() != "false":
+                return True
+        return False
+    for name, value in headers:  # type: ignore[attr-defined]
+        if name.lower() in _FRAGMENT_REQUEST_BYTES and value.strip().lower() not in (b"", b"false"):
+            return True
+    return False
 
 
 def may_be_page(status: int, headers: Iterable[tuple[bytes, bytes]]) -> bool:
@@ -210,8 +242,15 @@ def inspect_response(status: int, headers: Iterable[tuple[bytes, bytes]]) -> Res
     encoding, xhtml = page
     if content_encoding is not None and content_encoding not in _DECODABLE:
         return ResponseInfo(False, skipped_encoding=content_encoding)
+    turbo_stream = content_type.split(b";", 1)[0].strip().lower() == TURBO_STREAM
     return ResponseInfo(
-        True, encoding, csp, content_encoding, xhtml=xhtml, content_length=content_length
+        True,
+        encoding,
+        csp,
+        content_encoding,
+        xhtml=xhtml,
+        content_length=content_length,
+        turbo_stream=turbo_stream,
     )
 
 

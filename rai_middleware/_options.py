@@ -28,6 +28,7 @@ __all__ = [
     "DEFAULT_IFRAME_SEGMENTS",
     "DEFAULT_LOADER_URL",
     "DEFAULT_PLACEHOLDER_TAG",
+    "DEFAULT_RUNTIME_TAG",
     "DEFAULT_SDK_URL",
     "DEFAULT_TOKEN_PATH",
     "DEFAULT_WIDGETS",
@@ -43,6 +44,7 @@ DEFAULT_SDK_URL = "https://unpkg.com/@returningai/widget-sdk@1.5.1/dist/rai-widg
 DEFAULT_WIDGETS_BASE_URL = "https://prod-widgets.returning.ai"
 DEFAULT_LOADER_URL = "https://prod-widgets.returning.ai/widget-loader.js"
 DEFAULT_PLACEHOLDER_TAG = "rai-placeholder"
+DEFAULT_RUNTIME_TAG = "rai-runtime"
 
 #: ``widget="..."`` value -> the SDK's custom element.
 DEFAULT_WIDGETS: Mapping[str, str] = MappingProxyType(
@@ -474,6 +476,16 @@ OPTIONS: tuple[Option, ...] = (
         "The tag the middleware looks for.",
         _tag_name,
         DEFAULT_PLACEHOLDER_TAG,
+    ),
+    Option(
+        "runtime_tag",
+        "`str`",
+        "The tag replaced, for a signed-in visitor, by the SDK and the browser runtime "
+        "(`window.raiMiddleware.token()`, placeholders rendered in the browser); by nothing "
+        "for an anonymous one. For pages whose widgets are rendered in the browser (an SPA's "
+        "shell). Modes `access_key`, `iframe`.",
+        _tag_name,
+        DEFAULT_RUNTIME_TAG,
     ),
     Option(
         "widgets",

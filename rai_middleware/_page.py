@@ -79,9 +79,15 @@ class _CorruptBody(Exception):
 _FLUSHED = b"\x00\x00\xff\xff"
 
 
-def quick_matcher(tag: str) -> Callable[[bytes], object]:
+def quick_matcher(tag: str, *also: str) -> Callable[[bytes], object]:
     """The cheap test that decides whether a whole body needs scanning at all."""
-    return re.compile(re.escape(b"<" + tag.encode("ascii")), re.IGNORECASE).search
+    names = b"|".join(re.escape(name.encode("ascii")) for name in (tag, *also))
+    return re.compile(b"<(?:" + names + b")", re.IGNORECASE).search
+
+
+#: A document's own elements: a body with none of them before its first widget is a
+#: fragment (whatever the request said).
+_DOCUMENT_TAG = re.compile(rb"<(?:html|head|body)[\t\n\f\r />]", re.IGNORECASE)
 
 
 class PageRewrite:
@@ -96,6 +102,7 @@ class PageRewrite:
         "_core",
         "_counted",
         "_ctx",
+        "_document",
         "_ended",
         "_failed",
         "_headers",
@@ -105,8 +112,11 @@ class PageRewrite:
         "_passthrough",
         "_relaying",
         "_replaced",
+        "_runtime_tag",
         "_scanner",
         "_sent_headers",
+        "_tail",
+        "_ticket",
         "_whole",
         "token_used",
         "widgets",
@@ -134,6 +144,12 @@ class PageRewrite:
         self._identity_resolved = False
         self._auth: PageAuth | None = None
         self._auth_resolved = False
+        self._ticket: str | None = None
+        self._runtime_tag = core.settings.runtime_tag.encode("ascii")
+        #: ``<html>``, ``<head>`` or ``<body>`` seen so far; ``_tail``: the last bytes
+        #: scanned, for one cut by a chunk's end.
+        self._document = False
+        self._tail = b""
         #: Widgets written so far (also numbers their containers).
         self.widgets = 0
         #: A token or an identity was written into the page: it must stay private.
@@ -284,7 +300,7 @@ class PageRewrite:
                 # Nothing to change: the app's own bytes; our encoder only keeps up.
                 assert self._codec is not None
                 if chunk:
-                    self._codec.encode(data, final=final)
+                    self._codec.encode(self._text(data), final=final)
                 out = chunk
             else:
                 yield from self._authenticate(items)
@@ -426,7 +442,9 @@ class PageRewrite:
         if scanner is None:
             settings = self._core.settings
             scanner = self._scanner = PlaceholderScanner(
-                settings.placeholder_tag, max_size=settings.max_placeholder_size
+                settings.placeholder_tag,
+                max_size=settings.max_placeholder_size,
+                also=(settings.runtime_tag,),
             )
         held = scanner.pending
         try:
@@ -451,11 +469,16 @@ class PageRewrite:
 
     def _authenticate(self, items: list[Item]) -> Flow[None]:
         """Once per page, at its first real widget: who it is for and, if the mode uses
-        tokens, the token."""
-        if self._auth_resolved or self._failed or not any(map(self._is_widget, items)):
+        tokens, the token. At a runtime tag before any widget: who it is for."""
+        if self._auth_resolved or self._failed:
+            return
+        widget = any(map(self._is_widget, items))
+        if not widget and not any(map(self._is_runtime, items)):
+            return
+        identity = yield from self._identify()
+        if not widget:
             return
         self._auth_resolved = True
-        identity = yield from self._identify()
         if identity is None:
             logger.debug("anonymous visitor on %s: serving fallbacks", self._path)
             return
@@ -467,11 +490,18 @@ class PageRewrite:
         if grant is None:
             self._core.metrics.fallback_served(identity.tag)
             return
-        ticket = self._core.tickets.issue(identity.key)
-        self._auth = PageAuth(identity, grant.token, ticket, grant.expires_in)
+        self._auth = PageAuth(identity, grant.token, self._ticket_for(identity), grant.expires_in)
+
+    def _ticket_for(self, identity: Identity) -> str:
+        if self._ticket is None:
+            self._ticket = self._core.tickets.issue(identity.key)
+        return self._ticket
+
+    def _is_runtime(self, item: Item) -> bool:
+        return isinstance(item, Placeholder) and item.tag == self._runtime_tag
 
     def _is_widget(self, item: Item) -> bool:
-        if not isinstance(item, Placeholder):
+        if not isinstance(item, Placeholder) or item.tag == self._runtime_tag:
             return False
         attributes = parse_attributes(item.attributes, self._info.encoding)
         return widget_attributes(attributes, self._core.settings.widgets)[1] is not None
@@ -482,10 +512,11 @@ class PageRewrite:
 
     def _render_text(self, items: list[Item]) -> bytes:
         if len(items) == 1 and isinstance(items[0], bytes):
-            return items[0]
+            return self._text(items[0])
         try:
             return b"".join(
-                item if isinstance(item, bytes) else self._placeholder(item) for item in items
+                self._text(item) if isinstance(item, bytes) else self._placeholder(item)
+                for item in items
             )
         except Exception:
             logger.exception(
@@ -497,7 +528,38 @@ class PageRewrite:
                 out += self._scanner.pending
             return out
 
+    def _text(self, data: bytes) -> bytes:
+        """Passthrough bytes, looked at until the page shows it is a whole document."""
+        if not self._document:
+            self._document = _DOCUMENT_TAG.search(self._tail + data) is not None
+            self._tail = data[-6:]
+        return data
+
+    def _runtime(self) -> bytes:
+        """A runtime tag: the runtime for a signed-in visitor (once per response), else
+        nothing."""
+        identity, ctx = self._identity, self._ctx
+        if identity is None or ctx.runtime_written:
+            return b""
+        ctx.fragment = ctx.fragment or not self._document
+        auth = self._auth or PageAuth(identity, ticket=self._ticket_for(identity))
+        html = self._core.mode.render_runtime(ctx, auth)
+        ctx.runtime_written = True
+        if not html:
+            self._core.warn_once(
+                "runtime",
+                "<%s> on %s: mode=%r has no browser runtime (no endpoint); it is removed",
+                self._core.settings.runtime_tag,
+                self._path,
+                self._core.mode.name,
+            )
+            return b""
+        self.token_used = True  # the ticket names the visitor
+        return html.encode(self._info.encoding, "xmlcharrefreplace")
+
     def _placeholder(self, placeholder: Placeholder) -> bytes:
+        if placeholder.tag == self._runtime_tag:
+            return self._runtime()
         settings = self._core.settings
         encoding = self._info.encoding
         attributes = parse_attributes(placeholder.attributes, encoding)
@@ -509,14 +571,21 @@ class PageRewrite:
         if auth is None:
             return placeholder.inner
         mode = self._core.mode
-        widget = Widget(written.strip().lower(), element, attributes, self.widgets + 1)
-        html = mode.render(self._ctx, widget, auth)
+        ctx = self._ctx
+        suffix = self._core.container_ids.next()
+        widget = Widget(written.strip().lower(), element, attributes, self.widgets + 1, suffix)
+        html = mode.render(ctx, widget, auth)
         if html is None:
             return placeholder.inner
         self.widgets += 1
         self.token_used = True  # a token or the identity is in the page
         if self.widgets == 1:
-            html += mode.render_once(self._ctx, auth)
+            ctx.fragment = ctx.fragment or not self._document
+            html += mode.render_once(ctx, auth)
+            ctx.scripts_written = True
+            if mode.uses_token and not ctx.runtime_written:
+                html += mode.render_runtime(ctx, auth)
+                ctx.runtime_written = True
         return html.encode(encoding, "xmlcharrefreplace")
 
     # -- logs ----------------------------------------------------------------------------

@@ -9,11 +9,15 @@ nothing to do.
 from __future__ import annotations
 
 import html
+import itertools
 import re
+import secrets
+import threading
 from collections.abc import Mapping, Sequence
 
 __all__ = [
     "Attribute",
+    "ContainerIds",
     "container_id",
     "inline_script",
     "parse_attributes",
@@ -47,8 +51,35 @@ def parse_attributes(raw: bytes, encoding: str) -> list[Attribute]:
     return attributes
 
 
-def container_id(index: int) -> str:
-    return f"returning-ai-widget-{index}"
+def container_id(suffix: int | str) -> str:
+    """``returning-ai-widget-<suffix>``, the container form the SDK's docs show."""
+    return f"returning-ai-widget-{suffix}"
+
+
+def new_prefix() -> str:
+    """A random prefix for one middleware's container ids (8 hex digits)."""
+    return secrets.token_hex(4)
+
+
+class ContainerIds:
+    """Container id suffixes, unique across responses: a counter per middleware (every
+    response of this process) after a random prefix (other processes and hosts, whose
+    fragments may be swapped into the same document). Thread-safe."""
+
+    __slots__ = ("_count", "_lock", "prefix")
+
+    def __init__(self, prefix: str | None = None) -> None:
+        self.prefix = new_prefix() if prefix is None else prefix
+        self._count = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"ContainerIds(prefix={self.prefix!r})"
+
+    def next(self) -> str:
+        with self._lock:
+            number = next(self._count)
+        return f"{self.prefix}-{number}" if self.prefix else str(number)
 
 
 def inline_script(code: str, *, xhtml: bool) -> str:

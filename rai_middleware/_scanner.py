@@ -62,7 +62,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = ["Placeholder", "PlaceholderScanner", "scan"]
 
@@ -158,6 +158,9 @@ class Placeholder:
     attributes: bytes
     inner: bytes
     self_closing: bool
+    #: The tag name, lower-cased (the scanner's ``tag`` or one of ``also``). Not compared:
+    #: the source bytes say it already.
+    tag: bytes = field(default=b"rai-placeholder", compare=False)
 
 
 Item = bytes | Placeholder
@@ -168,15 +171,15 @@ def _names(names: frozenset[bytes] | set[bytes]) -> bytes:
 
 
 @functools.lru_cache(maxsize=64)
-def _run_pattern(name: bytes, *, foreign: bool, inside: bool) -> re.Pattern[bytes]:
+def _run_pattern(name: tuple[bytes, ...], *, foreign: bool, inside: bool) -> re.Pattern[bytes]:
     """Text and ordinary tags, consumed in C until something that changes the state.
 
     Stops before: a comment, a start tag that switches the tokenizer (raw text, script,
     plaintext, svg/math) or is a placeholder (outside one), a placeholder end tag (inside
     one), ``</svg``/``</math`` and CDATA (in foreign content), and anything unfinished at
     the end of the buffer (every alternative needs its closing ``>`` in the buffer)."""
-    special_start = set(_SPECIAL_ELEMENTS) | (set() if inside else {name})
-    special_end = (set(_FOREIGN_ELEMENTS) if foreign else set()) | ({name} if inside else set())
+    special_start = set(_SPECIAL_ELEMENTS) | (set() if inside else set(name))
+    special_end = (set(_FOREIGN_ELEMENTS) if foreign else set()) | (set(name) if inside else set())
     delimiter = rb"(?=[" + _WS + rb"/>])"
     start = rb"<(?!(?i:" + _names(special_start) + rb")" + delimiter + rb")[a-zA-Z]"
     end = rb"</"
@@ -193,12 +196,14 @@ def _run_pattern(name: bytes, *, foreign: bool, inside: bool) -> re.Pattern[byte
 
 
 @functools.lru_cache(maxsize=64)
-def _candidate_pattern(name: bytes, *, foreign: bool, inside: bool) -> re.Pattern[bytes]:
+def _candidate_pattern(
+    name: tuple[bytes, ...], *, foreign: bool, inside: bool
+) -> re.Pattern[bytes]:
     """The constructs ``_run_pattern`` stops at, found directly, without reading the
     tags in between: a cheap one-byte gate after ``<``, then a group-free alternation.
     A match is only a candidate: it may sit inside a tag (see ``_sync``)."""
-    starts = set(_SPECIAL_ELEMENTS) | (set() if inside else {name})
-    ends = (set(_FOREIGN_ELEMENTS) if foreign else set()) | ({name} if inside else set())
+    starts = set(_SPECIAL_ELEMENTS) | (set() if inside else set(name))
+    ends = (set(_FOREIGN_ELEMENTS) if foreign else set()) | (set(name) if inside else set())
     delimiter = rb"(?=[" + _WS + rb"/>])"
     firsts = {b"!"} | {start[:1] for start in starts} | ({b"/"} if ends else set())
     gate = b"".join(re.escape(first) + re.escape(first.upper()) for first in sorted(firsts))
@@ -217,9 +222,10 @@ Search = Callable[[bytes | bytearray, int], "re.Match[bytes] | None"]
 
 
 @functools.lru_cache(maxsize=16)
-def _patterns(name: bytes) -> tuple[tuple[Search, ...], tuple[Search, ...]]:
-    """Candidate searches and exact runs, by ``2 * foreign + inside``; built once per tag
-    name, so that a scanner costs little to create (one per response)."""
+def _patterns(name: tuple[bytes, ...]) -> tuple[tuple[Search, ...], tuple[Search, ...]]:
+    """Candidate searches and exact runs, by ``2 * foreign + inside``; built once per set of
+    tag names, so that a scanner costs little to create (one per response). Inside an
+    element, the end tag of any of the names stops the search; only the open one's counts."""
     variants = [(foreign, inside) for foreign in (False, True) for inside in (False, True)]
     candidates = tuple(
         _candidate_pattern(name, foreign=foreign, inside=inside).search
@@ -247,6 +253,7 @@ class PlaceholderScanner:
         "_max_size",
         "_mode",
         "_name",
+        "_names",
         "_open",
         "_open_end",
         "_pos",
@@ -263,14 +270,23 @@ class PlaceholderScanner:
         "steps",
     )
 
-    def __init__(self, tag: str = "rai-placeholder", *, max_size: int = 64 * 1024) -> None:
-        self._name = tag.lower().encode("ascii")
+    def __init__(
+        self,
+        tag: str = "rai-placeholder",
+        *,
+        max_size: int = 64 * 1024,
+        also: tuple[str, ...] = (),
+    ) -> None:
+        # ``also``: more tag names found the same way (``Placeholder.tag`` says which).
+        # Inside one element, another's start tag is part of its fallback.
+        self._names = tuple(dict.fromkeys(t.lower().encode("ascii") for t in (tag, *also)))
+        self._name = self._names[0]  # the open (or last opened) element's name
         self._open = b"<" + self._name
         self._max_size = max_size
-        self._candidates, self._runs = _patterns(self._name)
+        self._candidates, self._runs = _patterns(self._names)
         # The longest tag name whose identity matters: a name cut by the chunk end is held
         # until it is this long or ends.
-        self._longest = max(len(self._name), *(len(name) for name in _SPECIAL_ELEMENTS))
+        self._longest = max(*(len(n) for n in self._names), *map(len, _SPECIAL_ELEMENTS))
         self._buf: bytes | bytearray = b""  # bytes not yet released
         self._pos = 0  # where scanning resumes in ``_buf``
         self._mode = _DATA
@@ -591,7 +607,8 @@ class PlaceholderScanner:
                 self._skipping = False  # the end of the placeholder given up on
             elif name in _FOREIGN_ELEMENTS and self._foreign:
                 then = _THEN_UNFOREIGN
-        elif name == self._name and self._start < 0 and not self._skipping:
+        elif name in self._names and self._start < 0 and not self._skipping:
+            self._name, self._open = name, b"<" + name
             then = _THEN_OPEN
             self._start = pos
             self._foreign_at_open = self._foreign
@@ -764,7 +781,7 @@ class PlaceholderScanner:
                 if len(raw) > self._max_size:
                     self.oversized += 1
                     return None
-                return Placeholder(raw, attributes[:-1], b"", True)
+                return Placeholder(raw, attributes[:-1], b"", True, self._name)
             self._open_end = end
             return None
         if then == _THEN_CLOSE:
@@ -779,6 +796,7 @@ class PlaceholderScanner:
                 bytes(buf[start + len(self._open) : open_end - 1]),
                 bytes(buf[open_end : self._tag_start]),
                 False,
+                self._name,
             )
         return None
 
@@ -919,7 +937,13 @@ def _joined(items: list[Item]) -> list[Item]:
     return out
 
 
-def scan(data: bytes, tag: str = "rai-placeholder", *, max_size: int = 64 * 1024) -> list[Item]:
+def scan(
+    data: bytes,
+    tag: str = "rai-placeholder",
+    *,
+    max_size: int = 64 * 1024,
+    also: tuple[str, ...] = (),
+) -> list[Item]:
     """Scan a whole body at once (the pure-function form of ``PlaceholderScanner``)."""
-    scanner = PlaceholderScanner(tag, max_size=max_size)
+    scanner = PlaceholderScanner(tag, max_size=max_size, also=also)
     return scanner.feed(data) + scanner.close()

@@ -145,6 +145,7 @@ class _Response:
             path=str(environ.get("PATH_INFO", "")),
             script_root=str(environ.get("SCRIPT_NAME", "")),
             nonce=lambda: _environ_nonce(environ),
+            request_headers=environ,
         )
         if self._rewrite is None:
             self._write = self._start_response(status, headers, exc_info)

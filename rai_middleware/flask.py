@@ -181,6 +181,7 @@ class ReturningAI:
             script_root=request.script_root,
             nonce=lambda: nonce,
             stream=response.is_streamed,
+            request_headers=request.headers,
         )
         if rewrite is None:
             return response

@@ -9,7 +9,9 @@ told to misbehave, so that the whole token flow can be exercised without network
 * ``GET /sdk/rai-widget.iife.js`` - a tiny stand-in for the widget SDK script, whose custom
   elements show a small card (the widget type, whom their ``embed-token`` was minted for, its
   remaining lifetime counting down, "token renewed" when the page replaces it) and dispatch
-  ``rai-error`` once it has expired (re-checked every 500 ms);
+  ``rai-error`` once it has expired (re-checked every 500 ms). Run twice in one document it
+  throws, as a real bundle does (a second ``customElements.define`` of a name);
+  ``window.__fakeRaiSdkRuns`` counts its runs;
 * ``GET /{segment}/{widget_id}`` (``/channel-widget/general``, ``/store-widget/1``...: every
   segment of ``DEFAULT_IFRAME_SEGMENTS``) - a stand-in for a widget page, for the ``iframe``,
   ``attributes`` and ``proxy`` modes. It holds ``window.__WIDGET_INIT__ = { token: "" }``:
@@ -1003,8 +1005,10 @@ _SDK_SCRIPT: Final = """\
     }
   }
 
+  /* Runs counted for tests. Like a real bundle, a second run in one document throws: the
+     second customElements.define of a name is a NotSupportedError in every browser. */
+  window.__fakeRaiSdkRuns = (window.__fakeRaiSdkRuns || 0) + 1;
   TAGS.forEach(function (tag) {
-    if (customElements.get(tag)) return;
     customElements.define(tag, class extends HTMLElement {
       static get observedAttributes() { return ["embed-token"]; }
       connectedCallback() { render(this); }

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import html
+import json
 import logging
 import socket
 import threading
@@ -44,6 +46,15 @@ def _no_rai_env(monkeypatch: pytest.MonkeyPatch) -> None:
         "RAI_API_BASE_URL",
     ):
         monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _plain_container_ids(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
+    """Container ids without the random per-middleware prefix (``returning-ai-widget-1``,
+    ``-2``... counted per middleware), so that tests can assert exact bytes; like a fake
+    clock. Tests of the prefix itself mark themselves ``random_container_ids``."""
+    if request.node.get_closest_marker("random_container_ids") is None:
+        monkeypatch.setattr("rai_middleware._render.new_prefix", lambda: "")
 
 
 @pytest.fixture
@@ -236,3 +247,47 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def runtime_script(
+    *,
+    ticket: str = "TICKET",
+    token: str | None = None,
+    expires_in: int = 0,
+    nonce: str = "",
+    sdk: str | None = "https://unpkg.com/@returningai/widget-sdk@1.5.1/dist/rai-widget.iife.js",
+    sdk_tag: bool = True,
+    frames: bool = False,
+    endpoint: str = "/_rai/embed-token",
+    community: str = COMMUNITY_ID,
+    widgets_base: str = "",
+    segments: dict[str, str] | None = None,
+    integrity: str | None = None,
+) -> bytes:
+    """The browser runtime's ``<script>`` exactly as a page carries it (mode ``access_key``
+    unless ``frames``): its configuration as JSON in ``data-rai``, the tag name's first
+    letter escaped so that the page never spells ``rai-placeholder``."""
+    from rai_middleware._options import DEFAULT_IFRAME_SEGMENTS, DEFAULT_WIDGETS
+    from rai_middleware._runtime import RUNTIME_SCRIPT, RUNTIME_SCRIPT_FRAMES
+
+    config: dict[str, object] = {
+        "tag": "TAG",
+        "frames": frames,
+        "endpoint": endpoint,
+        "field": "token" if frames else "embedToken",
+        "ticket": ticket,
+        "widgets": dict(DEFAULT_WIDGETS),
+        "community": "" if frames else community,
+        "sdk": None if frames else sdk,
+        "integrity": integrity,
+        "sdkTag": sdk_tag and not frames,
+        "widgets_base": widgets_base,
+        "segments": dict(segments or (DEFAULT_IFRAME_SEGMENTS if frames else {})),
+    }
+    if token is not None:
+        config["token"] = token
+        config["expiresIn"] = expires_in
+    data = json.dumps(config, separators=(",", ":")).replace('"TAG"', '"\\u0072ai-placeholder"')
+    nonce_attr = f' nonce="{html.escape(nonce)}"' if nonce else ""
+    code = RUNTIME_SCRIPT_FRAMES if frames else RUNTIME_SCRIPT
+    return f'<script{nonce_attr} data-rai="{html.escape(data)}">{code}</script>'.encode()

@@ -60,6 +60,15 @@ FALLBACK = b'<a href="/login">Sign in to chat</a>'
 PAGE_AFTER = b"<p>after</p></body></html>"
 PAGE = PAGE_BEFORE + PLACEHOLDER + PAGE_AFTER
 PLAIN = b"<!doctype html><html><body><p>no widgets here</p></body></html>"
+# Issue 13: an HTML fragment (no html/head/body), a Turbo Stream, an SPA shell.
+FRAGMENT = b'<div class="fragment">' + PLACEHOLDER + b"</div>"
+TURBO_STREAM_BODY = (
+    b'<turbo-stream action="append" target="chat"><template>'
+    + PLACEHOLDER
+    + b"</template></turbo-stream>"
+)
+TURBO_STREAM_TYPE = "text/vnd.turbo-stream.html; charset=utf-8"
+SHELL = PAGE_BEFORE + b'<main id="app"></main><rai-runtime></rai-runtime>' + PAGE_AFTER
 JSON_BODY = b'{"html": "<rai-placeholder widget=\\"channel\\">x</rai-placeholder>"}'
 
 STREAM_BEFORE = b"<!doctype html><html><body><p>streamed</p>"
@@ -156,6 +165,9 @@ ROUTES: dict[str, Route] = {
     "/page-vary-cookie": Route(headers=(*VALIDATORS, ("Vary", "Cookie")), body=PAGE),
     "/page-vary-list": Route(headers=(*VALIDATORS, ("Vary", "cookie, Accept")), body=PAGE),
     "/plain": Route(headers=VALIDATORS, body=PLAIN),
+    "/fragment": Route(body=FRAGMENT),
+    "/turbo-stream": Route(content_type=TURBO_STREAM_TYPE, body=TURBO_STREAM_BODY),
+    "/shell": Route(body=SHELL),
     "/json": Route(content_type="application/json", headers=VALIDATORS, body=JSON_BODY),
     "/stream": Route(headers=VALIDATORS, chunks=STREAM_CHUNKS),
     "/slow-stream": Route(chunks=(SLOW_HEAD, SLOW_TAIL), wait_for_client=True),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 import logging
 import re
@@ -26,6 +27,7 @@ from tests.conftest import (
     headers_of,
     html_app,
     http_scope,
+    runtime_script,
     wrap,
 )
 
@@ -44,13 +46,26 @@ PAGE = (
 )
 
 
-def scripts(ticket: str = "TICKET", nonce: str = "") -> bytes:
+def scripts(ticket: str = "TICKET", nonce: str = "", *, fragment: bool = False) -> bytes:
+    """What follows a response's first widget: the SDK tag (not in a fragment: the runtime
+    loads the SDK once per document), the refresh script and the runtime (with the page's
+    token ``tok-1``, 900 s on the tests' fixed clock)."""
     nonce_attr = f' nonce="{nonce}"' if nonce else ""
+    sdk = "" if fragment else f'<script src="{SDK}"{nonce_attr} data-turbo-eval="false"></script>'
     return (
-        f'<script src="{SDK}"{nonce_attr}></script>'
+        f"{sdk}"
         f'<script{nonce_attr} data-rai-ticket="{ticket}" data-rai-endpoint="/_rai/embed-token">'
         f"{REFRESH_SCRIPT}</script>"
-    ).encode()
+    ).encode() + runtime_script(
+        ticket=ticket,
+        token="tok-1",
+        expires_in=900,
+        nonce=html.unescape(nonce),
+        sdk_tag=not fragment,
+    )
+
+
+FIXED_CLOCK = {"clock": lambda: 1000.0}
 
 
 class _FixedTickets:
@@ -93,7 +108,7 @@ ANONYMOUS_PAGE = (
 
 
 async def test_signed_in_page_gets_exact_widget_markup(upstream: respx.MockRouter) -> None:
-    middleware = wrap(html_app(PAGE))
+    middleware = wrap(html_app(PAGE), **FIXED_CLOCK)
     fixed_ticket(middleware)
     messages = await call_asgi(middleware, http_scope())
     assert body_of(messages) == signed_in_page()
@@ -129,20 +144,21 @@ async def test_all_widgets_of_a_page_share_one_token_and_scripts_appear_once(
 ) -> None:
     body = body_of(await call_asgi(wrap(html_app(PAGE)), http_scope()))
     assert body.count(b'embed-token="tok-1"') == 3
-    assert body.count(SDK.encode()) == 1
+    assert body.count(b'<script src="' + SDK.encode()) == 1
     assert body.count(b'data-rai-ticket="') == 1
+    assert body.count(b"data-rai=") == 1
     assert b"rai-placeholder" not in body
 
 
 async def test_hostile_attribute_values_are_escaped(upstream: respx.MockRouter) -> None:
     page = b'<rai-placeholder widget="store" title="&quot;><script>alert(1)</script>" x=\'a"b\'/>'
-    middleware = wrap(html_app(page))
+    middleware = wrap(html_app(page), **FIXED_CLOCK)
     fixed_ticket(middleware)
     body = body_of(await call_asgi(middleware, http_scope()))
     assert body == (
         b'<div id="returning-ai-widget-1"><rai-store-widget community-id="community-123" '
         b'title="&quot;&gt;&lt;script&gt;alert(1)&lt;/script&gt;" x="a&quot;b" '
-        b'embed-token="tok-1"></rai-store-widget></div>' + scripts()
+        b'embed-token="tok-1"></rai-store-widget></div>' + scripts(fragment=True)
     )
 
 
@@ -166,18 +182,18 @@ async def test_placeholder_tag_and_widget_match_case_insensitively(
     upstream: respx.MockRouter,
 ) -> None:
     page = b'<RAI-Placeholder WIDGET="Store"></Rai-PlaceHolder>'
-    middleware = wrap(html_app(page))
+    middleware = wrap(html_app(page), **FIXED_CLOCK)
     fixed_ticket(middleware)
     body = body_of(await call_asgi(middleware, http_scope()))
     assert body == (
         b'<div id="returning-ai-widget-1"><rai-store-widget community-id="community-123" '
-        b'embed-token="tok-1"></rai-store-widget></div>' + scripts()
+        b'embed-token="tok-1"></rai-store-widget></div>' + scripts(fragment=True)
     )
 
 
 async def test_placeholder_tag_is_configurable(upstream: respx.MockRouter) -> None:
     page = b'<my-widget widget="store"></my-widget><rai-placeholder widget="store"/>'
-    middleware = wrap(html_app(page), placeholder_tag="my-widget")
+    middleware = wrap(html_app(page), placeholder_tag="my-widget", **FIXED_CLOCK)
     fixed_ticket(middleware)
     body = body_of(await call_asgi(middleware, http_scope()))
     assert body.startswith(b'<div id="returning-ai-widget-1"><rai-store-widget ')
@@ -190,7 +206,8 @@ async def test_placeholder_community_id_overrides_configuration(
     page = b'<rai-placeholder widget="store" community-id="other"/>'
     body = body_of(await call_asgi(wrap(html_app(page)), http_scope()))
     assert b'<rai-store-widget community-id="other" embed-token="tok-1">' in body
-    assert COMMUNITY_ID.encode() not in body
+    widget = body.split(b"</div>", 1)[0]
+    assert COMMUNITY_ID.encode() not in widget  # (the runtime has it, for other widgets)
 
 
 async def test_unknown_widget_serves_fallback_and_logs_error(
@@ -571,19 +588,19 @@ async def test_csp_nonce_from_response_header_is_put_on_injected_scripts(
     app = html_app(
         b'<rai-placeholder widget="store"/>', headers=[(b"content-security-policy", csp)]
     )
-    middleware = wrap(app)
+    middleware = wrap(app, **FIXED_CLOCK)
     fixed_ticket(middleware)
     body = body_of(await call_asgi(middleware, http_scope()))
-    assert body.endswith(scripts(nonce="abc123"))
+    assert body.endswith(scripts(nonce="abc123", fragment=True))
 
 
 async def test_csp_nonce_from_scope_state_is_used(upstream: respx.MockRouter) -> None:
     scope = http_scope()
     scope["state"]["csp_nonce"] = 'n"1'
-    middleware = wrap(html_app(b'<rai-placeholder widget="store"/>'))
+    middleware = wrap(html_app(b'<rai-placeholder widget="store"/>'), **FIXED_CLOCK)
     fixed_ticket(middleware)
     body = body_of(await call_asgi(middleware, scope))
-    assert body.endswith(scripts(nonce="n&quot;1"))
+    assert body.endswith(scripts(nonce="n&quot;1", fragment=True))
 
 
 # -- through httpx and Starlette ------------------------------------------------------

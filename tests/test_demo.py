@@ -272,7 +272,10 @@ async def test_mode_access_key_renders_sdk_elements() -> None:
     assert_signed_in_claims(fake, token)
     store = STORE_WIDGET.search(page)
     assert store is not None and html.unescape(store.group(1)) == token
-    assert f'<script src="{fake.base_url}/sdk/rai-widget.iife.js"></script>' in page
+    assert (
+        f'<script src="{fake.base_url}/sdk/rai-widget.iife.js" data-turbo-eval="false"></script>'
+        in page
+    )
     assert 'data-rai-endpoint="/_rai/embed-token"' in page
     assert "Offline mode (access_key)" in page
     assert "<iframe" not in page
@@ -573,7 +576,7 @@ def test_demo_over_a_real_socket() -> None:
 
             # The page loads the fake's SDK stand-in, which is really there.
             sdk_url = f"{fake_url}/sdk/rai-widget.iife.js"
-            assert f'<script src="{sdk_url}"></script>' in page
+            assert f'<script src="{sdk_url}" data-turbo-eval="false"></script>' in page
             assert httpx.get(sdk_url, timeout=10).status_code == 200
 
             refresh = client.post("/_rai/embed-token", headers={"X-RAI-Ticket": the_ticket(page)})

@@ -211,7 +211,7 @@ async def test_refresh_endpoint_respects_endpoint_prefix(upstream: respx.MockRou
     assert (await call_asgi(middleware, scope))[0]["status"] == 200
     # The default path is now the app's: it answers with its page.
     old = await call_asgi(middleware, refresh_scope("x"))
-    assert body_of(old).startswith(b'<div id="returning-ai-widget-1">')
+    assert body_of(old).startswith(b'<div id="returning-ai-widget-2">')  # the second page
 
 
 async def test_refresh_endpoint_under_root_path(upstream: respx.MockRouter) -> None:

@@ -9,6 +9,7 @@ except for the timeout test, whose upstream is a socket that answers too late.
 from __future__ import annotations
 
 import html
+import json
 import re
 import socket
 import threading
@@ -20,22 +21,27 @@ import pytest
 
 from rai_middleware import FAILURE_KINDS, Event, StoreError
 from rai_middleware._identity import Identity
+from rai_middleware._runtime import RUNTIME_SCRIPT
 from rai_middleware.testing import _WIDGET_PAGE, FakeReturningAI
 from tests.conftest import ACCESS_ID, ACCESS_KEY, COMMUNITY_ID, SECRET_KEY
 from tests.entrances import (
     ENTRANCES,
     FALLBACK,
+    FRAGMENT,
     JSON_BODY,
     PAGE_AFTER,
     PAGE_BEFORE,
     PLAIN,
     REFRESH_URL,
     SDK_URL,
+    SHELL,
     SLOW_HEAD,
     SLOW_TAIL,
     STREAM_AFTER,
     STREAM_BEFORE,
     STREAM_WAIT,
+    TURBO_STREAM_BODY,
+    TURBO_STREAM_TYPE,
     Response,
     Site,
     build_site,
@@ -46,11 +52,13 @@ BOB = {"X-User": "bob"}
 #: The legacy Widget API key modes iframe and proxy sign visitors in with (a fixture value).
 WIDGET_API_KEY = "widget-api-key-WWWWWWWWWWWWWWWWWWWWWWWW"
 
-# The widget that replaces the placeholder, then the SDK and refresh scripts (once per
-# page): exact bytes but for the token, the ticket and the refresh script's code.
+# The widget that replaces the placeholder, then the SDK, refresh and runtime scripts (once
+# per page): exact bytes but for the token, the ticket, the runtime's configuration and the
+# refresh script's code.
 WIDGET = (
-    re.escape(
-        b'<div id="returning-ai-widget-1"><rai-channel-widget community-id="'
+    rb'<div id="returning-ai-widget-(?P<suffix>[0-9]+)">'
+    + re.escape(
+        b'<rai-channel-widget community-id="'
         + COMMUNITY_ID.encode()
         + b'" channel-id="abc" embed-token="'
     )
@@ -58,16 +66,36 @@ WIDGET = (
     + re.escape(
         b'"></rai-channel-widget></div><script src="'
         + SDK_URL.encode()
-        + b'"></script><script data-rai-ticket="'
+        + b'" data-turbo-eval="false"></script><script data-rai-ticket="'
     )
     + rb'(?P<ticket>[^"<>]+)'
     + re.escape(b'" data-rai-endpoint="' + REFRESH_URL.encode() + b'">')
     + rb"(?P<script>[^\n]*?rai-error[^\n]*?)</script>"
+    + rb'<script data-rai="(?P<runtime>[^"<>]+)">'
+    + re.escape(RUNTIME_SCRIPT.encode() + b"</script>")
 )
 
 
 def widget_page(before: bytes, after: bytes) -> re.Pattern[bytes]:
     return re.compile(re.escape(before) + WIDGET + re.escape(after), re.DOTALL)
+
+
+# In a fragment: no SDK tag (the runtime loads the SDK once per document).
+FRAGMENT_WIDGET = WIDGET.replace(
+    re.escape(b'<script src="' + SDK_URL.encode() + b'" data-turbo-eval="false"></script>'), b""
+)
+assert FRAGMENT_WIDGET != WIDGET
+
+
+def fragment_page(before: bytes, after: bytes) -> re.Pattern[bytes]:
+    return re.compile(re.escape(before) + FRAGMENT_WIDGET + re.escape(after), re.DOTALL)
+
+
+def runtime_config(body: bytes) -> dict[str, Any]:
+    match = re.search(rb'<script data-rai="([^"]+)">', body)
+    assert match is not None, body
+    config: dict[str, Any] = json.loads(html.unescape(match.group(1).decode()))
+    return config
 
 
 WIDGET_PAGE = widget_page(PAGE_BEFORE, PAGE_AFTER)
@@ -532,6 +560,88 @@ def test_after_the_cool_down_one_page_probes_the_upstream(
     token, _ = widget_parts(WIDGET_PAGE, site.get("/page", headers=BOB).body)  # the probe
     assert fake.decode(token)["data-customer-id"] == "bob"
     assert fake.calls == 2
+
+
+# -- 13. fragments and client-rendered views (issue 13) ----------------------------------------
+
+
+def test_a_body_without_html_head_or_body_is_a_fragment(site: Site, fake: FakeReturningAI) -> None:
+    response = site.get("/fragment", headers=ALICE)
+    before, after = FRAGMENT.split(b"<rai-placeholder")[0], b"</div>"
+    token, ticket = widget_parts(fragment_page(before, after), response.body)
+    assert fake.decode(token)["data-customer-id"] == "alice"
+    config = runtime_config(response.body)
+    assert config["sdk"] == SDK_URL and config["sdkTag"] is False
+    assert config["token"] == token and config["ticket"] == ticket
+    assert config["endpoint"] == REFRESH_URL and config["field"] == "embedToken"
+    assert response.header("Cache-Control") == ["private, no-store"]
+    assert response.header("Content-Length") == [str(len(response.body))]
+
+
+@pytest.mark.parametrize(
+    "header", [("HX-Request", "true"), ("Turbo-Frame", "chat"), ("X-Up-Version", "3.9.5")]
+)
+def test_htmx_turbo_frame_and_unpoly_requests_get_fragments(
+    site: Site, fake: FakeReturningAI, header: tuple[str, str]
+) -> None:
+    response = site.get("/page", headers={**ALICE, header[0]: header[1]})
+    widget_parts(fragment_page(PAGE_BEFORE, PAGE_AFTER), response.body)
+    assert runtime_config(response.body)["sdkTag"] is False
+
+
+def test_hx_request_false_is_a_page(site: Site, fake: FakeReturningAI) -> None:
+    response = site.get("/page", headers={**ALICE, "HX-Request": "false"})
+    widget_parts(WIDGET_PAGE, response.body)
+    assert runtime_config(response.body)["sdkTag"] is True
+
+
+def test_a_turbo_stream_is_rewritten_as_a_fragment(site: Site, fake: FakeReturningAI) -> None:
+    response = site.get("/turbo-stream", headers=ALICE)
+    before, after = TURBO_STREAM_BODY.split(b"<rai-placeholder")[0], b"</template></turbo-stream>"
+    token, _ = widget_parts(fragment_page(before, after), response.body)
+    assert fake.decode(token)["data-customer-id"] == "alice"
+    assert response.header("Content-Type") == [TURBO_STREAM_TYPE]
+
+
+def test_container_ids_are_unique_across_responses(site: Site, fake: FakeReturningAI) -> None:
+    suffixes = []
+    for path in ("/page", "/fragment", "/page"):
+        body = site.get(path, headers=ALICE).body
+        match = re.search(rb'<div id="returning-ai-widget-([^"]+)">', body)
+        assert match is not None
+        suffixes.append(match.group(1))
+    assert len(set(suffixes)) == 3
+    assert fake.calls == 1
+
+
+def test_runtime_tag_for_a_signed_in_visitor(site: Site, fake: FakeReturningAI) -> None:
+    response = site.get("/shell", headers=ALICE)
+    body = response.body
+    before, after = SHELL.split(b"<rai-runtime>")[0], SHELL.split(b"</rai-runtime>")[1]
+    runtime = re.compile(
+        re.escape(before)
+        + re.escape(b'<script src="' + SDK_URL.encode() + b'" data-turbo-eval="false"></script>')
+        + rb'<script data-rai="[^"]+">'
+        + re.escape(RUNTIME_SCRIPT.encode() + b"</script>" + after)
+    )
+    assert runtime.fullmatch(body), body
+    config = runtime_config(body)
+    assert "token" not in config  # a ticket, no token: the first view asks the endpoint
+    assert config["sdkTag"] is True and config["tag"] == "rai-placeholder"
+    assert b"rai-placeholder" not in body
+    assert fake.calls == 0
+    assert response.header("Cache-Control") == ["private, no-store"]
+    assert_no_secret(response)
+    # The runtime's ticket is the page's: the endpoint answers it.
+    reply = site.post(REFRESH_URL, headers=refresh_headers(config["ticket"]))
+    assert reply.status == 200
+    assert fake.decode(reply.json()["embedToken"])["data-customer-id"] == "alice"
+
+
+def test_runtime_tag_for_an_anonymous_visitor_is_removed(site: Site, fake: FakeReturningAI) -> None:
+    response = site.get("/shell")
+    assert response.body == SHELL.replace(b"<rai-runtime></rai-runtime>", b"")
+    assert fake.calls == 0
 
 
 # -- issue 15, item 6: stats() and on_event ------------------------------------------------

@@ -26,6 +26,7 @@ from tests.conftest import (
     headers_of,
     html_app,
     http_scope,
+    runtime_script,
 )
 
 pytestmark = pytest.mark.anyio
@@ -104,10 +105,17 @@ async def test_iframe_page_exact_markup_and_one_auth_script(signin: respx.MockRo
         + HEIGHT_SCRIPT.encode()
         + b"</script>"
     )
-    assert body.endswith(
-        b"<script>" + IFRAME_AUTH_SCRIPT.encode() + b"</script>" + height + iframe_two
-    )
     data = data_block(body)
+    runtime = runtime_script(
+        frames=True,
+        ticket=data["ticket"],
+        token="legacy-1",
+        expires_in=data["expiresIn"],
+        endpoint="/_rai/signin",
+        widgets_base="https://prod-widgets.returning.ai",
+    )
+    auth_script = b"<script>" + IFRAME_AUTH_SCRIPT.encode() + b"</script>"
+    assert body.endswith(auth_script + height + runtime + iframe_two)
     assert data["token"] == "legacy-1"
     assert data["origin"] == "https://prod-widgets.returning.ai"
     assert data["endpoint"] == "/_rai/signin"
@@ -145,7 +153,9 @@ async def test_iframe_data_block_is_safe_against_script_breakout(
     assert block is not None
     assert b"<" not in block.group(1) and b">" not in block.group(1)
     assert json.loads(block.group(1))["token"] == "a</script><!--<script>&'"
-    assert body.count(b"</script>") == 3  # the data block, the auth and the height scripts
+    # the data block, the auth and the height scripts, the runtime
+    assert body.count(b"</script>") == 4
+    assert b"a</script><!--" not in body
 
 
 def test_iframe_data_block_escapes_line_separators() -> None:

@@ -297,7 +297,10 @@ def test_same_origin_sdk_path_is_rendered_as_given() -> None:
     settings = build_settings({**ACCESS, "sdk_url": "/static/rai-widget.iife.js"}, environ={})
     auth = PageAuth(Identity.create({"data-x": "1"}, b"k"), token="tok", ticket="tic")
     page = PageContext("/", "/_rai/embed-token")
-    assert '<script src="/static/rai-widget.iife.js">' in settings.auth.render_once(page, auth)
+    assert (
+        '<script src="/static/rai-widget.iife.js" data-turbo-eval="false">'
+        in settings.auth.render_once(page, auth)
+    )
     assert settings.sdk_url != DEFAULT_SDK_URL
 
 

@@ -268,7 +268,7 @@ def markup(**changes: str | None) -> WidgetMarkup:
 
 def test_render_scripts_without_nonce() -> None:
     assert render_scripts(markup()) == (
-        '<script src="https://cdn.example/sdk.js"></script>'
+        '<script src="https://cdn.example/sdk.js" data-turbo-eval="false"></script>'
         '<script data-rai-ticket="TICKET" data-rai-endpoint="/_rai/token">'
         + REFRESH_SCRIPT
         + "</script>"
@@ -281,7 +281,7 @@ def test_render_scripts_with_empty_nonce_writes_no_nonce() -> None:
 
 def test_render_scripts_with_nonce() -> None:
     assert render_scripts(markup(nonce="n0nce")) == (
-        '<script src="https://cdn.example/sdk.js" nonce="n0nce"></script>'
+        '<script src="https://cdn.example/sdk.js" nonce="n0nce" data-turbo-eval="false"></script>'
         '<script nonce="n0nce" data-rai-ticket="TICKET" data-rai-endpoint="/_rai/token">'
         + REFRESH_SCRIPT
         + "</script>"
@@ -298,12 +298,20 @@ def test_render_scripts_escapes_every_value() -> None:
         )
     )
     assert html == (
-        '<script src="https://x/&quot;&gt;&lt;script&gt;a()&lt;/script&gt;" nonce="n&quot;x">'
-        '</script><script nonce="n&quot;x"'
+        '<script src="https://x/&quot;&gt;&lt;script&gt;a()&lt;/script&gt;" nonce="n&quot;x"'
+        ' data-turbo-eval="false"></script><script nonce="n&quot;x"'
         ' data-rai-ticket="t&#x27;&gt;&lt;rai-placeholder widget=x/&gt;"'
         ' data-rai-endpoint="/r?a=1&amp;b=2">' + REFRESH_SCRIPT + "</script>"
     )
     assert "<rai-placeholder" not in html
+
+
+def test_render_scripts_in_a_fragment_leave_the_sdk_to_the_runtime() -> None:
+    assert render_scripts(markup(), sdk=False) == (
+        '<script data-rai-ticket="TICKET" data-rai-endpoint="/_rai/token">'
+        + REFRESH_SCRIPT
+        + "</script>"
+    )
 
 
 def test_render_scripts_does_not_write_the_token() -> None:

@@ -973,3 +973,36 @@ def test_placeholder_inside_other_raw_text_elements_is_left_alone(element: bytes
     items = scan(page)
     assert all(isinstance(item, bytes) for item in items)
     assert b"".join(item for item in items if isinstance(item, bytes)) == page
+
+
+def test_also_finds_other_tag_names_and_says_which() -> None:
+    data = (
+        b"<p><RAI-RUNTIME></rai-runtime><rai-placeholder widget=x>fb<rai-runtime></rai-runtime>"
+        b"</rai-placeholder><script>'<rai-runtime>'</script><rai-runtime a=1/>"
+    )
+    items = scan(data, also=("rai-runtime",))
+    assert [item.tag if isinstance(item, Placeholder) else item for item in items] == [
+        b"<p>",
+        b"rai-runtime",
+        b"rai-placeholder",
+        b"<script>'<rai-runtime>'</script>",
+        b"rai-runtime",
+    ]
+    runtime, widget, last = items[1], items[2], items[4]
+    assert isinstance(runtime, Placeholder) and runtime.raw == b"<RAI-RUNTIME></rai-runtime>"
+    # Inside a placeholder, the other tag is part of its fallback.
+    assert isinstance(widget, Placeholder)
+    assert widget.inner == b"fb<rai-runtime></rai-runtime>"
+    assert isinstance(last, Placeholder) and last.self_closing and last.attributes == b" a=1"
+
+
+def test_also_in_one_byte_chunks_gives_the_same_items() -> None:
+    data = b"<div><rai-runtime></rai-runtime><rai-placeholder widget=x/></div>"
+    scanner = PlaceholderScanner(also=("rai-runtime",))
+    items = [item for i in range(len(data)) for item in scanner.feed(data[i : i + 1])]
+    items += scanner.close()
+    assert [i.tag for i in items if isinstance(i, Placeholder)] == [
+        b"rai-runtime",
+        b"rai-placeholder",
+    ]
+    assert b"".join(i if isinstance(i, bytes) else i.raw for i in items) == data

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from rai_middleware._identity import Identity
+from rai_middleware._render import container_id
 
 if TYPE_CHECKING:
     from rai_middleware._clients import HTTPResponse
@@ -43,7 +44,17 @@ class PageContext:
     The CSP nonce may be given as a function, asked only when a widget is written: reading
     a framework's lazy nonce is what makes its CSP middleware send it."""
 
-    __slots__ = ("_nonce", "_nonce_source", "path", "refresh_url", "root", "xhtml")
+    __slots__ = (
+        "_nonce",
+        "_nonce_source",
+        "fragment",
+        "path",
+        "refresh_url",
+        "root",
+        "runtime_written",
+        "scripts_written",
+        "xhtml",
+    )
 
     def __init__(
         self,
@@ -54,8 +65,17 @@ class PageContext:
         nonce: str | None = None,
         nonce_source: Callable[[], str | None] | None = None,
         root: str = "",
+        fragment: bool = False,
     ) -> None:
         self.path = path
+        #: A fragment of a page (htmx, Turbo, Unpoly, or no html/head/body before its
+        #: first widget): its scripts must not repeat what the document has.
+        self.fragment = fragment
+        #: The page-level scripts (the SDK tag, iframe mode's auth script) are in this
+        #: response already.
+        self.scripts_written = False
+        #: Set by the page rewrite: the browser runtime is in this response already.
+        self.runtime_written = False
         self.refresh_url = refresh_url
         #: Where the app is mounted (ASGI ``root_path``, WSGI ``SCRIPT_NAME``): the prefix of
         #: the middleware's own URLs in the page.
@@ -81,6 +101,12 @@ class Widget:
     element: str
     attributes: Sequence[Attribute]
     index: int
+    #: Its container's id suffix, unique across responses (default: ``index``).
+    suffix: str = ""
+
+    @property
+    def container(self) -> str:
+        return container_id(self.suffix or self.index)
 
     def attribute(self, name: str) -> str | None:
         return next((value for key, value in self.attributes if key == name), None)
@@ -141,6 +167,11 @@ class Mode:
 
     def render_once(self, page: PageContext, auth: PageAuth) -> str:
         """What the page carries once, after its first widget (scripts, data)."""
+        return ""
+
+    def render_runtime(self, page: PageContext, auth: PageAuth) -> str:
+        """The browser runtime (``_runtime``) and what it needs that the response does not
+        carry yet; ``auth.token`` may be None (an SPA shell). "": not offered here."""
         return ""
 
     def endpoint_payload(self, token: str, expires_in: int) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from rai_middleware._exceptions import TokenError
 from rai_middleware._identity import Identity
 from rai_middleware._render import Attribute, container_id, inline_script, quote_attribute
+from rai_middleware._runtime import RuntimeConfig, render_runtime
 from rai_middleware._upstream import (
     TokenRequest,
     checked_identifiers,
@@ -31,7 +32,14 @@ from ._base import Mode, PageAuth, PageContext, Widget
 if TYPE_CHECKING:
     from rai_middleware._clients import HTTPResponse
 
-__all__ = ["REFRESH_SCRIPT", "AccessKeyMode", "WidgetMarkup", "render_scripts", "render_widget"]
+__all__ = [
+    "REFRESH_SCRIPT",
+    "AccessKeyMode",
+    "WidgetMarkup",
+    "render_scripts",
+    "render_sdk",
+    "render_widget",
+]
 
 # Attributes the middleware owns on the element it writes: a placeholder cannot set them.
 _RESERVED = frozenset({"widget", "embed-token"})
@@ -88,7 +96,7 @@ def render_widget(
     element: str,
     attributes: Sequence[Attribute],
     *,
-    index: int,
+    index: int | str,
     token: str,
     community_id: str,
 ) -> str:
@@ -108,8 +116,9 @@ def render_widget(
     return "".join(parts)
 
 
-def render_scripts(markup: WidgetMarkup, *, xhtml: bool = False) -> str:
-    """The SDK script and the refresh script, written once per page after the first widget."""
+def render_sdk(markup: WidgetMarkup) -> str:
+    """The SDK ``<script src>`` of a full page. ``data-turbo-eval="false"``: Turbo Drive does
+    not run it again on each visit (the runtime loads the SDK where a document lacks it)."""
     nonce = f" nonce={quote_attribute(markup.nonce)}" if markup.nonce else ""
     integrity = (
         f' integrity={quote_attribute(markup.integrity)} crossorigin="anonymous"'
@@ -117,8 +126,18 @@ def render_scripts(markup: WidgetMarkup, *, xhtml: bool = False) -> str:
         else ""
     )
     return (
-        f"<script src={quote_attribute(markup.sdk_url)}{integrity}{nonce}></script>"
-        f"<script{nonce} data-rai-ticket={quote_attribute(markup.ticket)}"
+        f'<script src={quote_attribute(markup.sdk_url)}{integrity}{nonce} data-turbo-eval="false">'
+        "</script>"
+    )
+
+
+def render_scripts(markup: WidgetMarkup, *, xhtml: bool = False, sdk: bool = True) -> str:
+    """The SDK script (``sdk``: not in a fragment, whose document has the runtime load it
+    once) and the refresh script, written once per response after the first widget."""
+    nonce = f" nonce={quote_attribute(markup.nonce)}" if markup.nonce else ""
+    return (
+        (render_sdk(markup) if sdk else "")
+        + f"<script{nonce} data-rai-ticket={quote_attribute(markup.ticket)}"
         f" data-rai-endpoint={quote_attribute(markup.refresh_url)}>"
         f"{inline_script(REFRESH_SCRIPT, xhtml=xhtml)}</script>"
     )
@@ -173,21 +192,47 @@ class AccessKeyMode(Mode):
         return render_widget(
             widget.element,
             widget.attributes,
-            index=widget.index,
+            index=widget.suffix or widget.index,
             token=auth.token,
             community_id=self.settings.community_id or "",
         )
 
     def render_once(self, page: PageContext, auth: PageAuth) -> str:
         assert auth.token is not None and auth.ticket is not None
+        markup = self._markup(page, auth)
+        sdk = not page.fragment and not page.scripts_written
+        page.scripts_written = True
+        return render_scripts(markup, xhtml=page.xhtml, sdk=sdk)
+
+    def render_runtime(self, page: PageContext, auth: PageAuth) -> str:
+        assert auth.ticket is not None
         settings = self.settings
-        markup = WidgetMarkup(
-            token=auth.token,
+        sdk = "" if page.fragment or page.scripts_written else render_sdk(self._markup(page, auth))
+        page.scripts_written = True
+        config = RuntimeConfig(
+            frames=False,
+            endpoint=page.refresh_url,
+            token_field=self.token_field,
             ticket=auth.ticket,
+            tag=settings.placeholder_tag,
+            widgets=dict(settings.widgets),
+            community=settings.community_id or "",
+            sdk=settings.sdk_url,
+            integrity=settings.sdk_integrity,
+            sdk_tag=not page.fragment,
+            token=auth.token,
+            expires_in=auth.expires_in,
+        )
+        return sdk + render_runtime(config, nonce=page.nonce, xhtml=page.xhtml)
+
+    def _markup(self, page: PageContext, auth: PageAuth) -> WidgetMarkup:
+        settings = self.settings
+        return WidgetMarkup(
+            token=auth.token or "",
+            ticket=auth.ticket or "",
             community_id=settings.community_id or "",
             sdk_url=settings.sdk_url,
             refresh_url=page.refresh_url,
             nonce=page.nonce,
             integrity=settings.sdk_integrity,
         )
-        return render_scripts(markup, xhtml=page.xhtml)

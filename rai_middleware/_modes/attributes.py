@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
-from rai_middleware._render import Attribute, container_id, quote_attribute
+from rai_middleware._render import Attribute, quote_attribute
 
 from ._base import Mode, PageAuth, PageContext, Widget, widget_page
 
@@ -66,7 +66,7 @@ class AttributesMode(Mode):
         return render_loader(
             widget=widget.name,
             widget_id=widget_id,
-            container=container_id(widget.index),
+            container=widget.container,
             attributes=widget.attributes,
             identifiers=auth.identity.identifiers,
             loader_url=settings.loader_url,

@@ -26,6 +26,7 @@ from urllib.parse import quote, urlsplit
 from rai_middleware._exceptions import TokenError
 from rai_middleware._identity import Identity
 from rai_middleware._render import Attribute, inline_script, quote_attribute
+from rai_middleware._runtime import RuntimeConfig, render_runtime
 from rai_middleware._upstream import (
     IdentityRefused,
     TokenRequest,
@@ -193,10 +194,29 @@ class IframeMode(Mode):
         base = self.settings.widgets_base_url
         return render_iframe(base, segment, widget_id, widget.attributes, extra=bounds)
 
-    def render_once(self, page: PageContext, auth: PageAuth) -> str:
-        assert auth.token is not None and auth.ticket is not None
-        iframe_auth = IframeAuth(
+    def render_runtime(self, page: PageContext, auth: PageAuth) -> str:
+        assert auth.ticket is not None
+        settings = self.settings
+        answerer = "" if page.scripts_written else self.render_once(page, auth)
+        page.scripts_written = True
+        config = RuntimeConfig(
+            frames=True,
+            endpoint=page.refresh_url,
+            token_field=self.token_field,
+            ticket=auth.ticket,
+            tag=settings.placeholder_tag,
+            widgets=dict(settings.widgets),
+            widgets_base=settings.widgets_base_url,
+            segments=dict(settings.iframe_segments),
             token=auth.token,
+            expires_in=auth.expires_in,
+        )
+        return answerer + render_runtime(config, nonce=page.nonce, xhtml=page.xhtml)
+
+    def render_once(self, page: PageContext, auth: PageAuth) -> str:
+        assert auth.ticket is not None
+        iframe_auth = IframeAuth(
+            token=auth.token or "",  # none (an SPA shell): the script asks the endpoint
             expires_in=auth.expires_in,
             widgets_origin=self.widgets_origin,
             refresh_url=page.refresh_url,

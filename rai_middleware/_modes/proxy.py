@@ -113,6 +113,11 @@ class ProxyMode(IframeMode):
     endpoint: ClassVar[str | None] = None
     widget_route = True
 
+    def render_runtime(self, page: PageContext, auth: PageAuth) -> str:
+        """None here: each frame gets its token from the widget route, so the page needs
+        neither the refresh endpoint nor the browser runtime (``<rai-runtime>`` is removed)."""
+        return ""
+
     def route_prefix(self, root: str = "") -> str:
         """Where the widget pages are served (``/_rai/widget/``), under the app's mount."""
         return root + self.settings.endpoint_prefix + ROUTE

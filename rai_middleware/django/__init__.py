@@ -249,6 +249,7 @@ class ReturningAIMiddleware:
             script_root=path[: len(path) - len(path_info)] if path.endswith(path_info) else "",
             nonce=self._nonce_source(request, response),
             stream=response.streaming,
+            request_headers=request.headers,
         )
 
     def _nonce_source(self, request: Request, response: Response) -> Callable[[], str | None]:
