@@ -27,7 +27,7 @@ from typing import Any, Protocol, TypeVar
 import httpx
 
 from ._async_tokens import TokenService
-from ._config import ADAPTER_KEYWORDS, Settings, build_settings
+from ._config import ADAPTER_KEYWORDS, KEYWORDS, Settings, Spelling, build_settings
 from ._endpoint import Reply, answer
 from ._exceptions import ConfigurationError, TokenError
 from ._http import RawHeaders, csp_nonce, inspect_response
@@ -322,46 +322,56 @@ def load_callable(value: object, where: str) -> Callable[..., object] | None:
     return value
 
 
-def _settings(options: dict[str, Any], where: str, *, keep_warm: bool) -> tuple[Settings, Any]:
+def _settings(
+    options: dict[str, Any], spelling: Spelling, problems: list[str], *, keep_warm: bool
+) -> tuple[Settings, Any]:
     if options.get("keep_warm") and not keep_warm:
-        raise ConfigurationError(
-            f"{where}keep_warm works with the asyncio token service only (it renews tokens "
-            "from a background task); leave it at 0 here"
+        problems.append(
+            f"{spelling.of('keep_warm')} works with the asyncio token service only (it renews "
+            "tokens from a background task); leave it at 0 here"
         )
-    settings = build_settings({k: v for k, v in options.items() if k not in ADAPTER_KEYWORDS})
+    settings = build_settings(
+        {k: v for k, v in options.items() if k not in ADAPTER_KEYWORDS},
+        spelling=spelling,
+        problems=problems,
+    )
     return settings, options.get("clock") or time.monotonic
 
 
 def sync_services(
-    options: dict[str, Any], *, compression_advice: str, where: str = ""
+    options: dict[str, Any], *, compression_advice: str, spelling: Spelling = KEYWORDS
 ) -> tuple[Core, SyncTokenService]:
     """The core and the thread-safe token service, from an adapter's keywords (``http_client``
-    an ``httpx.Client``, ``token_store`` a ``SyncTokenStore``)."""
+    an ``httpx.Client``, ``token_store`` a ``SyncTokenStore``). One ``ConfigurationError``
+    lists every problem, each spelled as the adapter's users write it."""
     client, store = options.get("http_client"), options.get("token_store")
+    problems = []
     if client is not None and not isinstance(client, httpx.Client):
-        raise ConfigurationError(f"{where}http_client must be an httpx.Client")
+        problems.append(f"{spelling.of('http_client')} must be an httpx.Client")
     if store is not None and not isinstance(store, SyncTokenStore):
-        raise ConfigurationError(
-            f"{where}token_store must be a synchronous token store such as "
+        problems.append(
+            f"{spelling.of('token_store')} must be a synchronous token store such as "
             "rai_middleware.redis.SyncRedisTokenStore"
         )
-    settings, clock = _settings(options, where, keep_warm=False)
+    settings, clock = _settings(options, spelling, problems, keep_warm=False)
     tokens = SyncTokenService(settings, http_client=client, clock=clock, store=store)
     return Core(settings, compression_advice=compression_advice), tokens
 
 
 def async_services(
-    options: dict[str, Any], *, compression_advice: str, where: str = ""
+    options: dict[str, Any], *, compression_advice: str, spelling: Spelling = KEYWORDS
 ) -> tuple[Core, TokenService]:
     """The core and the asyncio token service, from an adapter's keywords (``http_client``
     an ``httpx.AsyncClient``, ``token_store`` a ``TokenStore``)."""
     client, store = options.get("http_client"), options.get("token_store")
+    problems = []
     if client is not None and not isinstance(client, httpx.AsyncClient):
-        raise ConfigurationError(f"{where}http_client must be an httpx.AsyncClient")
+        problems.append(f"{spelling.of('http_client')} must be an httpx.AsyncClient")
     if store is not None and not isinstance(store, TokenStore):
-        raise ConfigurationError(
-            f"{where}token_store must be a token store such as rai_middleware.redis.RedisTokenStore"
+        problems.append(
+            f"{spelling.of('token_store')} must be a token store such as "
+            "rai_middleware.redis.RedisTokenStore"
         )
-    settings, clock = _settings(options, where, keep_warm=True)
+    settings, clock = _settings(options, spelling, problems, keep_warm=True)
     tokens = TokenService(settings, http_client=client, clock=clock, store=store)
     return Core(settings, compression_advice=compression_advice), tokens

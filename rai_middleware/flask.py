@@ -22,7 +22,7 @@ from typing import Any, cast
 from flask import Flask, Response, current_app, g, request
 
 from ._closing import ClosingIterable
-from ._config import Settings, check_option_names, option_names
+from ._config import FLASK, Settings, check_option_names, env_name, option_names
 from ._core import Core, SyncDriver, load_callable, sync_services
 from ._endpoint import Reply
 from ._identity import identifiers_of
@@ -47,7 +47,7 @@ IdentifyCallable = Callable[[Any], "Mapping[str, str] | None"]
 
 def config_key(option: str) -> str:
     """The ``app.config`` key of an option: ``community_id`` -> ``RAI_COMMUNITY_ID``."""
-    return "RAI_" + option.upper()
+    return env_name(option)
 
 
 def default_identify(req: Any) -> dict[str, str] | None:
@@ -104,7 +104,7 @@ class ReturningAI:
         identify: IdentifyCallable | str | None = None,
         **options: Any,
     ) -> None:
-        check_option_names(options, "ReturningAI: ")
+        check_option_names(options)
         self._identify = identify
         self._options = options
         if app is not None:
@@ -113,19 +113,18 @@ class ReturningAI:
     def init_app(self, app: Flask) -> None:
         if EXTENSION in app.extensions:
             raise RuntimeError("ReturningAI is already initialised for this app")
+        # Every RAI_* key: an unknown one is an error (with the key it likely meant).
         options = {
-            name: app.config[config_key(name)]
-            for name in OPTION_NAMES
-            if config_key(name) in app.config
+            key.removeprefix("RAI_").lower(): value
+            for key, value in app.config.items()
+            if key.startswith("RAI_")
         }
-        known = {config_key(name) for name in OPTION_NAMES}
-        for key in sorted(app.config):
-            if key.startswith("RAI_") and key not in known:
-                logger.warning("app.config[%r] is not a rai-middleware option; ignored", key)
         options.update(self._options)
         identify = self._identify or options.pop("identify", None)
         chosen = load_callable(identify, "identify (RAI_IDENTIFY)") or default_identify
-        core, tokens = sync_services(options, compression_advice=_COMPRESSION_ADVICE)
+        core, tokens = sync_services(
+            options, compression_advice=_COMPRESSION_ADVICE, spelling=FLASK
+        )
         app.extensions[EXTENSION] = _State(core, tokens, SyncDriver(core, chosen, tokens))
         # First, so that no other before_request function (a CSRF check, a login
         # requirement) stands between the page's script and its token.
