@@ -325,6 +325,9 @@ def load_callable(value: object, where: str) -> Callable[..., object] | None:
 def _settings(
     options: dict[str, Any], spelling: Spelling, problems: list[str], *, keep_warm: bool
 ) -> tuple[Settings, Any]:
+    identify = options.get("identify")
+    if identify is not None and not callable(identify):
+        problems.insert(0, f"{spelling.of('identify')} must be a callable taking the request")
     if options.get("keep_warm") and not keep_warm:
         problems.append(
             f"{spelling.of('keep_warm')} works with the asyncio token service only (it renews "

@@ -22,7 +22,7 @@ from typing import Any, cast
 from flask import Flask, Response, current_app, g, request
 
 from ._closing import ClosingIterable
-from ._config import FLASK, Settings, check_option_names, env_name, option_names
+from ._config import FLASK, Settings, check_option_names, env_name
 from ._core import Core, SyncDriver, load_callable, sync_services
 from ._endpoint import Reply
 from ._identity import identifiers_of
@@ -35,8 +35,6 @@ logger = logging.getLogger("rai_middleware")
 #: Where ``init_app`` keeps an app's state, in ``app.extensions``.
 EXTENSION = "rai_middleware"
 
-#: Every option, by keyword; each is also an ``app.config`` key (see :func:`config_key`).
-OPTION_NAMES = option_names()
 _COMPRESSION_ADVICE = (
     "Compress after ReturningAI (initialise ReturningAI after Flask-Compress, or compress "
     "in the server)."
