@@ -19,7 +19,7 @@ import logging
 import os
 import secrets
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from types import MappingProxyType
 from typing import Any, TypedDict
@@ -280,12 +280,21 @@ def check_option_names(names: Iterable[object], spelling: Spelling = KEYWORDS) -
 
 @dataclass(frozen=True)
 class Review:
-    """What ``review_settings`` found: the settings (None when there are errors), the
-    errors and the warnings (accepted but unsafe), each a sentence naming the option."""
+    """What ``review_settings`` found, each problem a sentence naming the option: unknown
+    names, invalid values, missing requirements, and warnings (accepted but unsafe). The
+    settings are None when there is an error."""
 
     settings: Settings | None
-    errors: tuple[str, ...]
-    warnings: tuple[str, ...]
+    unknown: tuple[str, ...] = ()
+    invalid: tuple[str, ...] = ()
+    #: The option names (not sentences) that the chosen mode requires and nobody gave.
+    missing: tuple[str, ...] = ()
+    missing_text: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def errors(self) -> tuple[str, ...]:
+        return (*self.unknown, *self.invalid, *self.missing_text)
 
 
 def build_settings(
@@ -322,33 +331,41 @@ def review_settings(
     """Every problem of these options at once, and the settings when there is none.
     Adapter keywords (``identify``, ``http_client``...) are skipped: they are no settings."""
     env = os.environ if environ is None else environ
-    errors = unknown_options(options, spelling)
+    unknown = unknown_options(options, spelling)
+    invalid: list[str] = []
     values: dict[str, Any] = {}
-    failed = set()
+    failed: set[str] = set()
     for name, option in SETTINGS.items():
         try:
             values[name] = _value(option, options.get(name), env, spelling)
         except ConfigurationError as error:
-            errors.append(str(error))
+            invalid.append(str(error))
             values[name] = option.default
             failed.add(name)
     chosen = _mode(values["mode"], values["access_key"], values["widget_api_key"])
+    missing: list[str] = []
     if chosen is None:
-        errors.append(
+        invalid.append(
             f"{spelling.of('mode')} must be one of {', '.join(map(repr, MODES))}, "
             f"got {values['mode']!r}"
         )
     else:
         values["mode"] = chosen.name
-        errors += [
-            f"{spelling.of(name)} is required in mode={chosen.name!r}: "
+        missing = [n for n in chosen.required if values[n] is None and n not in failed]
+    found = Review(
+        None,
+        unknown=tuple(unknown),
+        invalid=tuple(invalid),
+        missing=tuple(missing),
+        missing_text=tuple(
+            f"{spelling.of(name)} is required in mode={values['mode']!r}: "
             f"{spelling.how_to_set(name)} or set the {SETTINGS[name].env} environment variable"
-            for name in chosen.required
-            if values[name] is None and name not in failed
-        ]
-    warnings = tuple(_weak_points(values))
-    if errors or chosen is None:
-        return Review(None, tuple(errors), warnings)
+            for name in missing
+        ),
+        warnings=tuple(_weak_points(values)),
+    )
+    if found.errors or chosen is None:
+        return found
     if values["secret_key"] is None:
         # Attribute Auth needs no credential; its identity hashes still want a key.
         seed = values[chosen.key_seed] if chosen.key_seed else None
@@ -364,7 +381,7 @@ def review_settings(
             # Credentials the mode does not use are not kept: less to leak.
             value = values[name]
             values[name] = Secret(value) if value is not None and name in kept else None
-    return Review(Settings(**values), (), warnings)
+    return replace(found, settings=Settings(**values))
 
 
 def _loopback(url: str) -> bool:

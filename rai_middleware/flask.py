@@ -118,8 +118,8 @@ class ReturningAI:
             if key.startswith("RAI_")
         }
         options.update(self._options)
-        identify = self._identify or options.pop("identify", None)
-        chosen = load_callable(identify, "identify (RAI_IDENTIFY)") or default_identify
+        configured = options.pop("identify", None)  # the keyword wins over RAI_IDENTIFY
+        chosen = load_callable(self._identify or configured, "RAI_IDENTIFY") or default_identify
         core, tokens = sync_services(
             options, compression_advice=_COMPRESSION_ADVICE, spelling=FLASK
         )

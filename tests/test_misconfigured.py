@@ -123,26 +123,51 @@ def test_without_lifespan_every_request_fails_with_one_log_line(
     assert all(r.exc_info and isinstance(r.exc_info[1], ConfigurationError) for r in failures)
 
 
-def test_built_outside_an_event_loop_the_error_raises_at_once() -> None:
-    async def app(scope: Any, receive: Any, send: Any) -> None:  # pragma: no cover
-        pass
+async def inner(scope: Any, receive: Any, send: Any) -> None:  # pragma: no cover
+    pass
 
+
+def test_built_outside_an_event_loop_the_error_raises_at_once() -> None:
     with pytest.raises(ConfigurationError) as caught:
-        ReturningAIMiddleware(app)
+        ReturningAIMiddleware(inner)
     assert str(caught.value) == MISSING
+
+
+@pytest.mark.anyio
+async def test_built_directly_in_a_running_loop_the_error_raises_at_once() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        ReturningAIMiddleware(inner)
+    assert str(caught.value) == MISSING
+
+
+@pytest.mark.anyio
+async def test_built_by_build_middleware_stack_the_error_waits_for_the_first_call() -> None:
+    def build_middleware_stack() -> ReturningAIMiddleware:
+        return ReturningAIMiddleware(inner)
+
+    middleware = build_middleware_stack()
+    assert isinstance(middleware._misconfigured, Misconfigured)
+    with pytest.raises(ConfigurationError) as caught:
+        await middleware({"type": "http"}, None, None)
+    assert (
+        caught.value.problems == ConfigurationError(MISSING).problems
+        or len(caught.value.problems) == 3
+    )
+
+
+def test_build_middleware_stack_outside_a_loop_raises_at_once() -> None:
+    def build_middleware_stack() -> ReturningAIMiddleware:
+        return ReturningAIMiddleware(inner)
+
+    with pytest.raises(ConfigurationError):
+        build_middleware_stack()
 
 
 @pytest.mark.anyio
 async def test_the_stand_in_fails_startup_without_showing_a_secret(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    async def app(scope: Any, receive: Any, send: Any) -> None:  # pragma: no cover
-        pass
-
-    middleware = ReturningAIMiddleware(
-        app, community_id="c", access_id="i", access_key=ACCESS_KEY, timeout=-1
-    )
-    assert isinstance(middleware._misconfigured, Misconfigured)
+    app = fastapi_app(community_id="c", access_id="i", access_key=ACCESS_KEY, timeout=-1)
     sent: list[Message] = []
 
     async def receive() -> Message:
@@ -151,7 +176,7 @@ async def test_the_stand_in_fails_startup_without_showing_a_secret(
     async def send(message: Message) -> None:
         sent.append(message)
 
-    await middleware({"type": "lifespan"}, receive, send)
+    await app({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send)
     assert sent == [
         {
             "type": "lifespan.startup.failed",
@@ -160,7 +185,7 @@ async def test_the_stand_in_fails_startup_without_showing_a_secret(
     ]
     for scope_type in ("http", "websocket"):
         with pytest.raises(ConfigurationError, match="timeout must be greater than 0"):
-            await middleware({"type": scope_type}, receive, send)
+            await app({"type": scope_type, "path": "/api"}, receive, send)
     assert rai_errors(caplog) == [
         "rai-middleware is misconfigured, so the app cannot serve: "
         "timeout must be greater than 0, got -1"
