@@ -204,3 +204,16 @@ async def test_a_lifespan_message_other_than_startup_gets_no_answer() -> None:
 
     await stand_in({"type": "lifespan"}, receive, send)
     assert sent == []
+
+
+@pytest.mark.anyio
+async def test_without_frame_introspection_the_error_raises_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("rai_middleware._misconfigured.inspect.currentframe", lambda: None)
+
+    def build_middleware_stack() -> ReturningAIMiddleware:
+        return ReturningAIMiddleware(inner)
+
+    with pytest.raises(ConfigurationError):
+        build_middleware_stack()
