@@ -113,9 +113,12 @@ def check_django(settings_module: str, environ: Mapping[str, str]) -> Report:
     report = Report(f"the Django settings {settings_module} (RETURNING_AI['...'])")
     report.errors += unknown_variables(environ)
     os.environ["DJANGO_SETTINGS_MODULE"] = settings_module
-    import django
+    try:
+        import django
 
-    django.setup()
+        django.setup()
+    except ImportError as error:  # no Django, or no such settings module
+        raise SystemExit(f"--settings {settings_module}: {error}") from None
     from .django import checks
 
     review, messages = checks.review(environ)
@@ -130,9 +133,12 @@ def _load(target: str) -> Any:
     module, _, attribute = target.partition(":")
     if not module or not attribute:
         raise SystemExit(f"--app wants module:attribute, such as myapp:app, got {target!r}")
-    loaded: Any = importlib.import_module(module)
-    for part in attribute.split("."):
-        loaded = getattr(loaded, part)
+    try:
+        loaded: Any = importlib.import_module(module)
+        for part in attribute.split("."):
+            loaded = getattr(loaded, part)
+    except (ImportError, AttributeError) as error:
+        raise SystemExit(f"--app {target}: {error}") from None
     return loaded
 
 

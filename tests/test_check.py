@@ -287,6 +287,10 @@ def test_app_must_be_a_flask_app_named_module_colon_attribute(modules: Path) -> 
     )
     with pytest.raises(SystemExit, match="--app wants module:attribute"):
         run("--app", "not_flask", environ={})
+    with pytest.raises(SystemExit, match="--app not_flask:nothing: module 'not_flask' has no"):
+        run("--app", "not_flask:nothing", environ={})
+    with pytest.raises(SystemExit, match="--app no_such_module:app: No module named"):
+        run("--app", "no_such_module:app", environ={})
 
 
 def python_m(*argv: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -310,6 +314,14 @@ def test_python_m_rai_middleware_check_runs_from_the_command_line(tmp_path: Path
     done = python_m(env={}, cwd=tmp_path)
     assert done.returncode == 2
     assert "check" in done.stderr
+
+
+def test_a_settings_module_that_cannot_be_imported_is_named(tmp_path: Path) -> None:
+    done = python_m("check", "--settings", "no_such_settings", env={}, cwd=tmp_path)
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        "--settings no_such_settings: No module named 'no_such_settings'"
+    )
 
 
 def test_django_settings_run_the_system_checks(tmp_path: Path) -> None:
