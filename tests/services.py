@@ -95,7 +95,8 @@ def require_all() -> bool:
 def find(name: str) -> str | None:
     """The path of service ``name``, or None when it is missing (or hidden)."""
     service = SERVICES[name]
-    if name in _hidden():
+    hidden = _hidden()
+    if name in hidden or name.split("-")[0] in hidden:  # "redis" hides redis-server
         return None
     candidates = [os.environ.get(service.env, "")] if service.env else []
     candidates += [shutil.which(name) or "", *service.also_at]

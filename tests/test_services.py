@@ -25,6 +25,9 @@ def test_hide_makes_a_service_missing(monkeypatch: pytest.MonkeyPatch, tmp_path:
     assert services.find("redis-server") == str(program)
     monkeypatch.setenv(services.HIDE_ENV, "node, redis-server")
     assert services.find("redis-server") is None
+    monkeypatch.setenv(services.HIDE_ENV, "redis")
+    assert services.find("redis-server") is None
+    monkeypatch.setenv(services.HIDE_ENV, "node, redis-server")
     assert "redis-server" in services.missing()
     assert "node" in services.missing()
 
