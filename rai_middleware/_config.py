@@ -362,7 +362,7 @@ def review_settings(
             f"{spelling.how_to_set(name)} or set the {SETTINGS[name].env} environment variable"
             for name in missing
         ),
-        warnings=tuple(_weak_points(values)),
+        warnings=tuple(_weak_points(values, spelling)),
     )
     if found.errors or chosen is None:
         return found
@@ -394,21 +394,21 @@ def _loopback(url: str) -> bool:
         return False
 
 
-def _weak_points(values: Mapping[str, Any]) -> list[str]:
+def _weak_points(values: Mapping[str, Any], spelling: Spelling) -> list[str]:
     """What is accepted but unsafe: a plain-http upstream that is not this machine (the
     credentials would cross the network in the clear) and a short ``secret_key``. Never
     shows the key."""
     problems = [
-        f"{name} is a plain http:// URL ({values[name]}): credentials and tokens would cross "
-        "the network unencrypted; use https:// (loopback hosts are exempt)"
+        f"{spelling.of(name)} is a plain http:// URL ({values[name]}): credentials and tokens "
+        "would cross the network unencrypted; use https:// (loopback hosts are exempt)"
         for name in ("api_base_url", "widgets_base_url")
         if values[name].lower().startswith("http://") and not _loopback(values[name])
     ]
     key = values["secret_key"]
     if key is not None and len(key.encode()) < MIN_SECRET_KEY_BYTES:
         problems.append(
-            f"secret_key is shorter than {MIN_SECRET_KEY_BYTES} bytes: it signs refresh "
-            "tickets and keys the identity hashes; use e.g. secrets.token_hex(32)"
+            f"{spelling.of('secret_key')} is shorter than {MIN_SECRET_KEY_BYTES} bytes: it signs "
+            "refresh tickets and keys the identity hashes; use e.g. secrets.token_hex(32)"
         )
     return problems
 

@@ -175,7 +175,8 @@ def test_the_check_command_reads_the_configured_django_settings(
         "RAI_SECRET_KEY, RAI_STRICT, RAI_WIDGETS_BASE_URL, RAI_WIDGET_API_KEY)"
     ]
     assert report.warnings == [
-        "rai_middleware.W003: api_base_url is a plain http:// URL (http://api.example): "
+        "rai_middleware.W003: RETURNING_AI['api_base_url'] is a plain http:// URL "
+        "(http://api.example): "
         "credentials and tokens would cross the network unencrypted; use https:// (loopback "
         "hosts are exempt)"
     ]
