@@ -19,6 +19,7 @@ from ._endpoint import first_headers
 from ._exceptions import ConfigurationError
 from ._http import may_be_page
 from ._identity import default_identify
+from ._misconfigured import Misconfigured, defer
 from ._page import PageRewrite, Step
 from ._store import TokenStore
 from ._types import IdentifyCallable, Message, Receive, Scope, Send
@@ -47,8 +48,10 @@ class ReturningAIMiddleware:
 
     See docs/options.md for every option. All options are keyword arguments; the three
     credentials fall back to the ``RAI_COMMUNITY_ID``, ``RAI_ACCESS_ID`` and
-    ``RAI_ACCESS_KEY`` environment variables.
+    ``RAI_ACCESS_KEY`` environment variables. Bad ones raise at once (``_misconfigured``).
     """
+
+    _misconfigured: Misconfigured | None = None
 
     def __init__(
         self,
@@ -62,13 +65,16 @@ class ReturningAIMiddleware:
         clock: Callable[[], float] = time.monotonic,
         **options: Unpack[Options],
     ) -> None:
-        if identify is not None and not callable(identify):
-            raise ConfigurationError("identify must be a callable taking the ASGI scope")
         self.app = app
-        self.core, self.tokens = async_services(
-            {**options, "http_client": http_client, "token_store": token_store, "clock": clock},
-            compression_advice=_COMPRESSION_ADVICE,
-        )
+        try:
+            self.core, self.tokens = async_services(
+                {**options, "identify": identify, "http_client": http_client}
+                | {"token_store": token_store, "clock": clock},
+                compression_advice=_COMPRESSION_ADVICE,
+            )
+        except ConfigurationError as error:
+            self._misconfigured = defer(error)  # raised unless built inside an event loop
+            return
         self.settings = self.core.settings
         self.identify: IdentifyCallable = identify or default_identify
         self.tickets = self.core.tickets
@@ -103,6 +109,8 @@ class ReturningAIMiddleware:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         # Typed Any for the same reason; inside, a scope is a MutableMapping like any other.
+        if self._misconfigured is not None:
+            return await self._misconfigured(scope, receive, send)
         # Exclusions first: the app gets the server's own receive and send, the scope as is.
         excluded = self._excluded
         if (

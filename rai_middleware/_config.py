@@ -4,12 +4,14 @@ Every option is a keyword argument; the credentials and a few hosts fall back to
 environment variables. What each option is (default, variable, check, meaning) is written
 once, in ``_options.OPTIONS``; this module applies that table and the decisions that involve
 several options (the mode, what it requires, the derived ``secret_key``). Bad configuration
-raises ``ConfigurationError`` naming the keyword and its environment variable, never the
-value of a secret.
+raises one ``ConfigurationError`` listing every problem, each naming what the user wrote
+(the keyword, ``RETURNING_AI['...']``, the Flask config key, the environment variable; a
+``Spelling`` says which), never the value of a secret.
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import hmac
 import ipaddress
@@ -17,13 +19,11 @@ import logging
 import os
 import secrets
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from types import MappingProxyType
-from typing import Any, Protocol, TypedDict
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 from urllib.parse import urlsplit
-
-from starlette.datastructures import Secret as StarletteSecret
 
 from ._exceptions import ConfigurationError
 from ._metrics import Event
@@ -52,14 +52,24 @@ __all__ = [
     "DEFAULT_TOKEN_PATH",
     "DEFAULT_WIDGETS",
     "DEFAULT_WIDGETS_BASE_URL",
+    "DJANGO",
+    "FLASK",
+    "KEYWORDS",
+    "MIN_SECRET_KEY_BYTES",
     "MODES",
+    "STRICT_ENV",
     "Options",
+    "Review",
     "Secret",
     "SecretInput",
     "Settings",
+    "Spelling",
     "build_settings",
     "check_option_names",
+    "env_name",
     "option_names",
+    "review_settings",
+    "unknown_options",
 ]
 
 logger = logging.getLogger("rai_middleware")
@@ -111,8 +121,13 @@ class HasSecretValue(Protocol):
     def get_secret_value(self) -> str: ...
 
 
-#: What a secret option accepts: a string or a holder that does not show it.
-SecretInput = str | Secret | StarletteSecret | HasSecretValue
+if TYPE_CHECKING:
+    from starlette.datastructures import Secret as StarletteSecret
+
+    #: What a secret option accepts: a string or a holder that does not show it.
+    SecretInput = str | Secret | StarletteSecret | HasSecretValue
+else:  # Starlette is optional at run time (the testing extra); the alias is for type checkers.
+    SecretInput = str | Secret | HasSecretValue
 
 
 class Options(TypedDict, total=False):
@@ -220,40 +235,171 @@ class Settings:
         return self.auth.refresh_path
 
 
-def check_option_names(names: Iterable[object], where: str = "") -> None:
-    """ConfigurationError naming the first name that is no option nor adapter keyword."""
-    unknown = sorted(str(name) for name in names if name not in option_names())
-    if unknown:
-        raise ConfigurationError(
-            f"{where}unknown option {unknown[0]!r}; the options are: "
-            + ", ".join(sorted(option_names()))
+@dataclass(frozen=True)
+class Spelling:
+    """How the user writes an option where a middleware is configured, for messages:
+    ``name`` and ``setting`` are templates over ``{name}`` (the keyword) and ``{key}`` (its
+    ``RAI_*`` spelling)."""
+
+    #: The option as written: ``timeout``, ``RETURNING_AI['timeout']``...
+    name: str
+    #: How to give it a value: ``pass timeout=... to the middleware``...
+    setting: str
+    #: An unknown one: ``unknown option 'tmeout'``...
+    unknown: str
+
+    def of(self, option: str) -> str:
+        return self.name.format(name=option, key=env_name(option))
+
+    def how_to_set(self, option: str) -> str:
+        return self.setting.format(name=option, key=env_name(option))
+
+    def unknown_name(self, option: str) -> str:
+        return self.unknown.format(name=option, key=env_name(option))
+
+
+def env_name(option: str) -> str:
+    """The ``RAI_*`` spelling of an option (a Flask config key; for the options that read
+    the environment, their variable): ``community_id`` -> ``RAI_COMMUNITY_ID``."""
+    return "RAI_" + option.upper()
+
+
+#: The keyword arguments of ``ReturningAIMiddleware`` and ``ReturningAIWSGIMiddleware``.
+KEYWORDS = Spelling("{name}", "pass {name}=... to the middleware", "unknown option {name!r}")
+#: Django's ``settings.RETURNING_AI`` dict.
+DJANGO = Spelling(
+    "RETURNING_AI[{name!r}]",
+    "set it in settings.RETURNING_AI",
+    "unknown option RETURNING_AI[{name!r}]",
+)
+#: Flask's ``app.config`` keys (or the keywords of ``ReturningAI(...)``).
+FLASK = Spelling(
+    "app.config[{key!r}]",
+    "set app.config[{key!r}] (or pass {name}=... to ReturningAI)",
+    "unknown option app.config[{key!r}]",
+)
+
+
+def unknown_options(names: Iterable[object], spelling: Spelling = KEYWORDS) -> list[str]:
+    """A problem for each name that is no option, with the likeliest one it meant."""
+    known = sorted(option_names())
+
+    def spelled(option: str) -> str:
+        written = spelling.of(option)
+        return repr(written) if written == option else written
+
+    problems = []
+    for name in sorted(str(name) for name in names if name not in option_names()):
+        close = difflib.get_close_matches(name.lower(), known, n=1, cutoff=0.6)
+        hint = (
+            f" (did you mean {spelled(close[0])}?)"
+            if close
+            else f"; the options are: {', '.join(spelling.of(option) for option in known)}"
         )
+        problems.append(spelling.unknown_name(name) + hint)
+    return problems
+
+
+def check_option_names(names: Iterable[object], spelling: Spelling = KEYWORDS) -> None:
+    """ConfigurationError naming every name that is no option nor adapter keyword."""
+    problems = unknown_options(names, spelling)
+    if problems:
+        raise ConfigurationError.of(problems)
+
+
+@dataclass(frozen=True)
+class Review:
+    """What ``review_settings`` found, each problem a sentence naming the option: unknown
+    names, invalid values, missing requirements, and warnings (accepted but unsafe). The
+    settings are None when there is an error."""
+
+    settings: Settings | None
+    unknown: tuple[str, ...] = ()
+    invalid: tuple[str, ...] = ()
+    #: The option names (not sentences) that the chosen mode requires and nobody gave.
+    missing: tuple[str, ...] = ()
+    missing_text: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def errors(self) -> tuple[str, ...]:
+        return (*self.unknown, *self.invalid, *self.missing_text)
 
 
 def build_settings(
-    options: Mapping[str, Any], environ: Mapping[str, str] | None = None
+    options: Mapping[str, Any],
+    environ: Mapping[str, str] | None = None,
+    *,
+    spelling: Spelling = KEYWORDS,
+    problems: Iterable[str] = (),
 ) -> Settings:
-    """``Settings`` from keyword options (and ``environ``, by default ``os.environ``)."""
-    unknown = sorted(set(options) - SETTINGS.keys())
-    if unknown:
-        raise ConfigurationError(
-            f"unknown option {unknown[0]!r}; the options are: " + ", ".join(sorted(SETTINGS))
-        )
+    """``Settings`` from keyword options (and ``environ``, by default ``os.environ``).
+
+    One ``ConfigurationError`` lists every problem: ``problems`` (the adapter's own) and the
+    options'. The warnings are logged, or refused with ``RAI_STRICT=1``."""
     env = os.environ if environ is None else environ
-    values = {name: _value(option, options.get(name), env) for name, option in SETTINGS.items()}
-    chosen = MODES[_mode(values["mode"], values["access_key"], values["widget_api_key"])]
-    values["mode"] = chosen.name
-    for name in chosen.required:
-        if values[name] is None:
-            raise ConfigurationError(
-                f"{name} is required in mode={chosen.name!r}: pass {name}=... to the "
-                f"middleware or set the {SETTINGS[name].env} environment variable"
-            )
-    if values["runtime_tag"] == values["placeholder_tag"]:
-        raise ConfigurationError(
-            f"runtime_tag must differ from placeholder_tag (both are {values['runtime_tag']!r})"
+    found = review_settings(options, env, spelling=spelling)
+    errors = [*problems, *found.errors]
+    strict = env.get(STRICT_ENV, "").strip() == "1"
+    if strict:
+        errors += [f"{warning} (refused because {STRICT_ENV}=1)" for warning in found.warnings]
+    if errors:
+        raise ConfigurationError.of(errors)
+    for warning in found.warnings:
+        logger.warning("%s", warning)
+    assert found.settings is not None  # no errors
+    return found.settings
+
+
+def review_settings(
+    options: Mapping[str, Any],
+    environ: Mapping[str, str] | None = None,
+    *,
+    spelling: Spelling = KEYWORDS,
+) -> Review:
+    """Every problem of these options at once, and the settings when there is none.
+    Adapter keywords (``identify``, ``http_client``...) are skipped: they are no settings."""
+    env = os.environ if environ is None else environ
+    unknown = unknown_options(options, spelling)
+    invalid: list[str] = []
+    values: dict[str, Any] = {}
+    failed: set[str] = set()
+    for name, option in SETTINGS.items():
+        try:
+            values[name] = _value(option, options.get(name), env, spelling)
+        except ConfigurationError as error:
+            invalid.append(str(error))
+            values[name] = option.default
+            failed.add(name)
+    chosen = _mode(values["mode"], values["access_key"], values["widget_api_key"])
+    missing: list[str] = []
+    if chosen is None:
+        invalid.append(
+            f"{spelling.of('mode')} must be one of {', '.join(map(repr, MODES))}, "
+            f"got {values['mode']!r}"
         )
-    _warn_weak(values, env)
+    else:
+        values["mode"] = chosen.name
+        missing = [n for n in chosen.required if values[n] is None and n not in failed]
+    if values["runtime_tag"] == values["placeholder_tag"]:
+        invalid.append(
+            f"{spelling.of('runtime_tag')} must differ from {spelling.of('placeholder_tag')} "
+            f"(both are {values['runtime_tag']!r})"
+        )
+    found = Review(
+        None,
+        unknown=tuple(unknown),
+        invalid=tuple(invalid),
+        missing=tuple(missing),
+        missing_text=tuple(
+            f"{spelling.of(name)} is required in mode={values['mode']!r}: "
+            f"{spelling.how_to_set(name)} or set the {SETTINGS[name].env} environment variable"
+            for name in missing
+        ),
+        warnings=tuple(_weak_points(values, spelling)),
+    )
+    if found.errors or chosen is None:
+        return found
     if values["secret_key"] is None:
         # Attribute Auth needs no credential; its identity hashes still want a key.
         seed = values[chosen.key_seed] if chosen.key_seed else None
@@ -269,7 +415,7 @@ def build_settings(
             # Credentials the mode does not use are not kept: less to leak.
             value = values[name]
             values[name] = Secret(value) if value is not None and name in kept else None
-    return Settings(**values)
+    return replace(found, settings=Settings(**values))
 
 
 def _loopback(url: str) -> bool:
@@ -282,54 +428,46 @@ def _loopback(url: str) -> bool:
         return False
 
 
-def _warn_weak(values: Mapping[str, Any], env: Mapping[str, str]) -> None:
-    """Warn (or, with ``RAI_STRICT=1``, refuse) what is accepted but unsafe: a plain-http
-    upstream that is not this machine (the credentials would cross the network in the
-    clear) and a short ``secret_key``. Never shows the key."""
+def _weak_points(values: Mapping[str, Any], spelling: Spelling) -> list[str]:
+    """What is accepted but unsafe: a plain-http upstream that is not this machine (the
+    credentials would cross the network in the clear) and a short ``secret_key``. Never
+    shows the key."""
     problems = [
-        f"{name} is a plain http:// URL ({values[name]}): credentials and tokens would cross "
-        "the network unencrypted; use https:// (loopback hosts are exempt)"
+        f"{spelling.of(name)} is a plain http:// URL ({values[name]}): credentials and tokens "
+        "would cross the network unencrypted; use https:// (loopback hosts are exempt)"
         for name in ("api_base_url", "widgets_base_url")
         if values[name].lower().startswith("http://") and not _loopback(values[name])
     ]
     key = values["secret_key"]
     if key is not None and len(key.encode()) < MIN_SECRET_KEY_BYTES:
         problems.append(
-            f"secret_key is shorter than {MIN_SECRET_KEY_BYTES} bytes: it signs refresh "
-            "tickets and keys the identity hashes; use e.g. secrets.token_hex(32)"
+            f"{spelling.of('secret_key')} is shorter than {MIN_SECRET_KEY_BYTES} bytes: it signs "
+            "refresh tickets and keys the identity hashes; use e.g. secrets.token_hex(32)"
         )
-    strict = env.get(STRICT_ENV, "").strip() == "1"
-    for problem in problems:
-        if strict:
-            raise ConfigurationError(f"{problem} (refused because {STRICT_ENV}=1)")
-        logger.warning("%s", problem)
+    return problems
 
 
-def _value(option: Option, given: Any, env: Mapping[str, str]) -> Any:
+def _value(option: Option, given: Any, env: Mapping[str, str], spelling: Spelling) -> Any:
     """The option's checked value: the keyword, else its environment variable (an empty one
-    counts as unset), else its default. An error names the variable and where the value
-    came from."""
+    counts as unset), else its default. An error names what the user wrote: the keyword (as
+    ``spelling`` writes it) or the environment variable."""
     assert option.parse is not None  # SETTINGS holds only the rows that parse
-    value, where = given, f"keyword {option.name} or the {option.env} environment variable"
+    value, name = given, spelling.of(option.name)
     if value is None and option.env is not None:
-        value, where = env.get(option.env) or None, f"from the {option.env} environment variable"
+        value, name = env.get(option.env) or None, f"the {option.env} environment variable"
     if value is None:
         return option.default
-    try:
-        return option.parse(option.name, value)
-    except ConfigurationError as error:
-        if option.env is None:
-            raise
-        raise ConfigurationError(f"{error} ({where})") from None
+    return option.parse(name, value)
 
 
-def _mode(mode: str | None, access_key: str | None, widget_api_key: str | None) -> str:
+def _mode(
+    mode: str | None, access_key: str | None, widget_api_key: str | None
+) -> type[Mode] | None:
+    """The auth flow chosen, or None for an unknown ``mode``."""
     if mode is None:
         # Access Key Embed is the documented default; the legacy iframe flow is chosen only
         # when its key is the one given.
         if widget_api_key is not None and access_key is None:
-            return IframeMode.name
-        return AccessKeyMode.name
-    if mode not in MODES:
-        raise ConfigurationError(f"mode must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
-    return mode
+            return IframeMode
+        return AccessKeyMode
+    return MODES.get(mode)

@@ -27,7 +27,7 @@ from typing import Any, Protocol, TypeVar
 
 from ._async_tokens import TokenService
 from ._clients import is_async_client, is_sync_client
-from ._config import ADAPTER_KEYWORDS, Settings, build_settings
+from ._config import ADAPTER_KEYWORDS, KEYWORDS, Settings, Spelling, build_settings
 from ._endpoint import Reply, answer, widget_answer
 from ._exceptions import ConfigurationError, TokenError
 from ._exclude import Excluded, exclusions
@@ -417,13 +417,22 @@ def load_callable(
     return value
 
 
-def _settings(options: dict[str, Any], where: str, *, keep_warm: bool) -> tuple[Settings, Any]:
+def _settings(
+    options: dict[str, Any], spelling: Spelling, problems: list[str], *, keep_warm: bool
+) -> tuple[Settings, Any]:
+    identify = options.get("identify")
+    if identify is not None and not callable(identify):
+        problems.insert(0, f"{spelling.of('identify')} must be a callable taking the request")
     if options.get("keep_warm") and not keep_warm:
-        raise ConfigurationError(
-            f"{where}keep_warm works with the asyncio token service only (it renews tokens "
-            "from a background task); leave it at 0 here"
+        problems.append(
+            f"{spelling.of('keep_warm')} works with the asyncio token service only (it renews "
+            "tokens from a background task); leave it at 0 here"
         )
-    settings = build_settings({k: v for k, v in options.items() if k not in ADAPTER_KEYWORDS})
+    settings = build_settings(
+        {k: v for k, v in options.items() if k not in ADAPTER_KEYWORDS},
+        spelling=spelling,
+        problems=problems,
+    )
     return settings, options.get("clock") or time.monotonic
 
 
@@ -437,47 +446,50 @@ def needs_threads(options: Mapping[str, Any]) -> bool:
 
 
 def sync_services(
-    options: dict[str, Any], *, compression_advice: str, where: str = ""
+    options: dict[str, Any], *, compression_advice: str, spelling: Spelling = KEYWORDS
 ) -> tuple[Core, SyncTokenService]:
     """The core and the thread-safe token service, from an adapter's keywords (``http_client``
-    a ``SyncHTTPClient``, ``token_store`` a ``SyncTokenStore``)."""
+    a ``SyncHTTPClient``, ``token_store`` a ``SyncTokenStore``). One ``ConfigurationError``
+    lists every problem, each spelled as the adapter's users write it."""
     client, store = options.get("http_client"), options.get("token_store")
+    problems = []
     if client is not None and not is_sync_client(client):
-        raise ConfigurationError(
-            f"{where}http_client must be a synchronous client such as httpx.Client or "
-            f"httpx2.Client, got {type(client).__name__}"
+        problems.append(
+            f"{spelling.of('http_client')} must be a synchronous client such as httpx.Client "
+            f"or httpx2.Client, got {type(client).__name__}"
         )
     if store is not None and (
         not isinstance(store, SyncTokenStore) or inspect.iscoroutinefunction(store.load)
     ):
-        raise ConfigurationError(
-            f"{where}token_store must be a synchronous token store such as "
+        problems.append(
+            f"{spelling.of('token_store')} must be a synchronous token store such as "
             "rai_middleware.redis.SyncRedisTokenStore or "
             f"rai_middleware.django.DjangoCacheTokenStore, got {type(store).__name__}"
         )
-    settings, clock = _settings(options, where, keep_warm=False)
+    settings, clock = _settings(options, spelling, problems, keep_warm=False)
     tokens = SyncTokenService(settings, http_client=client, clock=clock, store=store)
     return Core(settings, compression_advice=compression_advice, policy=tokens.policy), tokens
 
 
 def async_services(
-    options: dict[str, Any], *, compression_advice: str, where: str = ""
+    options: dict[str, Any], *, compression_advice: str, spelling: Spelling = KEYWORDS
 ) -> tuple[Core, TokenService]:
     """The core and the asyncio token service, from an adapter's keywords (``http_client``
     an ``AsyncHTTPClient``, ``token_store`` a ``TokenStore``)."""
     client, store = options.get("http_client"), options.get("token_store")
+    problems = []
     if client is not None and not is_async_client(client):
-        raise ConfigurationError(
-            f"{where}http_client must be an asynchronous client such as httpx.AsyncClient or "
-            f"httpx2.AsyncClient, got {type(client).__name__}"
+        problems.append(
+            f"{spelling.of('http_client')} must be an asynchronous client such as "
+            f"httpx.AsyncClient or httpx2.AsyncClient, got {type(client).__name__}"
         )
     if store is not None and (
         not isinstance(store, TokenStore) or not inspect.iscoroutinefunction(store.load)
     ):
-        raise ConfigurationError(
-            f"{where}token_store must be an asyncio token store such as "
+        problems.append(
+            f"{spelling.of('token_store')} must be an asyncio token store such as "
             f"rai_middleware.redis.RedisTokenStore, got {type(store).__name__}"
         )
-    settings, clock = _settings(options, where, keep_warm=True)
+    settings, clock = _settings(options, spelling, problems, keep_warm=True)
     tokens = TokenService(settings, http_client=client, clock=clock, store=store)
     return Core(settings, compression_advice=compression_advice, policy=tokens.policy), tokens

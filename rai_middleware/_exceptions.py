@@ -13,6 +13,8 @@ variable, the HTTP status or the kind of failure, and nothing that was sent upst
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 __all__ = [
     "ConfigurationError",
     "PlaceholderError",
@@ -27,7 +29,24 @@ class ReturningAIError(Exception):
 
 
 class ConfigurationError(ReturningAIError, ValueError):
-    """An option is missing or invalid. Raised when the middleware is constructed."""
+    """Options are missing or invalid. Raised when the middleware is constructed.
+
+    ``problems`` lists every problem found, each naming what the user writes (the keyword,
+    the ``RAI_*`` variable, ``RETURNING_AI["..."]`` or the Flask config key); the message
+    is the one problem, or all of them, one a line.
+    """
+
+    def __init__(self, message: str, *, problems: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.problems: tuple[str, ...] = tuple(problems) or (message,)
+
+    @classmethod
+    def of(cls, problems: Sequence[str]) -> ConfigurationError:
+        """One error for every problem (at least one)."""
+        if len(problems) == 1:
+            return cls(problems[0])
+        lines = "".join(f"\n  - {problem}" for problem in problems)
+        return cls(f"{len(problems)} configuration problems:{lines}", problems=problems)
 
 
 class PlaceholderError(ReturningAIError, ValueError):

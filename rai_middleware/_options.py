@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import math
 import re
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -124,9 +125,9 @@ def reveal_secret(name: str, value: object) -> object:
     """The string inside a secret holder: Starlette's ``Secret`` (``str()``), this
     package's ``Secret`` (``reveal()``), or anything with ``get_secret_value()`` (pydantic's
     ``SecretStr``). Any other value is returned as it is, for the check to judge."""
-    from starlette.datastructures import Secret as StarletteSecret
-
-    if isinstance(value, StarletteSecret):
+    # Starlette is optional: a value can only be its Secret if the module is loaded already.
+    starlette = sys.modules.get("starlette.datastructures")
+    if starlette is not None and isinstance(value, starlette.Secret):
         return str(value)
     for method in ("reveal", "get_secret_value"):
         unwrap = getattr(value, method, None)

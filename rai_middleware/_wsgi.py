@@ -16,7 +16,6 @@ from ._closing import ClosingIterable
 from ._config import Options
 from ._core import Stats, SyncDriver, sync_services
 from ._endpoint import REASONS
-from ._exceptions import ConfigurationError
 from ._page import PageRewrite, Step
 from ._store import SyncTokenStore
 from ._types import Environ, ExcInfo, StartResponse, WriteCallable, WSGIApp
@@ -56,11 +55,10 @@ class ReturningAIWSGIMiddleware:
         clock: Callable[[], float] = time.monotonic,
         **options: Unpack[Options],
     ) -> None:
-        if identify is not None and not callable(identify):
-            raise ConfigurationError("identify must be a callable taking the WSGI environ")
         self.app = app
         self.core, self.tokens = sync_services(
-            {**options, "http_client": http_client, "token_store": token_store, "clock": clock},
+            {**options, "identify": identify, "http_client": http_client}
+            | {"token_store": token_store, "clock": clock},
             compression_advice=_COMPRESSION_ADVICE,
         )
         self.settings = self.core.settings

@@ -22,7 +22,7 @@ from typing import Any, cast
 from flask import Flask, Response, current_app, g, request
 
 from ._closing import ClosingIterable
-from ._config import Settings, check_option_names, option_names
+from ._config import FLASK, Settings, check_option_names, env_name
 from ._core import Core, Stats, SyncDriver, load_callable, sync_services
 from ._endpoint import Reply
 from ._exclude import is_exempt, rai_exempt
@@ -36,8 +36,6 @@ logger = logging.getLogger("rai_middleware")
 #: Where ``init_app`` keeps an app's state, in ``app.extensions``.
 EXTENSION = "rai_middleware"
 
-#: Every option, by keyword; each is also an ``app.config`` key (see :func:`config_key`).
-OPTION_NAMES = option_names()
 _COMPRESSION_ADVICE = (
     "Compress after ReturningAI (initialise ReturningAI after Flask-Compress, or compress "
     "in the server)."
@@ -48,7 +46,7 @@ IdentifyCallable = Callable[[Any], "Mapping[str, str] | None"]
 
 def config_key(option: str) -> str:
     """The ``app.config`` key of an option: ``community_id`` -> ``RAI_COMMUNITY_ID``."""
-    return "RAI_" + option.upper()
+    return env_name(option)
 
 
 def default_identify(req: Any) -> dict[str, str] | None:
@@ -106,7 +104,7 @@ class ReturningAI:
         identify: IdentifyCallable | str | None = None,
         **options: Any,
     ) -> None:
-        check_option_names(options, "ReturningAI: ")
+        check_option_names(options)
         self._identify = identify
         self._options = options
         if app is not None:
@@ -115,20 +113,20 @@ class ReturningAI:
     def init_app(self, app: Flask) -> None:
         if EXTENSION in app.extensions:
             raise RuntimeError("ReturningAI is already initialised for this app")
+        # Every RAI_* key: an unknown one is an error (with the key it likely meant).
         options = {
-            name: app.config[config_key(name)]
-            for name in OPTION_NAMES
-            if config_key(name) in app.config
+            key.removeprefix("RAI_").lower(): value
+            for key, value in app.config.items()
+            if key.startswith("RAI_")
         }
-        known = {config_key(name) for name in OPTION_NAMES}
-        for key in sorted(app.config):
-            if key.startswith("RAI_") and key not in known:
-                logger.warning("app.config[%r] is not a rai-middleware option; ignored", key)
         options.update(self._options)
-        identify = self._identify or options.pop("identify", None)
-        where = "identify (RAI_IDENTIFY)"  # async: run as Flask runs async views
-        chosen = load_callable(identify, where, app.ensure_sync) or default_identify
-        core, tokens = sync_services(options, compression_advice=_COMPRESSION_ADVICE)
+        configured = options.pop("identify", None)  # the keyword wins over RAI_IDENTIFY
+        # An async identify runs as Flask runs async views.
+        identify = load_callable(self._identify or configured, "RAI_IDENTIFY", app.ensure_sync)
+        chosen = identify or default_identify
+        core, tokens = sync_services(
+            options, compression_advice=_COMPRESSION_ADVICE, spelling=FLASK
+        )
         app.extensions[EXTENSION] = _State(core, tokens, SyncDriver(core, chosen, tokens))
         # First, so that no other before_request function (a CSRF check, a login
         # requirement) stands between the page's script and its token.

@@ -61,6 +61,7 @@ transport (or client) is closed, or by :meth:`close`::
     with fake.sync_client() as client:
         client.post("/v2/api/widget-access-keys/token", json={...})
 
+Needs ``starlette`` (``pip install "rai-middleware[testing]"``, which brings ``uvicorn`` too).
 Over a real socket (needs ``uvicorn``), e.g. for a browser or a subprocess::
 
     with fake.run_in_thread() as base_url:  # "http://127.0.0.1:54321"
@@ -95,11 +96,18 @@ from typing import Any, Final, Literal, cast, get_args
 
 import anyio
 import httpx
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
-from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+
+try:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import HTMLResponse, JSONResponse, Response
+    from starlette.routing import Route
+    from starlette.types import Receive, Scope, Send
+except ImportError as missing:  # starlette is no dependency of the middleware itself
+    raise ImportError(
+        "rai_middleware.testing (FakeReturningAI) is a Starlette app: install it with "
+        'pip install "rai-middleware[testing]"'
+    ) from missing
 
 from ._config import DEFAULT_IFRAME_SEGMENTS
 
@@ -772,7 +780,7 @@ class FakeReturningAI:
 
         Yields the base URL (e.g. ``"http://127.0.0.1:54321"``; ``port=0`` picks a free port) once
         the server accepts connections, and stops the server when the block exits. Requires
-        ``uvicorn`` (``pip install uvicorn``, or the ``demo`` extra).
+        ``uvicorn`` (``pip install "rai-middleware[testing]"``).
         """
         try:
             import uvicorn

@@ -17,9 +17,11 @@ import respx
 
 from rai_middleware import ReturningAIMiddleware
 
-# The fake_returning_ai fixture, as users get it. Installed with its pytest11 entry point it
-# is loaded already; the entry point's name is the module's, so this is then a no-op.
-pytest_plugins = ["rai_middleware.pytest_plugin"]
+# The fake_returning_ai fixture, as users get it, but imported here rather than loaded by its
+# pytest11 entry point (pyproject's addopts turn that off for this suite): an entry point is
+# loaded before pytest-cov starts, and would import the whole package unmeasured.
+from rai_middleware.pytest_plugin import fake_returning_ai  # noqa: F401
+from tests import services
 
 COMMUNITY_ID = "community-123"
 ACCESS_ID = "access-id-AAAAAAAAAAAAAAAAAAAA"
@@ -29,6 +31,93 @@ TOKEN_URL = "https://api-v2.returning.ai/v2/api/widget-access-keys/token"
 USER = {"data-customer-id": "c-42", "data-email": "a@b.c"}
 
 Message = MutableMapping[str, Any]
+
+
+# -- system services: skips, their summary, the coverage gate ---------------------------------
+
+#: Stash key: the services missing at the start of the run.
+_MISSING = pytest.StashKey[list[str]]()
+#: Tests skipped per missing service (``pytest_runtest_logreport`` has no config to stash in).
+_skip_counts: dict[str, int] = {}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    missing = [] if services.require_all() else services.missing()
+    config.stash[_MISSING] = missing
+    _skip_counts.clear()
+    # The gate (pyproject's fail_under) holds where every service runs its tests; without
+    # one, a fresh machine's run would fail on coverage alone. An explicit
+    # --cov-fail-under still wins.
+    cov = _coverage_options(config)
+    if missing and cov is not None and "--cov-fail-under" not in _given_options(config):
+        cov.cov_fail_under = 0
+
+
+def _coverage_options(config: pytest.Config) -> Any:
+    """pytest-cov's options (it reads them from its own namespace, not ``config.option``),
+    or None when it is not measuring this run."""
+    plugin = config.pluginmanager.get_plugin("_cov")
+    options = getattr(plugin, "options", None)
+    if options is None or getattr(options, "no_cov", False):
+        return None
+    return options
+
+
+def _given_options(config: pytest.Config) -> set[str]:
+    """The options on the command line (not addopts), without their values."""
+    return {arg.split("=", 1)[0] for arg in config.invocation_params.args}
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    missing = config.stash[_MISSING]
+    if services.require_all():
+        return [f"rai-middleware: {services.REQUIRE_ALL_ENV}=1, so any skipped test fails"]
+    if not missing:
+        return []
+    gate = " and the coverage gate is off" if _gate_lowered(config) else ""
+    return [
+        f"rai-middleware: {', '.join(missing)} missing: their tests skip{gate} "
+        "(.ci/run installs every service and applies the gate)"
+    ]
+
+
+def _gate_lowered(config: pytest.Config) -> bool:
+    cov = _coverage_options(config)
+    return bool(config.stash[_MISSING]) and cov is not None and cov.cov_fail_under == 0
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report: pytest.TestReport = yield
+    if report.skipped and services.require_all() and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        reason = str(reason).removeprefix("Skipped: ")
+        report.outcome = "failed"
+        report.longrepr = f"{reason} ({services.REQUIRE_ALL_ENV}=1: no test may skip)"
+    return report
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and isinstance(report.longrepr, tuple):
+        reason = str(report.longrepr[2]).removeprefix("Skipped: ")
+        if reason.startswith(services.SKIP_PREFIX):
+            name = reason.removeprefix(services.SKIP_PREFIX).split(",", 1)[0]
+            _skip_counts[name] = _skip_counts.get(name, 0) + 1
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    if not _skip_counts:
+        return
+    terminalreporter.section("skipped: system services missing")
+    for name, count in _skip_counts.items():
+        service = services.SERVICES[name]
+        terminalreporter.write_line(
+            f"{name}: {count} skipped ({service.used_for}); install it: {service.install}"
+        )
+    if _gate_lowered(config):
+        terminalreporter.write_line(
+            "the coverage gate was off for this run; .ci/run installs every service and applies it"
+        )
 
 
 @pytest.fixture

@@ -11,21 +11,19 @@ Every test asserts that the page logged no JavaScript error (uncaught exceptions
 ``console.error``, in any frame), nothing about Content Security Policy and no
 ``rai-middleware:`` warning, and that no ``securitypolicyviolation`` event fired in any frame.
 
-Without Chromium or Playwright the tests skip, unless ``CI`` is set: then they fail, since CI
-must run them (``.ci/run`` installs Debian's ``chromium``; ``playwright`` is a test extra).
-``CHROMIUM=/path/to/chromium`` picks another build than the ``chromium`` on ``PATH``.
+Without Chromium (``tests.services.require``) or Playwright the tests skip, and fail under
+``RAI_REQUIRE_ALL=1`` (``.ci/run`` installs Debian's ``chromium``; ``playwright`` is a test
+extra). ``CHROMIUM=/path/to/chromium`` picks another build than the ``chromium`` on ``PATH``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import html
-import os
 import re
-import shutil
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, NoReturn
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import pytest
@@ -37,6 +35,7 @@ from starlette.routing import Route
 from rai_middleware import ReturningAIMiddleware
 from rai_middleware.testing import FakeReturningAI
 from tests.conftest import serve
+from tests.services import require
 
 try:
     from playwright.sync_api import (
@@ -207,21 +206,11 @@ async def evil_home(request: Request) -> Response:
 # -- fixtures ------------------------------------------------------------------------------------
 
 
-def _unavailable(what: str) -> NoReturn:
-    message = f"{what}: install Debian's chromium and playwright (pip install -e '.[test]') to run"
-    if os.environ.get("CI", "").strip().lower() not in ("", "0", "false"):
-        pytest.fail(f"{message}; CI is set, and CI must run the browser tests")
-    pytest.skip(message)
-
-
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     if not HAVE_PLAYWRIGHT:
-        _unavailable("playwright is not installed")
-    # CHROMIUM names another build (e.g. Ubuntu's chromium-browser); Debian's is the default.
-    chromium = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-    if not (os.path.isfile(chromium) and os.access(chromium, os.X_OK)):
-        _unavailable("Chromium is not installed")
+        pytest.skip("playwright is not installed: pip install -e '.[test]'")
+    chromium = require("chromium")
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(
             executable_path=chromium, args=LAUNCH_ARGS, headless=True

@@ -61,7 +61,10 @@ ID_FORM = re.compile(r"returning-ai-widget-[A-Za-z0-9-]+\Z")
 def library(name: str) -> Path:
     path = NPM / "node_modules" / LIBRARIES[name]
     if not path.is_file():
-        pytest.skip(f"{LIBRARIES[name]} is not in {NPM}: run `npm ci` in tests/browser_js there")
+        pytest.skip(
+            f"needs {LIBRARIES[name]} from npm, which is not in {NPM}: copy "
+            "tests/browser_js/package*.json there and run `npm ci` (as .ci/run does)"
+        )
     return path
 
 

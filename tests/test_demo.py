@@ -8,7 +8,6 @@ import json
 import os
 import queue
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -699,13 +698,12 @@ def _get_when_up(client: httpx.Client, path: str, *, timeout: float) -> httpx.Re
 @pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
     """Headless Chromium, as tests/test_browser.py launches it (skipped where it is missing)."""
-    from tests.test_browser import HAVE_PLAYWRIGHT, LAUNCH_ARGS, _unavailable
+    from tests.services import require
+    from tests.test_browser import HAVE_PLAYWRIGHT, LAUNCH_ARGS
 
     if not HAVE_PLAYWRIGHT:
-        _unavailable("playwright is not installed")
-    path = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
-        _unavailable("Chromium is not installed")
+        pytest.skip("playwright is not installed: pip install -e '.[test]'")
+    path = require("chromium")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:

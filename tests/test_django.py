@@ -483,12 +483,26 @@ def test_script_name_prefixes_the_refresh_url(rai: dict[str, Any]) -> None:
         ("not a dict", "must be a dict"),
         ({"identify": "tests.test_django.no_such_thing"}, "cannot import"),
         ({"identify": 42}, "must be a callable"),
-        ({"community_id": "c", "access_id": "i"}, "access_key is required"),
+        ({"community_id": "c", "access_id": "i"}, r"RETURNING_AI\['access_key'\] is required"),
     ],
 )
 def test_bad_settings_are_configuration_errors(value: object, message: str) -> None:
     with override_settings(RETURNING_AI=value), pytest.raises(ConfigurationError, match=message):
         ReturningAIMiddleware(page)
+
+
+def test_settings_errors_list_every_problem_as_written_in_settings() -> None:
+    value = {"community_id": "c", "acces_key": "typo", "timeout": -1}
+    with override_settings(RETURNING_AI=value), pytest.raises(ConfigurationError) as caught:
+        ReturningAIMiddleware(page)
+    assert caught.value.problems == (
+        "unknown option RETURNING_AI['acces_key'] (did you mean RETURNING_AI['access_key']?)",
+        "RETURNING_AI['timeout'] must be greater than 0, got -1",
+        "RETURNING_AI['access_id'] is required in mode='access_key': set it in "
+        "settings.RETURNING_AI or set the RAI_ACCESS_ID environment variable",
+        "RETURNING_AI['access_key'] is required in mode='access_key': set it in "
+        "settings.RETURNING_AI or set the RAI_ACCESS_KEY environment variable",
+    )
 
 
 def test_credentials_from_the_environment(

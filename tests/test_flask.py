@@ -414,13 +414,34 @@ def test_bad_configuration(http_client: httpx.Client, caplog: pytest.LogCaptureF
     app.config.update(base, RAI_IDENTIFY=42)
     with pytest.raises(ConfigurationError, match="must be a callable"):
         ReturningAI(app)
-    app = Flask(__name__)
-    app.config.update(base, RAI_ACCES_KEY="typo")
-    with caplog.at_level(logging.WARNING, logger="rai_middleware"):
-        ReturningAI(app)
-    assert "RAI_ACCES_KEY" in caplog.text
-    with pytest.raises(ConfigurationError, match="access_key is required"):
+    with pytest.raises(ConfigurationError) as caught:
         ReturningAI(Flask(__name__), community_id="c", access_id="i")
+    assert str(caught.value) == (
+        "app.config['RAI_ACCESS_KEY'] is required in mode='access_key': set "
+        "app.config['RAI_ACCESS_KEY'] (or pass access_key=... to ReturningAI) or set the "
+        "RAI_ACCESS_KEY environment variable"
+    )
+
+
+def test_unknown_config_keys_raise_with_the_key_meant(http_client: httpx.Client) -> None:
+    app = Flask(__name__)
+    app.config.update(
+        RAI_COMMUNITY_ID="c",
+        RAI_ACCESS_ID="i",
+        RAI_ACCES_KEY="typo",
+        RAI_TIMEOUT=0,
+        RAI_HTTP_CLIENT=http_client,
+    )
+    with pytest.raises(ConfigurationError) as caught:
+        ReturningAI(app)
+    assert caught.value.problems == (
+        "unknown option app.config['RAI_ACCES_KEY'] (did you mean app.config['RAI_ACCESS_KEY']?)",
+        "app.config['RAI_TIMEOUT'] must be greater than 0, got 0",
+        "app.config['RAI_ACCESS_KEY'] is required in mode='access_key': set "
+        "app.config['RAI_ACCESS_KEY'] (or pass access_key=... to ReturningAI) or set the "
+        "RAI_ACCESS_KEY environment variable",
+    )
+    assert "rai_middleware" not in app.extensions
 
 
 def test_credentials_from_the_environment(

@@ -13,9 +13,7 @@ one visitor's page to another when the page does not go through the middleware.
 from __future__ import annotations
 
 import base64
-import os
 import re
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator, MutableMapping
@@ -28,14 +26,7 @@ import pytest
 from rai_middleware import ReturningAIMiddleware
 from rai_middleware.testing import FakeReturningAI
 from tests.conftest import ACCESS_ID, ACCESS_KEY, COMMUNITY_ID, SECRET_KEY, free_port, serve
-
-NGINX = shutil.which("nginx") or next(
-    (path for path in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(path, os.X_OK)),
-    None,
-)
-pytestmark = pytest.mark.skipif(
-    NGINX is None, reason="nginx is not installed (apt-get install nginx)"
-)
+from tests.services import require
 
 USERS = ("alice", "bob", "carol")
 PAGE = (
@@ -110,6 +101,7 @@ http {{
 
 @pytest.fixture
 def nginx_in_front(tmp_path: Path) -> Iterator[tuple[str, FakeReturningAI]]:
+    program = require("nginx")
     fake = FakeReturningAI(access_id=ACCESS_ID, access_key=ACCESS_KEY)
     with fake.run_in_thread() as api_base_url:
         middleware = ReturningAIMiddleware(
@@ -125,9 +117,8 @@ def nginx_in_front(tmp_path: Path) -> Iterator[tuple[str, FakeReturningAI]]:
             port = free_port()
             conf = tmp_path / "nginx.conf"
             conf.write_text(CONFIG.format(tmp=tmp_path, port=port, upstream=upstream))
-            assert NGINX is not None
             nginx = subprocess.Popen(
-                [NGINX, "-p", str(tmp_path), "-c", str(conf), "-e", str(tmp_path / "error.log")],
+                [program, "-p", str(tmp_path), "-c", str(conf), "-e", str(tmp_path / "error.log")],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.STDOUT,
             )

@@ -183,10 +183,35 @@ def test_secret_key_is_derived_from_the_modes_key() -> None:
 
 def test_unknown_option_lists_the_options() -> None:
     with pytest.raises(ConfigurationError) as caught:
-        build_settings({**ACCESS, "acess_key": "typo"}, environ={})
+        build_settings({**ACCESS, "colour": "blue"}, environ={})
     message = str(caught.value)
-    assert message.startswith("unknown option 'acess_key'; the options are: ")
+    assert message.startswith("unknown option 'colour'; the options are: ")
     assert all(name in message for name in SETTINGS)
+
+
+def test_unknown_option_says_which_it_likely_meant() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        build_settings({**ACCESS, "acess_key": "typo"}, environ={})
+    assert str(caught.value) == "unknown option 'acess_key' (did you mean 'access_key'?)"
+
+
+def test_every_problem_is_listed_at_once() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        build_settings({"timeout": 0, "tmeout": 1, "endpoint_prefix": "x"}, environ={})
+    assert caught.value.problems == (
+        "unknown option 'tmeout' (did you mean 'timeout'?)",
+        "endpoint_prefix must be a path such as '/_rai', got 'x'",
+        "timeout must be greater than 0, got 0",
+        "community_id is required in mode='access_key': pass community_id=... to the "
+        "middleware or set the RAI_COMMUNITY_ID environment variable",
+        "access_id is required in mode='access_key': pass access_id=... to the "
+        "middleware or set the RAI_ACCESS_ID environment variable",
+        "access_key is required in mode='access_key': pass access_key=... to the "
+        "middleware or set the RAI_ACCESS_KEY environment variable",
+    )
+    assert str(caught.value) == "6 configuration problems:" + "".join(
+        f"\n  - {problem}" for problem in caught.value.problems
+    )
 
 
 @pytest.mark.parametrize(("mode", "name"), [(m, n) for m in MODES for n in MODES[m].required])
@@ -210,16 +235,15 @@ def test_unknown_mode() -> None:
 def test_errors_name_the_keyword_and_the_variable(option: Option) -> None:
     assert option.env is not None
     others = {k: v for k, v in ACCESS.items() if k != option.name}
-    for options, environ, origin in (
-        ({option.name: " "}, {}, f"keyword {option.name} or the"),
-        ({option.name: 42}, {}, f"keyword {option.name} or the"),
-        ({}, {option.env: " "}, "from the"),
+    for options, environ, subject in (
+        ({option.name: " "}, {}, f"{option.name} "),
+        ({option.name: 42}, {}, f"{option.name} "),
+        ({}, {option.env: " "}, f"the {option.env} environment variable "),
     ):
         with pytest.raises(ConfigurationError) as caught:
             build_settings({**others, **options}, environ=environ)
         message = str(caught.value)
-        assert message.startswith(option.name), message
-        assert f"{origin} {option.env} environment variable" in message, message
+        assert message.startswith(subject), message
 
 
 def test_errors_never_show_a_secret() -> None:

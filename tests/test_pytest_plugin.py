@@ -71,7 +71,7 @@ def test_entry_point_is_the_module_under_its_own_name() -> None:
     tomllib = pytest.importorskip("tomllib", reason="tomllib is Python 3.11+")
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["entry-points"]["pytest11"] == {PLUGIN: PLUGIN}
-    assert project["optional-dependencies"]["testing"] == ["starlette>=0.37"]
+    assert project["optional-dependencies"]["testing"] == ["starlette>=0.37", "uvicorn>=0.29"]
 
 
 def test_fixture_gives_the_fake_with_sync_and_async_clients(pytester: pytest.Pytester) -> None:

@@ -6,8 +6,6 @@ import asyncio
 import json
 import logging
 import multiprocessing
-import os
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -19,6 +17,7 @@ from rai_middleware import ConfigurationError, ReturningAIMiddleware
 from rai_middleware._store import StoredToken
 from rai_middleware.testing import FakeReturningAI
 from tests.conftest import body_of, call_asgi, free_port, html_app, http_scope
+from tests.services import require
 
 redis = pytest.importorskip("redis", reason="pip install -e '.[dev]' to run the Redis tests")
 
@@ -28,7 +27,8 @@ PAGE = b'<rai-placeholder widget="store">fallback</rai-placeholder>'
 
 
 class RedisServer:
-    def __init__(self) -> None:
+    def __init__(self, program: str) -> None:
+        self.program = program
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen[bytes] | None = None
@@ -36,7 +36,7 @@ class RedisServer:
     def start(self) -> None:
         self.process = subprocess.Popen(
             [
-                "redis-server",
+                self.program,
                 "--port",
                 str(self.port),
                 "--bind",
@@ -75,11 +75,7 @@ class RedisServer:
 
 @pytest.fixture(scope="module")
 def redis_server() -> Iterator[RedisServer]:
-    if shutil.which("redis-server") is None:
-        if os.environ.get("CI"):
-            pytest.fail("redis-server is missing; .ci/run installs it")
-        pytest.skip("install Debian's redis-server to run the Redis tests")
-    server = RedisServer()
+    server = RedisServer(require("redis-server"))
     server.start()
     yield server
     server.stop()

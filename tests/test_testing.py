@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-import shutil
 import subprocess
 import threading
 import time
@@ -23,6 +22,7 @@ from rai_middleware.testing import (
     FakeReturningAI,
     InjectedDisconnect,
 )
+from tests.services import require
 
 TOKEN_PATH = "/v2/api/widget-access-keys/token"
 GOOD_BODY: dict[str, Any] = {
@@ -568,12 +568,11 @@ function make(tag, token) {
 
 def run_node(program: str) -> Any:
     result = subprocess.run(
-        ["node", "-e", program], capture_output=True, text=True, timeout=30, check=True
+        [require("node"), "-e", program], capture_output=True, text=True, timeout=30, check=True
     )
     return json.loads(result.stdout)
 
 
-@pytest.mark.skipif(shutil.which("node") is None, reason="needs node")
 def test_sdk_script_renders_claims_and_reports_expiry_under_node() -> None:
     fake = FakeReturningAI()
     fresh = fake.encode({"data-customer-id": "c-42", "exp": time.time() + 600})
@@ -625,7 +624,6 @@ console.log(JSON.stringify({{first, afterChange, events, tags: [...registry.keys
     assert out["runs"] == 2
 
 
-@pytest.mark.skipif(shutil.which("node") is None, reason="needs node")
 def test_sdk_script_notices_expiry_by_itself_once_per_token_under_node() -> None:
     fake = FakeReturningAI()
     soon = fake.encode({"data-email": "a@b.c", "exp": time.time() + 60})
@@ -682,7 +680,6 @@ function load(data) {
 """
 
 
-@pytest.mark.skipif(shutil.which("node") is None, reason="needs node")
 def test_loader_frames_the_widget_page_with_the_identity_under_node() -> None:
     base = {
         "widgetId": "w 1/2",
@@ -793,7 +790,6 @@ def _run_widget_page(search: str, steps: str, token: str = "") -> Any:
     return result
 
 
-@pytest.mark.skipif(shutil.which("node") is None, reason="needs node")
 def test_widget_page_asks_its_parent_and_asks_again_after_expiry_under_node() -> None:
     fake = FakeReturningAI()
     first = fake.encode({"email": "ann@example.com", "exp": time.time() + 60})
@@ -844,7 +840,6 @@ out.push(snapshot());
     assert out[4]["token"] == second
 
 
-@pytest.mark.skipif(shutil.which("node") is None, reason="needs node")
 def test_widget_page_with_the_token_in_its_init_object_asks_nobody_under_node() -> None:
     fake = FakeReturningAI()
     token = fake.encode({"email": "ann@example.com", "exp": time.time() + 600})
@@ -862,7 +857,6 @@ def test_widget_page_with_the_token_in_its_init_object_asks_nobody_under_node() 
     )
 
 
-@pytest.mark.skipif(shutil.which("node") is None, reason="needs node")
 def test_widget_page_legacy_request_and_loader_identity_under_node() -> None:
     legacy = _run_widget_page("?legacy=1", "out.push(snapshot());")
     assert legacy["posted"] == [{"data": {"type": "RETURNINGAI_WIDGET_TOKEN"}, "target": "*"}]

@@ -30,7 +30,7 @@ from django.conf import settings as django_settings
 from django.http import HttpResponse
 
 from rai_middleware._async_tokens import TokenService
-from rai_middleware._config import check_option_names
+from rai_middleware._config import DJANGO
 from rai_middleware._core import (
     AsyncDriver,
     Stats,
@@ -110,17 +110,16 @@ class ReturningAIMiddleware:
         options = self._read_settings()
         identify = load_callable(options.pop("identify", None), f"{SETTING}['identify']")
         self.identify: Callable[[Request], object] = identify or self._default_identify
-        where = f"{SETTING}: "
         self.tokens: TokenService | SyncTokenService
         if self.async_mode and not needs_threads(options):
             self.core, tokens = async_services(
-                options, compression_advice=_COMPRESSION_ADVICE, where=where
+                options, compression_advice=_COMPRESSION_ADVICE, spelling=DJANGO
             )
             self.tokens = tokens
             self.adriver = AsyncDriver(self.core, self._aidentify, tokens)
         else:
             self.core, sync_tokens = sync_services(
-                options, compression_advice=_COMPRESSION_ADVICE, where=where
+                options, compression_advice=_COMPRESSION_ADVICE, spelling=DJANGO
             )
             self.tokens = sync_tokens
             self.driver = SyncDriver(self.core, self.identify, sync_tokens)
@@ -137,7 +136,6 @@ class ReturningAIMiddleware:
             configured = {}
         if not isinstance(configured, Mapping):
             raise ConfigurationError(f"settings.{SETTING} must be a dict of options")
-        check_option_names(configured, f"settings.{SETTING}: ")
         return dict(configured)
 
     def __repr__(self) -> str:

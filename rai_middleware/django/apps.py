@@ -10,3 +10,7 @@ class ReturningAIConfig(AppConfig):  # type: ignore[misc]  # Django ships no stu
     # "django" would clash with Django's own apps; templates load the tags by this label's library.
     label = "rai_middleware"
     verbose_name = "Returning.AI widgets"
+
+    def ready(self) -> None:
+        # Registers the system checks (rai_middleware.E001...) with Django.
+        from . import checks  # noqa: F401
