@@ -121,10 +121,9 @@ _ATTRIBUTES = (
     rb"(?:[" + _WS + rb"]*=[" + _WS + rb"]*+"
     rb"(?:\"[^\"]*+\"?+|'[^']*+'?+|[^" + _WS + rb">\"'][^" + _WS + rb">]*+)?)?)*+"
 )
-# The rest of a tag from the "before attribute name" state to its ``>``, in one step.
-_TAG_REST = re.compile(_ATTRIBUTES + rb">")
-# The same attributes, remembering where the last one began: for a tag that does not end
-# in the buffer, only that last attribute is walked through in Python.
+# The same attributes, from the "before attribute name" state to the ``>`` (or the end of
+# the buffer), remembering where the last one began: for a tag that does not end in the
+# buffer, only that last attribute is walked through in Python.
 _LAST_ATTRIBUTE = re.compile(
     rb"(?:[" + _WS + rb"/]++|([^" + _WS + rb"/>][^" + _WS + rb"/>=]*+"
     rb"(?>[" + _WS + rb"]*+=[" + _WS + rb"]*+"
@@ -268,6 +267,26 @@ def _patterns(name: bytes) -> tuple[tuple[Search, ...], tuple[Search, ...]]:
 @functools.lru_cache(maxsize=64)
 def _end_tag_pattern(name: bytes) -> re.Pattern[bytes]:
     return re.compile(rb"(?i)</" + re.escape(name) + rb"(?=[" + _WS + rb"/>])")
+
+
+def _block(name: bytes) -> bytes:
+    """The usual raw text element after its ``<``, whole: start tag, text, ``</name>`` (no
+    script escape, no other ending of the end tag)."""
+    named = rb"(?i:" + re.escape(name) + rb")"
+    stop = rb"<(?!/" + named + rb"[" + _WS + rb"/>]" + (rb"|!--)" if name == b"script" else rb")")
+    start = named + rb"(?=[" + _WS + rb"/>])" + _ATTRIBUTES + rb">"
+    return start + rb"[^<]*+(?:" + stop + rb"[^<]*+)*+</" + named + rb">"
+
+
+#: From a position in the data state: text and whole raw text elements of the usual kind,
+#: as many as follow each other. Anything else (a tag, a comment, a script with ``<!--``
+#: in it...) ends it; the general way then reads that, once. (Comments are not in it:
+#: ``re`` reads a comment's text much slower than it searches for ``-->``.)
+_SKIP = re.compile(
+    rb"(?:[^<]++|<(?:"
+    + b"|".join(_block(name) for name in sorted(_RAW_ELEMENTS | {b"script"}))
+    + rb"))*+"
+).match
 
 
 class PlaceholderScanner:
@@ -513,48 +532,56 @@ class PlaceholderScanner:
         # Inside a placeholder, its end tag stops the search and its start tag does not.
         kind = 2 * (self._foreign > 0) + (self._start >= 0 or self._skipping)
         search = self._candidates[kind]
+        rfind = buf.rfind
         while True:
             # Jump to just before the next construct that matters when the bytes before
             # it show that no tag is open there; else read exactly from where we are.
             candidate = search(buf, pos)
             target = candidate.start() if candidate is not None else n
-            # ``_sync``, with its usual case inline: a ``>`` right before the target,
-            # after quotes that close values (not after ``=`` or spaces).
-            gt = buf.rfind(b">", pos, target)
-            double = buf.rfind(b'"', pos, gt) if gt == target - 1 else pos
-            single = buf.rfind(b"'", pos, gt) if gt == target - 1 else pos
-            if (double < 0 or (double > pos and buf[double - 1] not in _MAY_OPEN)) and (
-                single < 0 or (single > pos and buf[single - 1] not in _MAY_OPEN)
-            ):
-                pos = target
-            elif gt < 0 and target < n and buf.find(b"<", pos, target) < 0:
-                pos = target  # only text since the last construct (``-->\n<script``)
-            else:
-                pos = _sync(buf, pos, target)
-                if pos != target:
-                    opens = _OPENS.search(buf, pos, target)
-                    if opens is not None and buf.find(b">", opens.start()) < 0:
-                        return opens.start()  # a tag that cannot end in this buffer
-                    return self._runs[kind](buf, pos).end()  # type: ignore[union-attr]
-            if candidate is None or n - pos < 6:
+            if target > pos:
+                # ``_sync``, with its usual cases inline: a ``>`` right before the target,
+                # after quotes that close values (not after ``=`` or spaces); or only
+                # text since the last construct (``-->\n<script``).
+                gt = rfind(b">", pos, target)
+                if gt == target - 1:
+                    at = rfind(b'"', pos, gt)
+                    synced = at < 0 or (at > pos and buf[at - 1] not in _MAY_OPEN)
+                    if synced:
+                        at = rfind(b"'", pos, gt)
+                        synced = at < 0 or (at > pos and buf[at - 1] not in _MAY_OPEN)
+                else:
+                    synced = gt < 0 and target < n and buf.find(b"<", pos, target) < 0
+                if synced:
+                    pos = target
+                else:
+                    pos = _sync(buf, pos, target)
+                    if pos != target:
+                        opens = _OPENS.search(buf, pos, target)
+                        if opens is not None and buf.find(b">", opens.start()) < 0:
+                            return opens.start()  # a tag that cannot end in this buffer
+                        return self._runs[kind](buf, pos).end()  # type: ignore[union-attr]
+            if candidate is None:
                 return pos
-            second = buf[pos + 1]
-            if second == 0x21:  # <!-- (or CDATA): the most common construct, in one step
+            if buf[pos + 1] == 0x21:  # <!-- (or CDATA): a whole comment in one step
                 if buf[pos + 2] != 0x2D:
                     return pos
-                third = buf[pos + 4]
-                if third == 0x3E or (third == 0x2D and buf[pos + 5] == 0x3E):
-                    pos += 5 if third == 0x3E else 6  # <!--> and <!--->
-                    continue
-                closing = _COMMENT_END.search(buf, pos + 4)
-                if closing is None:
-                    return pos
-                pos = closing.end()
+                after = buf[pos + 4 : pos + 6]
+                if after[:1] == b">":
+                    pos += 5  # <!-->
+                elif after == b"->":
+                    pos += 6  # <!--->
+                else:
+                    closing = _COMMENT_END.search(buf, pos + 4)
+                    if closing is None:
+                        return pos
+                    pos = closing.end()
+                # What follows it in the data state (``-->\n<script>...</script>``).
+                pos = _SKIP(buf, pos).end()  # type: ignore[union-attr]
             else:
-                skipped = _skip_raw(buf, pos, candidate.end(), n) if second in _LETTERS else 0
-                if not skipped:
-                    return pos
-                pos = skipped  # a whole script or style block in one step
+                end = _SKIP(buf, pos).end()  # type: ignore[union-attr]
+                if end == pos:
+                    return pos  # a construct to enter, or an unusual raw text element
+                pos = end
 
     # -- what the data state stopped at ------------------------------------------------
 
@@ -677,17 +704,21 @@ class PlaceholderScanner:
                 return pos
             state = _BEFORE_NAME
             slash = byte == 0x2F
+        last = None
         if state == _BEFORE_NAME and self._then != _THEN_FOREIGN and not unfinished:
-            # The whole rest of the tag in C. If it does not match, the tag does not end
-            # in this buffer, and the loop below only finds the sub-state to resume in.
-            match = _TAG_REST.match(buf, pos)
-            if match is not None:
-                return match.end()
+            # The whole rest of the tag in C (attributes only stop at ``>`` or the end of
+            # the buffer). If it does not end in this buffer, the same read says where
+            # its last attribute began, and the loop below only walks that one.
+            last = _LAST_ATTRIBUTE.match(buf, pos)
+            end = last.end()  # type: ignore[union-attr]
+            if end < n:
+                return end + 1
         skipped = False
         while True:
             if state == _BEFORE_NAME and not skipped:
                 skipped = True
-                last = _LAST_ATTRIBUTE.match(buf, pos)
+                if last is None:
+                    last = _LAST_ATTRIBUTE.match(buf, pos)
                 if last is not None and last.end() >= n and last.start(1) > pos:
                     pos = last.start(1)  # everything before it is complete attributes
                     slash = False
@@ -878,32 +909,6 @@ class PlaceholderScanner:
                     pos = match.end() + 1  # the delimiter goes with it
                     continue
                 pos = match.end()
-
-
-def _skip_raw(buf: bytes | bytearray, pos: int, name_end: int, n: int) -> int:
-    """The usual raw text element at ``pos`` (``<script ...>...</script>``, no script
-    escapes, all in the buffer): the offset after it, or 0 to take the general way."""
-    name = bytes(buf[pos + 1 : name_end]).lower()
-    if name == b"script":
-        stop = _SCRIPT_DATA_STOP
-    elif name in _RAW_ELEMENTS:
-        stop = _end_tag_pattern(name)
-    else:
-        return 0
-    if buf[name_end] == 0x3E:
-        body = name_end + 1
-    else:
-        rest = _TAG_REST.match(buf, name_end)
-        if rest is None:
-            return 0
-        body = rest.end()
-    end = stop.search(buf, body)
-    if end is None or buf[end.start() + 1] != 0x2F:  # not found, or ``<!--`` first
-        return 0
-    close = end.end()
-    if close < n and buf[close] == 0x3E:
-        return close + 1
-    return 0
 
 
 def _sync(buf: bytes | bytearray, pos: int, target: int) -> int:
