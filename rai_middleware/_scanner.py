@@ -34,12 +34,13 @@ Cost: every byte is examined a bounded number of times, whatever the input or ch
 The state between chunks (the tokenizer state, and inside a tag or script the exact
 sub-state) is carried over and resumed, never re-scanned; only a few bytes that might begin
 a token cut by the chunk end (``<scri``, ``</rai-placeh``, ``--``) are held and looked at
-again. The fast path: one case-insensitive search (a one-byte gate after ``<``, then a
-group-free alternation) finds the next construct that could change the state; the last
-``>`` before it shows whether a tag may be open there (only a quoted value, whose opening
-quote follows ``=``, can hide a ``>``). If none can be, the tags in between are never
-read; otherwise one regular expression reads them exactly, in C. Comments and ordinary
-script and style blocks are then skipped with one search for their end.
+again. The fast path: one case-insensitive search (a two-byte gate after ``<``, then a
+group-free trie of byte sets) finds the next construct that could change the state; the
+last ``>`` before it shows whether a tag may be open there (only a quoted value, whose
+opening quote follows ``=``, can hide a ``>``). If none can be, the tags in between are
+never read; otherwise one regular expression reads them exactly, in C. A comment is then
+skipped with one search for its end, and the text and ordinary script and style blocks
+that follow with one match.
 
 Memory: what is held between chunks is an unfinished placeholder (at most ``max_size``
 bytes; a longer one is given up, sent on as text and counted in ``oversized``) or such a
