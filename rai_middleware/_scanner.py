@@ -283,11 +283,14 @@ def _block(name: bytes) -> bytes:
 #: as many as follow each other. Anything else (a tag, a comment, a script with ``<!--``
 #: in it...) ends it; the general way then reads that, once. (Comments are not in it:
 #: ``re`` reads a comment's text much slower than it searches for ``-->``.)
-_SKIP = re.compile(
+_SKIP_BODY = (
     rb"(?:[^<]++|<(?:"
     + b"|".join(_block(name) for name in sorted(_RAW_ELEMENTS | {b"script"}))
     + rb"))*+"
-).match
+)
+_SKIP = re.compile(_SKIP_BODY).match
+#: The end of a comment (searched from after ``<!--``), then ``_SKIP``.
+_COMMENT_END_SKIP = re.compile(rb"--!?>" + _SKIP_BODY).search
 
 
 class PlaceholderScanner:
@@ -567,17 +570,15 @@ class PlaceholderScanner:
                 if buf[pos + 2] != 0x2D:
                     return pos
                 after = buf[pos + 4 : pos + 6]
-                if after[:1] == b">":
-                    pos += 5  # <!-->
-                elif after == b"->":
-                    pos += 6  # <!--->
-                else:
-                    closing = _COMMENT_END.search(buf, pos + 4)
-                    if closing is None:
-                        return pos
-                    pos = closing.end()
-                # What follows it in the data state (``-->\n<script>...</script>``).
-                pos = _SKIP(buf, pos).end()  # type: ignore[union-attr]
+                if after[:1] == b">" or after == b"->":  # <!--> and <!--->
+                    pos += 5 if after[:1] == b">" else 6
+                    pos = _SKIP(buf, pos).end()  # type: ignore[union-attr]
+                    continue
+                # Its end, and what follows it in the data state (``-->\n<script>...``).
+                closing = _COMMENT_END_SKIP(buf, pos + 4)
+                if closing is None:
+                    return pos
+                pos = closing.end()
             else:
                 end = _SKIP(buf, pos).end()  # type: ignore[union-attr]
                 if end == pos:
