@@ -30,7 +30,6 @@ logged that says so.
 
 from __future__ import annotations
 
-import functools
 import logging
 import re
 from collections.abc import Callable
@@ -42,7 +41,7 @@ from ._http import RawHeaders, ResponseInfo, rewrite_headers, streamed_headers
 from ._identity import Identity
 from ._modes import PageAuth, PageContext, Widget
 from ._needs import IDENTIFY, Flow, Grant, TokenNeed
-from ._render import Attribute, parse_attributes, widget_attributes
+from ._render import parse_attributes, widget_attributes
 from ._scanner import Item, Placeholder, PlaceholderScanner
 
 if TYPE_CHECKING:
@@ -78,23 +77,6 @@ class _CorruptBody(Exception):
 
 #: How a sync or full flush of a deflate stream ends (an empty stored block).
 _FLUSHED = b"\x00\x00\xff\xff"
-
-
-#: Placeholder attributes longer than this are parsed each time, not cached.
-_CACHED_ATTRIBUTES = 512
-
-
-@functools.lru_cache(maxsize=256)
-def _parsed_attributes(raw: bytes, encoding: str) -> tuple[Attribute, ...]:
-    return tuple(parse_attributes(raw, encoding))
-
-
-def _attributes(raw: bytes, encoding: str) -> tuple[Attribute, ...]:
-    """A placeholder's attributes, parsed once per process for the usual short ones (the
-    same few placeholders come back on every page, each read twice per page)."""
-    if len(raw) <= _CACHED_ATTRIBUTES:
-        return _parsed_attributes(raw, encoding)
-    return tuple(parse_attributes(raw, encoding))
 
 
 def quick_matcher(tag: str) -> Callable[[bytes], object]:
@@ -463,7 +445,7 @@ class PageRewrite:
     def _is_widget(self, item: Item) -> bool:
         if not isinstance(item, Placeholder):
             return False
-        attributes = _attributes(item.attributes, self._info.encoding)
+        attributes = parse_attributes(item.attributes, self._info.encoding)
         return widget_attributes(attributes, self._core.settings.widgets)[1] is not None
 
     def _render(self, items: list[Item], *, final: bool) -> bytes:
@@ -490,7 +472,7 @@ class PageRewrite:
     def _placeholder(self, placeholder: Placeholder) -> bytes:
         settings = self._core.settings
         encoding = self._info.encoding
-        attributes = _attributes(placeholder.attributes, encoding)
+        attributes = parse_attributes(placeholder.attributes, encoding)
         written, element = widget_attributes(attributes, settings.widgets)
         if element is None or written is None:
             self._log_bad_widget(written)
