@@ -265,6 +265,15 @@ def _patterns(name: bytes) -> tuple[tuple[Search, ...], tuple[Search, ...]]:
     return candidates, runs
 
 
+@functools.lru_cache(maxsize=16)
+def _simple_pattern(name: bytes) -> Search:
+    """The usual placeholder, whole: its start tag, a fallback without ``<`` (so without
+    any construct), and ``</name>`` right after. Groups: the attributes, the fallback."""
+    named = rb"(?i:" + re.escape(name) + rb")"
+    start = rb"<" + named + rb"(?=[" + _WS + rb"/>])(" + _ATTRIBUTES + rb")>"
+    return re.compile(start + rb"([^<]*+)</" + named + rb">").match
+
+
 @functools.lru_cache(maxsize=64)
 def _end_tag_pattern(name: bytes) -> re.Pattern[bytes]:
     return re.compile(rb"(?i)</" + re.escape(name) + rb"(?=[" + _WS + rb"/>])")
@@ -312,6 +321,7 @@ class PlaceholderScanner:
         "_raw_end",
         "_runs",
         "_script_state",
+        "_simple",
         "_skipping",
         "_slash",
         "_start",
@@ -327,6 +337,7 @@ class PlaceholderScanner:
         self._open = b"<" + self._name
         self._max_size = max_size
         self._candidates, self._runs = _patterns(self._name)
+        self._simple = _simple_pattern(self._name)
         # The longest tag name whose identity matters: a name cut by the chunk end is held
         # until it is this long or ends.
         self._longest = max(len(self._name), *(len(name) for name in _SPECIAL_ELEMENTS))
@@ -431,6 +442,20 @@ class PlaceholderScanner:
                 pos = self._data(buf, pos, n)
                 if pos >= n:
                     break
+                if self._start < 0 and not self._skipping:
+                    # The usual placeholder in one step; anything else the general way.
+                    simple = self._simple(buf, pos)
+                    if simple is not None:
+                        end = simple.end()
+                        attributes = bytes(simple.group(1))
+                        if end - pos <= self._max_size and not attributes.endswith(b"/"):
+                            if pos > emitted:
+                                out.append(bytes(buf[emitted:pos]))
+                            raw = bytes(buf[pos:end])
+                            inner = bytes(simple.group(2))
+                            out.append(Placeholder(raw, attributes, inner, False))
+                            emitted = pos = end
+                            continue
                 result = self._dispatch(buf, pos, n, final)
                 if result < 0:  # undecided until more bytes come
                     hold = pos
