@@ -40,7 +40,7 @@ last ``>`` before it shows whether a tag may be open there (only a quoted value,
 opening quote follows ``=``, can hide a ``>``). If none can be, the tags in between are
 never read; otherwise one regular expression reads them exactly, in C. A comment is then
 skipped with one search for its end, and the text and ordinary script and style blocks
-that follow with one match.
+that follow with one match; a placeholder whose fallback is plain text is one match too.
 
 Memory: what is held between chunks is an unfinished placeholder (at most ``max_size``
 bytes; a longer one is given up, sent on as text and counted in ``oversized``) or such a
