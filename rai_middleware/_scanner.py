@@ -195,27 +195,33 @@ def _run_pattern(name: bytes, *, foreign: bool, inside: bool) -> re.Pattern[byte
 _DELIMITERS = frozenset(_WS + b"/>")
 
 
-def _trie(words: list[list[tuple[bytes, frozenset[int]]]]) -> bytes:
+#: One byte of a construct's start: as the first of a branch (a byte set, which ``re``
+#: tests before entering the branch), inside a chain (a case-folded literal, cheaper to
+#: test), and the bytes it accepts.
+Atom = tuple[bytes, bytes, frozenset[int]]
+
+
+def _trie(words: list[list[Atom]]) -> bytes:
     """A group-free alternation of ``words`` (sequences of one-byte atoms), merged on
     their common prefixes so that each branch begins with its own byte set: ``re`` skips a
     branch whose first set does not match without entering it."""
-    branches: dict[bytes, list[list[tuple[bytes, frozenset[int]]]]] = {}
+    branches: dict[bytes, list[list[Atom]]] = {}
     for word in words:
         branches.setdefault(word[0][0], []).append(word)
     out = []
-    for atom, group in branches.items():
+    for group in branches.values():
+        first = group[0][0][0] if len(branches) > 1 else group[0][0][1]
         rests = [word[1:] for word in group if len(word) > 1]
-        out.append(atom + (_trie(rests) if rests else b""))
+        out.append(first + (_trie(rests) if rests else b""))
     return out[0] if len(out) == 1 else b"(?:" + b"|".join(out) + b")"
 
 
-def _atom(byte: int, *, fold: bool) -> tuple[bytes, frozenset[int]]:
-    """One byte of a construct's start as a regular expression and the bytes it accepts."""
+def _atom(byte: int, *, fold: bool) -> Atom:
     char = bytes([byte])
     if fold and char.isalpha():
         both = frozenset((char.lower()[0], char.upper()[0]))
-        return b"[" + char.lower() + char.upper() + b"]", both
-    return re.escape(char), frozenset((byte,))
+        return b"[" + char.lower() + char.upper() + b"]", b"(?i:" + char + b")", both
+    return re.escape(char), re.escape(char), frozenset((byte,))
 
 
 @functools.lru_cache(maxsize=64)
@@ -230,7 +236,8 @@ def _candidate_pattern(name: bytes, *, foreign: bool, inside: bool) -> re.Patter
     groups make ``re`` much slower)."""
     starts = set(_SPECIAL_ELEMENTS) | (set() if inside else {name})
     ends = (set(_FOREIGN_ELEMENTS) if foreign else set()) | ({name} if inside else set())
-    delimiter = (rb"(?=[" + _WS + rb"/>])", _DELIMITERS)
+    lookahead = rb"(?=[" + _WS + rb"/>])"
+    delimiter = (lookahead, lookahead, _DELIMITERS)
     words = [[_atom(byte, fold=False) for byte in b"!--"]]
     if foreign:
         words.append([_atom(byte, fold=False) for byte in b"![CDATA["])
@@ -244,7 +251,7 @@ def _candidate_pattern(name: bytes, *, foreign: bool, inside: bool) -> re.Patter
     # here would read to the end of the page for each one (quadratic).
     gate = b""
     for at in range(2):
-        allowed = frozenset().union(*(word[at][1] for word in words))
+        allowed = frozenset().union(*(word[at][2] for word in words))
         gate += b"[" + b"".join(re.escape(bytes([byte])) for byte in sorted(allowed)) + b"]"
     return re.compile(b"<(?=" + gate + b")" + _trie(words))
 
