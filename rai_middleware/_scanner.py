@@ -125,10 +125,13 @@ _ATTRIBUTES = (
 # The same attributes, from the "before attribute name" state to the ``>`` (or the end of
 # the buffer), remembering where the last one began: for a tag that does not end in the
 # buffer, only that last attribute is walked through in Python.
+# (One step of the loop takes the spaces and the attribute after them: half the steps of
+# taking each on its own.)
 _LAST_ATTRIBUTE = re.compile(
-    rb"(?:[" + _WS + rb"/]++|([^" + _WS + rb"/>][^" + _WS + rb"/>=]*+"
+    rb"(?:[" + _WS + rb"/]*+([^" + _WS + rb"/>][^" + _WS + rb"/>=]*+"
     rb"(?>[" + _WS + rb"]*+=[" + _WS + rb"]*+"
     rb"(?:\"[^\"]*+\"?+|'[^']*+'?+|[^" + _WS + rb">\"'][^" + _WS + rb">]*+)?)?))*+"
+    rb"[" + _WS + rb"/]*+"
 )
 _SPACE_SLASH = re.compile(rb"[" + _WS + rb"/]*+")
 _SPACES = re.compile(rb"[" + _WS + rb"]*+")
