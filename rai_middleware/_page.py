@@ -254,7 +254,7 @@ class PageRewrite:
             return unchanged  # the common case, kept to one search
         try:
             decoded = self._decode(body, final=True)
-            if quick_match(decoded) is None:
+            if decoded is not body and quick_match(decoded) is None:
                 return unchanged
             items = self._scan(decoded, final=True)
             if not any(isinstance(item, Placeholder) for item in items):

@@ -34,12 +34,13 @@ Cost: every byte is examined a bounded number of times, whatever the input or ch
 The state between chunks (the tokenizer state, and inside a tag or script the exact
 sub-state) is carried over and resumed, never re-scanned; only a few bytes that might begin
 a token cut by the chunk end (``<scri``, ``</rai-placeh``, ``--``) are held and looked at
-again. The fast path: one case-insensitive search (a one-byte gate after ``<``, then a
-group-free alternation) finds the next construct that could change the state; the last
-``>`` before it shows whether a tag may be open there (only a quoted value, whose opening
-quote follows ``=``, can hide a ``>``). If none can be, the tags in between are never
-read; otherwise one regular expression reads them exactly, in C. Comments and ordinary
-script and style blocks are then skipped with one search for their end.
+again. The fast path: one case-insensitive search (a two-byte gate after ``<``, then a
+group-free trie of byte sets) finds the next construct that could change the state; the
+last ``>`` before it shows whether a tag may be open there (only a quoted value, whose
+opening quote follows ``=``, can hide a ``>``). If none can be, the tags in between are
+never read; otherwise one regular expression reads them exactly, in C. A comment is then
+skipped with one search for its end, and the text and ordinary script and style blocks
+that follow with one match; a placeholder whose fallback is plain text is one match too.
 
 Memory: what is held between chunks is an unfinished placeholder (at most ``max_size``
 bytes; a longer one is given up, sent on as text and counted in ``oversized``) or such a
@@ -121,14 +122,16 @@ _ATTRIBUTES = (
     rb"(?:[" + _WS + rb"]*=[" + _WS + rb"]*+"
     rb"(?:\"[^\"]*+\"?+|'[^']*+'?+|[^" + _WS + rb">\"'][^" + _WS + rb">]*+)?)?)*+"
 )
-# The rest of a tag from the "before attribute name" state to its ``>``, in one step.
-_TAG_REST = re.compile(_ATTRIBUTES + rb">")
-# The same attributes, remembering where the last one began: for a tag that does not end
-# in the buffer, only that last attribute is walked through in Python.
+# The same attributes, from the "before attribute name" state to the ``>`` (or the end of
+# the buffer), remembering where the last one began: for a tag that does not end in the
+# buffer, only that last attribute is walked through in Python.
+# (One step of the loop takes the spaces and the attribute after them: half the steps of
+# taking each on its own.)
 _LAST_ATTRIBUTE = re.compile(
-    rb"(?:[" + _WS + rb"/]++|([^" + _WS + rb"/>][^" + _WS + rb"/>=]*+"
+    rb"(?:[" + _WS + rb"/]*+([^" + _WS + rb"/>][^" + _WS + rb"/>=]*+"
     rb"(?>[" + _WS + rb"]*+=[" + _WS + rb"]*+"
     rb"(?:\"[^\"]*+\"?+|'[^']*+'?+|[^" + _WS + rb">\"'][^" + _WS + rb">]*+)?)?))*+"
+    rb"[" + _WS + rb"/]*+"
 )
 _SPACE_SLASH = re.compile(rb"[" + _WS + rb"/]*+")
 _SPACES = re.compile(rb"[" + _WS + rb"]*+")
@@ -195,27 +198,70 @@ def _run_pattern(name: tuple[bytes, ...], *, foreign: bool, inside: bool) -> re.
     return re.compile(pattern)
 
 
+_DELIMITERS = frozenset(_WS + b"/>")
+
+
+#: One byte of a construct's start: as the first of a branch (a byte set, which ``re``
+#: tests before entering the branch), inside a chain (a case-folded literal, cheaper to
+#: test), and the bytes it accepts.
+Atom = tuple[bytes, bytes, frozenset[int]]
+
+
+def _trie(words: list[list[Atom]]) -> bytes:
+    """A group-free alternation of ``words`` (sequences of one-byte atoms), merged on
+    their common prefixes so that each branch begins with its own byte set: ``re`` skips a
+    branch whose first set does not match without entering it."""
+    branches: dict[bytes, list[list[Atom]]] = {}
+    for word in words:
+        branches.setdefault(word[0][0], []).append(word)
+    out = []
+    for group in branches.values():
+        first = group[0][0][0] if len(branches) > 1 else group[0][0][1]
+        rests = [word[1:] for word in group if len(word) > 1]
+        out.append(first + (_trie(rests) if rests else b""))
+    return out[0] if len(out) == 1 else b"(?:" + b"|".join(out) + b")"
+
+
+def _atom(byte: int, *, fold: bool) -> Atom:
+    char = bytes([byte])
+    if fold and char.isalpha():
+        both = frozenset((char.lower()[0], char.upper()[0]))
+        return b"[" + char.lower() + char.upper() + b"]", b"(?i:" + char + b")", both
+    return re.escape(char), re.escape(char), frozenset((byte,))
+
+
 @functools.lru_cache(maxsize=64)
 def _candidate_pattern(
     name: tuple[bytes, ...], *, foreign: bool, inside: bool
 ) -> re.Pattern[bytes]:
     """The constructs ``_run_pattern`` stops at, found directly, without reading the
-    tags in between: a cheap one-byte gate after ``<``, then a group-free alternation.
-    A match is only a candidate: it may sit inside a tag (see ``_sync``)."""
+    tags in between. A match is only a candidate: it may sit inside a tag (see ``_sync``).
+
+    Built for ``re``'s costs: most of the time goes into the ``<`` that start nothing of
+    interest (``</a>``, ``<img``...), so a lookahead on the next two bytes (each from the
+    set that any construct allows there) turns most of them away cheaply, and the few
+    left walk a trie whose branches begin with their own byte set. No group (capturing
+    groups make ``re`` much slower)."""
     starts = set(_SPECIAL_ELEMENTS) | (set() if inside else set(name))
     ends = (set(_FOREIGN_ELEMENTS) if foreign else set()) | (set(name) if inside else set())
-    delimiter = rb"(?=[" + _WS + rb"/>])"
-    firsts = {b"!"} | {start[:1] for start in starts} | ({b"/"} if ends else set())
-    gate = b"".join(re.escape(first) + re.escape(first.upper()) for first in sorted(firsts))
+    lookahead = rb"(?=[" + _WS + rb"/>])"
+    delimiter = (lookahead, lookahead, _DELIMITERS)
+    words = [[_atom(byte, fold=False) for byte in b"!--"]]
+    if foreign:
+        words.append([_atom(byte, fold=False) for byte in b"![CDATA["])
+    words += [[_atom(byte, fold=True) for byte in tag] + [delimiter] for tag in sorted(starts)]
+    words += [
+        [_atom(0x2F, fold=False)] + [_atom(byte, fold=True) for byte in tag] + [delimiter]
+        for tag in sorted(ends)
+    ]
     # Nothing here may look past the construct's own name: a candidate inside an
     # attribute value is searched past again and again, so matching, say, a whole comment
     # here would read to the end of the page for each one (quadratic).
-    alternatives = [rb"!--", rb"!\[CDATA\[" if foreign else b""]
-    alternatives.append(rb"(?i:" + _names(starts) + rb")" + delimiter)
-    if ends:
-        alternatives.append(rb"/(?i:" + _names(ends) + rb")" + delimiter)
-    body = b"|".join(alternative for alternative in alternatives if alternative)
-    return re.compile(rb"<(?=[" + gate + rb"])(?:" + body + rb")")
+    gate = b""
+    for at in range(2):
+        allowed = frozenset().union(*(word[at][2] for word in words))
+        gate += b"[" + b"".join(re.escape(bytes([byte])) for byte in sorted(allowed)) + b"]"
+    return re.compile(b"<(?=" + gate + b")" + _trie(words))
 
 
 Search = Callable[[bytes | bytearray, int], "re.Match[bytes] | None"]
@@ -235,9 +281,41 @@ def _patterns(name: tuple[bytes, ...]) -> tuple[tuple[Search, ...], tuple[Search
     return candidates, runs
 
 
+@functools.lru_cache(maxsize=16)
+def _simple_pattern(name: bytes) -> Search:
+    """The usual placeholder, whole: its start tag, a fallback without ``<`` (so without
+    any construct), and ``</name>`` right after. Groups: the attributes, the fallback."""
+    named = rb"(?i:" + re.escape(name) + rb")"
+    start = rb"<" + named + rb"(?=[" + _WS + rb"/>])(" + _ATTRIBUTES + rb")>"
+    return re.compile(start + rb"([^<]*+)</" + named + rb">").match
+
+
 @functools.lru_cache(maxsize=64)
 def _end_tag_pattern(name: bytes) -> re.Pattern[bytes]:
     return re.compile(rb"(?i)</" + re.escape(name) + rb"(?=[" + _WS + rb"/>])")
+
+
+def _block(name: bytes) -> bytes:
+    """The usual raw text element after its ``<``, whole: start tag, text, ``</name>`` (no
+    script escape, no other ending of the end tag)."""
+    named = rb"(?i:" + re.escape(name) + rb")"
+    stop = rb"<(?!/" + named + rb"[" + _WS + rb"/>]" + (rb"|!--)" if name == b"script" else rb")")
+    start = named + rb"(?=[" + _WS + rb"/>])" + _ATTRIBUTES + rb">"
+    return start + rb"[^<]*+(?:" + stop + rb"[^<]*+)*+</" + named + rb">"
+
+
+#: From a position in the data state: text and whole raw text elements of the usual kind,
+#: as many as follow each other. Anything else (a tag, a comment, a script with ``<!--``
+#: in it...) ends it; the general way then reads that, once. (Comments are not in it:
+#: ``re`` reads a comment's text much slower than it searches for ``-->``.)
+_SKIP_BODY = (
+    rb"(?:[^<]++|<(?:"
+    + b"|".join(_block(name) for name in sorted(_RAW_ELEMENTS | {b"script"}))
+    + rb"))*+"
+)
+_SKIP = re.compile(_SKIP_BODY).match
+#: The end of a comment (searched from after ``<!--``), then ``_SKIP``.
+_COMMENT_END_SKIP = re.compile(rb"--!?>" + _SKIP_BODY).search
 
 
 class PlaceholderScanner:
@@ -260,6 +338,7 @@ class PlaceholderScanner:
         "_raw_end",
         "_runs",
         "_script_state",
+        "_simple",
         "_skipping",
         "_slash",
         "_start",
@@ -284,6 +363,9 @@ class PlaceholderScanner:
         self._open = b"<" + self._name
         self._max_size = max_size
         self._candidates, self._runs = _patterns(self._names)
+        # The usual placeholder in one match: the placeholder tag's (the runtime tag and
+        # the rest go the general way).
+        self._simple = _simple_pattern(self._names[0])
         # The longest tag name whose identity matters: a name cut by the chunk end is held
         # until it is this long or ends.
         self._longest = max(*(len(n) for n in self._names), *map(len, _SPECIAL_ELEMENTS))
@@ -388,6 +470,20 @@ class PlaceholderScanner:
                 pos = self._data(buf, pos, n)
                 if pos >= n:
                     break
+                if self._start < 0 and not self._skipping:
+                    # The usual placeholder in one step; anything else the general way.
+                    simple = self._simple(buf, pos)
+                    if simple is not None:
+                        end = simple.end()
+                        attributes = bytes(simple.group(1))
+                        if end - pos <= self._max_size and not attributes.endswith(b"/"):
+                            if pos > emitted:
+                                out.append(bytes(buf[emitted:pos]))
+                            raw = bytes(buf[pos:end])
+                            inner = bytes(simple.group(2))
+                            out.append(Placeholder(raw, attributes, inner, False, self._names[0]))
+                            emitted = pos = end
+                            continue
                 result = self._dispatch(buf, pos, n, final)
                 if result < 0:  # undecided until more bytes come
                     hold = pos
@@ -493,48 +589,54 @@ class PlaceholderScanner:
         # Inside a placeholder, its end tag stops the search and its start tag does not.
         kind = 2 * (self._foreign > 0) + (self._start >= 0 or self._skipping)
         search = self._candidates[kind]
+        rfind = buf.rfind
         while True:
             # Jump to just before the next construct that matters when the bytes before
             # it show that no tag is open there; else read exactly from where we are.
             candidate = search(buf, pos)
             target = candidate.start() if candidate is not None else n
-            # ``_sync``, with its usual case inline: a ``>`` right before the target,
-            # after quotes that close values (not after ``=`` or spaces).
-            gt = buf.rfind(b">", pos, target)
-            double = buf.rfind(b'"', pos, gt) if gt == target - 1 else pos
-            single = buf.rfind(b"'", pos, gt) if gt == target - 1 else pos
-            if (double < 0 or (double > pos and buf[double - 1] not in _MAY_OPEN)) and (
-                single < 0 or (single > pos and buf[single - 1] not in _MAY_OPEN)
-            ):
-                pos = target
-            elif gt < 0 and target < n and buf.find(b"<", pos, target) < 0:
-                pos = target  # only text since the last construct (``-->\n<script``)
-            else:
-                pos = _sync(buf, pos, target)
-                if pos != target:
-                    opens = _OPENS.search(buf, pos, target)
-                    if opens is not None and buf.find(b">", opens.start()) < 0:
-                        return opens.start()  # a tag that cannot end in this buffer
-                    return self._runs[kind](buf, pos).end()  # type: ignore[union-attr]
-            if candidate is None or n - pos < 6:
+            if target > pos:
+                # ``_sync``, with its usual cases inline: a ``>`` right before the target,
+                # after quotes that close values (not after ``=`` or spaces); or only
+                # text since the last construct (``-->\n<script``).
+                gt = rfind(b">", pos, target)
+                if gt == target - 1:
+                    at = rfind(b'"', pos, gt)
+                    synced = at < 0 or (at > pos and buf[at - 1] not in _MAY_OPEN)
+                    if synced:
+                        at = rfind(b"'", pos, gt)
+                        synced = at < 0 or (at > pos and buf[at - 1] not in _MAY_OPEN)
+                else:
+                    synced = gt < 0 and target < n and buf.find(b"<", pos, target) < 0
+                if synced:
+                    pos = target
+                else:
+                    pos = _sync(buf, pos, target)
+                    if pos != target:
+                        opens = _OPENS.search(buf, pos, target)
+                        if opens is not None and buf.find(b">", opens.start()) < 0:
+                            return opens.start()  # a tag that cannot end in this buffer
+                        return self._runs[kind](buf, pos).end()  # type: ignore[union-attr]
+            if candidate is None:
                 return pos
-            second = buf[pos + 1]
-            if second == 0x21:  # <!-- (or CDATA): the most common construct, in one step
+            if buf[pos + 1] == 0x21:  # <!-- (or CDATA): a whole comment in one step
                 if buf[pos + 2] != 0x2D:
                     return pos
-                third = buf[pos + 4]
-                if third == 0x3E or (third == 0x2D and buf[pos + 5] == 0x3E):
-                    pos += 5 if third == 0x3E else 6  # <!--> and <!--->
+                after = buf[pos + 4 : pos + 6]
+                if after[:1] == b">" or after == b"->":  # <!--> and <!--->
+                    pos += 5 if after[:1] == b">" else 6
+                    pos = _SKIP(buf, pos).end()  # type: ignore[union-attr]
                     continue
-                closing = _COMMENT_END.search(buf, pos + 4)
+                # Its end, and what follows it in the data state (``-->\n<script>...``).
+                closing = _COMMENT_END_SKIP(buf, pos + 4)
                 if closing is None:
                     return pos
                 pos = closing.end()
             else:
-                skipped = _skip_raw(buf, pos, candidate.end(), n) if second in _LETTERS else 0
-                if not skipped:
-                    return pos
-                pos = skipped  # a whole script or style block in one step
+                end = _SKIP(buf, pos).end()  # type: ignore[union-attr]
+                if end == pos:
+                    return pos  # a construct to enter, or an unusual raw text element
+                pos = end
 
     # -- what the data state stopped at ------------------------------------------------
 
@@ -658,17 +760,21 @@ class PlaceholderScanner:
                 return pos
             state = _BEFORE_NAME
             slash = byte == 0x2F
+        last = None
         if state == _BEFORE_NAME and self._then != _THEN_FOREIGN and not unfinished:
-            # The whole rest of the tag in C. If it does not match, the tag does not end
-            # in this buffer, and the loop below only finds the sub-state to resume in.
-            match = _TAG_REST.match(buf, pos)
-            if match is not None:
-                return match.end()
+            # The whole rest of the tag in C (attributes only stop at ``>`` or the end of
+            # the buffer). If it does not end in this buffer, the same read says where
+            # its last attribute began, and the loop below only walks that one.
+            last = _LAST_ATTRIBUTE.match(buf, pos)
+            end = last.end()  # type: ignore[union-attr]
+            if end < n:
+                return end + 1
         skipped = False
         while True:
             if state == _BEFORE_NAME and not skipped:
                 skipped = True
-                last = _LAST_ATTRIBUTE.match(buf, pos)
+                if last is None:
+                    last = _LAST_ATTRIBUTE.match(buf, pos)
                 if last is not None and last.end() >= n and last.start(1) > pos:
                     pos = last.start(1)  # everything before it is complete attributes
                     slash = False
@@ -860,32 +966,6 @@ class PlaceholderScanner:
                     pos = match.end() + 1  # the delimiter goes with it
                     continue
                 pos = match.end()
-
-
-def _skip_raw(buf: bytes | bytearray, pos: int, name_end: int, n: int) -> int:
-    """The usual raw text element at ``pos`` (``<script ...>...</script>``, no script
-    escapes, all in the buffer): the offset after it, or 0 to take the general way."""
-    name = bytes(buf[pos + 1 : name_end]).lower()
-    if name == b"script":
-        stop = _SCRIPT_DATA_STOP
-    elif name in _RAW_ELEMENTS:
-        stop = _end_tag_pattern(name)
-    else:
-        return 0
-    if buf[name_end] == 0x3E:
-        body = name_end + 1
-    else:
-        rest = _TAG_REST.match(buf, name_end)
-        if rest is None:
-            return 0
-        body = rest.end()
-    end = stop.search(buf, body)
-    if end is None or buf[end.start() + 1] != 0x2F:  # not found, or ``<!--`` first
-        return 0
-    close = end.end()
-    if close < n and buf[close] == 0x3E:
-        return close + 1
-    return 0
 
 
 def _sync(buf: bytes | bytearray, pos: int, target: int) -> int:
