@@ -57,10 +57,11 @@ def test_the_adapters_together_stay_small() -> None:
     """The middleware proper of each adapter (not its template tags or checks) stays thin."""
     entrances = [PACKAGE / "_asgi.py", PACKAGE / "_wsgi.py", PACKAGE / "django" / "__init__.py"]
     entrances.append(PACKAGE / "flask.py")
-    # Under 1000 before issue 15; since then each entrance delegates stats() to the core,
-    # checks exclusions first, inline, as the cheapest path for an excluded request (15), and
-    # hands the core the request headers for fragment detection (13).
-    assert sum(len(path.read_text().splitlines()) for path in entrances) < 1050
+    # Under 1000 before issue 15; since then each entrance delegates stats() to the core (and
+    # Django remembers the instance it built, for rai_middleware.django.stats()), checks
+    # exclusions first, inline, as the cheapest path for an excluded request (15), and hands
+    # the core the request headers for fragment detection (13).
+    assert sum(len(path.read_text().splitlines()) for path in entrances) < 1060
 
 
 def test_only_the_configuration_looks_at_the_mode_name() -> None:

@@ -359,6 +359,32 @@ def test_anonymous_visitor_gets_the_fallback(site: dict[str, Any], upstream: Ups
     assert upstream.calls == 0
 
 
+def test_module_stats_reads_the_middleware_django_built(
+    site: dict[str, Any], user: Any, upstream: Upstream
+) -> None:
+    import rai_middleware.django
+
+    client = Client()
+    client.force_login(user)
+    assert client.get("/page").status_code == 200
+    assert client.get("/page").status_code == 200
+    counts = rai_middleware.django.stats()
+    assert (counts["cache_misses"], counts["cache_hits"], counts["mints"]) == (1, 1, 1)
+    assert counts["pages_rewritten"] == 2
+    assert upstream.calls == 1
+
+
+def test_module_stats_before_django_built_the_middleware(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import rai_middleware.django
+    from rai_middleware.django import _built
+
+    monkeypatch.setattr(_built, "_newest", None)
+    with pytest.raises(LookupError, match=r"Django has not built the middleware"):
+        rai_middleware.django.stats()
+
+
 def test_responses_that_are_not_pages_with_placeholders_are_untouched(
     site: dict[str, Any], user: Any, upstream: Upstream
 ) -> None:

@@ -47,9 +47,16 @@ from rai_middleware._exclude import is_exempt, rai_exempt
 from rai_middleware._identity import identifiers_of
 from rai_middleware._page import PageRewrite, Step
 from rai_middleware._sync_tokens import SyncTokenService
+from rai_middleware.django._built import remember, stats
 from rai_middleware.django.cache_store import DjangoCacheTokenStore
 
-__all__ = ["DjangoCacheTokenStore", "ReturningAIMiddleware", "default_identify", "rai_exempt"]
+__all__ = [
+    "DjangoCacheTokenStore",
+    "ReturningAIMiddleware",
+    "default_identify",
+    "rai_exempt",
+    "stats",
+]
 
 logger = logging.getLogger("rai_middleware")
 
@@ -128,6 +135,7 @@ class ReturningAIMiddleware:
         self.settings = self.core.settings
         self.tickets = self.core.tickets
         self.excluded = self.core.excluded
+        remember(self)  # rai_middleware.django.stats(): the site has no reference to us
 
     @staticmethod
     def _read_settings() -> dict[str, Any]:
