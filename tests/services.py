@@ -16,11 +16,13 @@ from __future__ import annotations
 import os
 import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 __all__ = [
     "HIDE_ENV",
+    "NPM_LIBRARIES",
     "REQUIRE_ALL_ENV",
     "SERVICES",
     "SKIP_PREFIX",
@@ -78,8 +80,26 @@ SERVICES: dict[str, Service] = {
             "apt-get install nodejs",
         ),
         Service("npm", "tests that install npm libraries", "apt-get install npm"),
+        Service(
+            "npm-libraries",
+            "htmx, Turbo and Unpoly in Chromium, tests/test_browser_fragments.py",
+            "copy tests/browser_js/package*.json to $RAI_NPM_CACHE "
+            "(~/.cache/rai-middleware/npm) and run `npm ci` there, as .ci/run does",
+        ),
     )
 }
+
+#: The browser libraries the fragment tests load, under the npm cache's node_modules.
+NPM_LIBRARIES = {
+    "htmx.js": "htmx.org/dist/htmx.min.js",
+    "turbo.js": "@hotwired/turbo/dist/turbo.es2017-umd.js",
+    "unpoly.js": "unpoly/unpoly.min.js",
+}
+
+
+def npm_cache() -> Path:
+    """Where ``.ci/run`` installs the npm libraries: outside the package, never vendored."""
+    return Path(os.environ.get("RAI_NPM_CACHE") or Path.home() / ".cache/rai-middleware/npm")
 
 
 def _hidden() -> frozenset[str]:
@@ -98,6 +118,10 @@ def find(name: str) -> str | None:
     hidden = _hidden()
     if name in hidden or name.split("-")[0] in hidden:  # "redis" hides redis-server
         return None
+    if name == "npm-libraries":  # installed files, not a program
+        modules = npm_cache() / "node_modules"
+        found = all((modules / path).is_file() for path in NPM_LIBRARIES.values())
+        return str(modules) if found else None
     candidates = [os.environ.get(service.env, "")] if service.env else []
     candidates += [shutil.which(name) or "", *service.also_at]
     for path in candidates:

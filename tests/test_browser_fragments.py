@@ -15,7 +15,6 @@ bundle, throws when it runs twice).
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +30,7 @@ from starlette.routing import Route
 from rai_middleware import ReturningAIMiddleware
 from rai_middleware.testing import FakeReturningAI
 from tests.conftest import serve
+from tests.services import NPM_LIBRARIES, require
 from tests.test_browser import (  # noqa: F401 - fixtures
     HAVE_PLAYWRIGHT,
     Watch,
@@ -49,23 +49,12 @@ CSP = f"script-src 'nonce-{NONCE}'; object-src 'none'; base-uri 'none'"
 # Unpoly runs a fragment's scripts by re-parsing their serialized HTML, in which the browser
 # has already hidden the nonce (``nonce=""``): under Unpoly a policy needs 'strict-dynamic'.
 UNPOLY_CSP = f"script-src 'nonce-{NONCE}' 'strict-dynamic'; object-src 'none'; base-uri 'none'"
-NPM = Path(os.environ.get("RAI_NPM_CACHE") or Path.home() / ".cache/rai-middleware/npm")
-LIBRARIES = {
-    "htmx.js": "htmx.org/dist/htmx.min.js",
-    "turbo.js": "@hotwired/turbo/dist/turbo.es2017-umd.js",
-    "unpoly.js": "unpoly/unpoly.min.js",
-}
 ID_FORM = re.compile(r"returning-ai-widget-[A-Za-z0-9-]+\Z")
 
 
 def library(name: str) -> Path:
-    path = NPM / "node_modules" / LIBRARIES[name]
-    if not path.is_file():
-        pytest.skip(
-            f"needs {LIBRARIES[name]} from npm, which is not in {NPM}: copy "
-            "tests/browser_js/package*.json there and run `npm ci` (as .ci/run does)"
-        )
-    return path
+    """A browser library from the npm cache (skips, naming how to install them, without)."""
+    return Path(require("npm-libraries")) / NPM_LIBRARIES[name]
 
 
 # -- the site ------------------------------------------------------------------------------------
