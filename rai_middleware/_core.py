@@ -17,6 +17,8 @@ identity or a token::
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import importlib
 import inspect
 import logging
@@ -73,7 +75,7 @@ class Core:
         # Holders, never the revealed string: both are passed down frames a locals-capturing
         # error reporter may print.
         self.tickets = TicketSigner(settings.secret_key, max_age=settings.ticket_max_age)
-        self.identity_secret = IdentityKey(settings.secret_key.reveal().encode())
+        self.identity_secret = IdentityKey(_identity_key(settings))
         self.quick_match = quick_matcher(settings.placeholder_tag, settings.runtime_tag)
         #: Container id suffixes, unique across this middleware's responses.
         self.container_ids = ContainerIds()
@@ -434,6 +436,16 @@ def _settings(
         problems=problems,
     )
     return settings, options.get("clock") or time.monotonic
+
+
+def _identity_key(settings: Settings) -> bytes:
+    """The key of identity hashes, which name visitors in logs and key the shared token
+    store: scoped to where tokens come from (mode, token URL, community), so that two sites
+    sharing a store and a ``secret_key`` never read each other's tokens."""
+    mode, community = settings.auth, settings.community_id or ""
+    scope = "\n".join(("rai-middleware/identity/v1", mode.name, mode.token_url or "", community))
+    secret = settings.secret_key.reveal().encode()
+    return hmac.new(secret, scope.encode(), hashlib.sha256).digest()
 
 
 def needs_threads(options: Mapping[str, Any]) -> bool:

@@ -82,10 +82,10 @@ def upstream(served_fake: tuple[FakeReturningAI, str]) -> tuple[FakeReturningAI,
 
 def wsgi_site(api_base_url: str, **options: Any) -> ReturningAIWSGIMiddleware:
     options.setdefault("token_store", DjangoCacheTokenStore())
+    options.setdefault("community_id", "c")
     return ReturningAIWSGIMiddleware(
         wsgi_page(PAGE),
         identify=lambda environ: {"data-customer-id": environ["PATH_INFO"].strip("/")},
-        community_id="c",
         access_id="demo-access-id",
         access_key="demo-access-key",
         secret_key=SECRET,
@@ -94,8 +94,9 @@ def wsgi_site(api_base_url: str, **options: Any) -> ReturningAIWSGIMiddleware:
     )
 
 
-def key_of(user: str) -> str:
-    return Identity.create({"data-customer-id": user}, SECRET.encode()).key
+def key_of(site: ReturningAIWSGIMiddleware, user: str) -> str:
+    """``user``'s key in the store: an identity hash scoped to the site's mode and community."""
+    return Identity.create({"data-customer-id": user}, site.core.identity_secret).key
 
 
 def token_in(body: bytes) -> str:
@@ -250,13 +251,29 @@ def test_the_cache_holds_no_identifier(cache: Any, upstream: tuple[FakeReturning
     assert "secret.person" not in keys[0] and "secret.person" not in str(cache._cache)
 
 
+def test_two_communities_sharing_the_cache_and_the_secret_never_share_a_token(
+    cache: Any, upstream: tuple[FakeReturningAI, str]
+) -> None:
+    """Identity hashes (the store's keys) are scoped to the mode and the community."""
+    fake, url = upstream
+    first, second = wsgi_site(url, community_id="community-A"), wsgi_site(url, community_id="B")
+    token_a = token_in(call(first, "/alice")[2])
+    token_b = token_in(call(second, "/alice")[2])
+    assert token_a != token_b
+    assert fake.calls == 2  # B minted its own; it did not read A's from the shared store
+    assert len(cache._cache) == 2
+    first.close()
+    second.close()
+
+
 def test_a_value_copied_under_another_key_gives_that_visitor_no_token(
     cache: Any, upstream: tuple[FakeReturningAI, str], caplog: pytest.LogCaptureFixture
 ) -> None:
     fake, url = upstream
     site = wsgi_site(url)
     alice = token_in(call(site, "/alice")[2])
-    cache.set("rai:tok:" + key_of("bob"), cache.get("rai:tok:" + key_of("alice")), 60)
+    stolen = cache.get("rai:tok:" + key_of(site, "alice"))
+    cache.set("rai:tok:" + key_of(site, "bob"), stolen, 60)
     other = wsgi_site(url)  # another process: bob is not in its local cache
     with caplog.at_level(logging.WARNING, logger="rai_middleware"):
         bob = token_in(call(other, "/bob")[2])

@@ -223,4 +223,4 @@ async def test_refresh_endpoint_under_root_path(upstream: respx.MockRouter) -> N
 
 
 def _identity_key(middleware: Any) -> str:
-    return Identity.create(USER, middleware.settings.secret_key.reveal().encode()).key
+    return Identity.create(USER, middleware.core.identity_secret).key

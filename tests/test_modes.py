@@ -358,7 +358,7 @@ async def test_identifier_key_that_is_not_attribute_safe_is_refused(
 
 
 def _key(middleware: ReturningAIMiddleware) -> str:
-    return Identity.create(USER, middleware.settings.secret_key.reveal().encode()).key
+    return Identity.create(USER, middleware.core.identity_secret).key
 
 
 @pytest.mark.parametrize("mode", ["access_key", "iframe"])

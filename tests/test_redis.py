@@ -312,8 +312,8 @@ def test_token_store_option_is_checked() -> None:
 def _identity_key(middleware: ReturningAIMiddleware, user: str) -> str:
     from rai_middleware._identity import Identity
 
-    secret = middleware.settings.secret_key.reveal().encode()
-    return Identity.create({"data-customer-id": user}, secret).key
+    # The middleware's own key: identity hashes are scoped to its mode and community.
+    return Identity.create({"data-customer-id": user}, middleware.core.identity_secret).key
 
 
 def _wsgi_site(api_base_url: str, redis_url: str, **options: Any) -> Any:
@@ -424,10 +424,8 @@ def test_a_value_copied_under_another_key_gives_that_visitor_no_token(
     alice = _token_in(page("alice"))
     client = fresh_redis.sync_client()
     try:
-        secret = b"shared-secret-for-every-process"
-        from rai_middleware._identity import Identity
-
-        keys = {u: Identity.create({"data-customer-id": u}, secret).key for u in ("alice", "bob")}
+        reader = site(url, fresh_redis.url)  # the processes' configuration, for their keys
+        keys = {u: _identity_key(reader, u) for u in ("alice", "bob")}
         client.set("test:tok:" + keys["bob"], client.get("test:tok:" + keys["alice"]), px=60_000)
     finally:
         client.close()
