@@ -87,7 +87,7 @@ class Core:
         self.widget_route = settings.endpoint_prefix + ROUTE if self.mode.widget_route else None
         #: ``excluded(request, path, root)``, or None when nothing is excluded.
         self.excluded: Excluded | None = exclusions(
-            settings.exclude_paths, settings.skip, self.refresh_path
+            settings.exclude_paths, settings.skip, self.refresh_path, self.widget_route
         )
         self._check_exclusions()
         self._compression_advice = compression_advice
@@ -114,14 +114,20 @@ class Core:
             )
 
     def _check_exclusions(self) -> None:
-        # The refresh endpoint, and in mode proxy the widget pages: what the widgets call.
-        answered = [self.refresh_path, (self.widget_route or "").rstrip("/") or None]
+        # What the widgets call: the refresh endpoint, and in mode proxy the widget pages.
+        own = [path for path in (self.refresh_path, self.widget_route) if path]
         for prefix in self.settings.exclude_paths:
-            for endpoint in filter(None, answered):
-                if endpoint == prefix or endpoint.startswith(prefix + "/"):
+            for path in own:
+                exact = path.rstrip("/")
+                if exact == prefix or exact.startswith(prefix + "/"):
                     raise ConfigurationError(
                         f"exclude_paths: {prefix or '/'!r} covers the middleware's own endpoint "
-                        f"{endpoint}, which the widgets call; exclude narrower paths"
+                        f"{exact}, which the widgets call; exclude narrower paths"
+                    )
+                if path.endswith("/") and prefix.startswith(path):
+                    raise ConfigurationError(
+                        f"exclude_paths: {prefix!r} is under the middleware's own route "
+                        f"{path}, which the widget frames call; it cannot be excluded"
                     )
 
     def __repr__(self) -> str:

@@ -36,15 +36,19 @@ def normalise_prefix(prefix: str) -> str:
 
 
 def exclusions(
-    prefixes: tuple[str, ...], skip: Callable[[Any], object] | None, endpoint: str | None = None
+    prefixes: tuple[str, ...],
+    skip: Callable[[Any], object] | None,
+    endpoint: str | None = None,
+    route: str | None = None,
 ) -> Excluded | None:
     """The check for ``prefixes`` (normalised) and ``skip``; None when there is nothing to
     check, so that an adapter pays one attribute test.
 
-    ``skip`` is not asked about the middleware's own ``endpoint`` (the configuration refuses
-    a prefix that covers it). ``skip`` raising is a bug in the site, not a reason to fail
-    the page: the request is not excluded (the middleware handles it as any other) and the
-    exception is logged."""
+    The middleware's own paths (the refresh ``endpoint``, and the paths under the proxy
+    widget ``route``) are never excluded and ``skip`` is never asked about them (the
+    configuration also refuses a prefix that covers them). ``skip`` raising is a bug in the
+    site, not a reason to fail the page: the request is not excluded (the middleware
+    handles it as any other) and the exception is logged."""
     if not prefixes and skip is None:
         return None
     below = tuple(prefix + "/" for prefix in prefixes)
@@ -53,9 +57,11 @@ def exclusions(
     def excluded(request: Any, path: str, root: str) -> bool:
         if root and path.startswith(root):
             path = path[len(root) :]
+        if path == endpoint or (route is not None and path.startswith(route)):
+            return False  # what the widgets call
         if path.startswith(below) or path in exact:
             return True
-        if skip is None or path == endpoint:
+        if skip is None:
             return False
         try:
             return bool(skip(request))

@@ -266,6 +266,28 @@ def test_exclude_paths_may_not_cover_the_proxy_widget_route() -> None:
     assert "widget-key" not in str(raised.value)
 
 
+def test_exclusions_never_take_the_proxy_widget_route(caplog: pytest.LogCaptureFixture) -> None:
+    proxy: dict[str, Any] = {"mode": "proxy", "community_id": "c", "widget_api_key": "k" * 16}
+    with pytest.raises(ConfigurationError) as raised:
+        ReturningAIMiddleware(html_app(PAGE), **proxy, exclude_paths=("/_rai/widget/store-widget",))
+    assert str(raised.value) == (
+        "exclude_paths: '/_rai/widget/store-widget' is under the middleware's own route"
+        " /_rai/widget/, which the widget frames call; it cannot be excluded"
+    )
+    asked: list[str] = []
+
+    def skip(scope: Any) -> bool:
+        asked.append(scope["path"])
+        return True
+
+    core = ReturningAIMiddleware(html_app(PAGE), **proxy, skip=skip).core
+    assert core.excluded is not None
+    scope = {"path": "/_rai/widget/store-widget/abc"}
+    assert core.excluded(scope, scope["path"], "") is False
+    assert core.excluded({"path": "/x"}, "/x", "") is True
+    assert asked == ["/x"]  # never asked about the widget route
+
+
 def test_skip_must_be_callable() -> None:
     with pytest.raises(ConfigurationError, match=r"^skip must be a callable, or its dotted path\Z"):
         middleware(html_app(PAGE), skip=42)
