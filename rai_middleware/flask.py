@@ -166,6 +166,8 @@ class ReturningAI:
     @staticmethod
     def _after_request(response: Response) -> Response:
         state: _State = current_app.extensions[EXTENSION]
+        if state.core.is_endpoint(request.path):  # our own answer, from _before_request
+            return response
         excluded, view = state.core.excluded, current_app.view_functions.get(request.endpoint or "")
         if (excluded and excluded(_request(), request.path, "")) or is_exempt(view):
             return response

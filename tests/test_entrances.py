@@ -1237,3 +1237,14 @@ def test_a_skip_that_raises_is_logged_and_the_page_still_rewritten(
     ]
     assert caplog.records[0].exc_info is not None
     assert fake.calls == 1
+
+
+def test_proxy_route_answer_is_never_rewritten_as_a_page(
+    proxy: Callable[..., Site], fake: FakeReturningAI
+) -> None:
+    """The route's own answer is served as it is (Flask runs after_request hooks on it too)."""
+    site = proxy()
+    response = site.get(WIDGET_ROUTE + "store-widget/s1", headers={**ANN, **FRAMED})
+    assert response.status == 200
+    counts = stats_of(site)
+    assert (counts["pages_rewritten"], counts["pages_passed_through"]) == (0, 0)
