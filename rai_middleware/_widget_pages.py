@@ -17,15 +17,16 @@ answer, and the page cache. The token services fetch (``widget_page``); this dec
 
 from __future__ import annotations
 
+import codecs
 import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import httpx
 from cachetools import TTLCache
 
+from ._clients import is_network_error, is_timeout
 from ._exceptions import TokenError
 from ._modes.proxy import add_base, has_token_slot
 from ._needs import PageNeed
@@ -197,9 +198,9 @@ class WidgetPages:
                 MAX_PAGE_BYTES,
             )
             return
-        if isinstance(error, (httpx.TimeoutException, TimeoutError)):
+        if isinstance(error, TimeoutError) or is_timeout(error):
             failure = TokenError(f"timed out after {self._settings.timeout:g} s")
-        elif isinstance(error, httpx.NetworkError):
+        elif is_network_error(error):  # httpx's or httpx2's
             failure = TokenError(f"{type(error).__name__}: {error}"[:300])
         else:
             failure = TokenError(type(error).__name__)
@@ -219,13 +220,18 @@ def _what(need: PageNeed) -> str:
 
 
 def _decode(body: bytes, params: str) -> str:
-    """The body in the ``charset`` of the Content-Type's parameters if Python can decode
-    with it, else UTF-8; undecodable bytes become U+FFFD."""
+    """The body in the ``charset`` of the Content-Type's parameters if it is one a web page
+    is written in (UTF-8, ASCII, ISO-8859-*, windows-125*), else UTF-8; undecodable bytes
+    become U+FFFD. Python's other codecs are refused: ``unicode_escape`` would turn the text
+    ``\\x3c`` into a real ``<``, and ``idna`` or ``punycode`` raise on ordinary pages."""
     for param in params.split(";"):
         name, _, value = param.partition("=")
         if name.strip().lower() == "charset":
             try:
-                return body.decode(value.strip().strip('"'), "replace")
-            except LookupError:  # unknown, or not a text encoding (rot13...)
+                codec = codecs.lookup(value.strip().strip('"')).name
+            except LookupError:
                 break
+            if codec in ("utf-8", "ascii") or codec.startswith(("iso8859-", "cp125")):
+                return body.decode(codec, "replace")
+            break
     return body.decode("utf-8", "replace")

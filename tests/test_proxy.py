@@ -292,8 +292,23 @@ async def test_a_page_larger_than_the_limit_is_not_served() -> None:
         ("text/html; charset=rot13", "café".encode(), "café"),
         ("text/html; charset=no-such-charset", "café".encode(), "café"),
         ("TEXT/HTML", b"caf\xff", "caf\ufffd"),
+        ("text/html; charset=windows-1252", "caf\u20ac".encode("cp1252"), "caf\u20ac"),
+        # Python codecs no page is written in: read as UTF-8, so the text stays text.
+        ("text/html; charset=unicode_escape", b"\\x3cb>", "\\x3cb>"),
+        ("text/html; charset=idna", "café".encode(), "café"),
+        ("text/html; charset=punycode", "café".encode(), "café"),
     ],
-    ids=["latin-1", "quoted-utf-8", "not-a-text-encoding", "unknown", "bad-bytes"],
+    ids=[
+        "latin-1",
+        "quoted-utf-8",
+        "not-a-text-encoding",
+        "unknown",
+        "bad-bytes",
+        "windows-1252",
+        "unicode-escape",
+        "idna",
+        "punycode",
+    ],
 )
 async def test_the_page_is_decoded_by_its_charset_and_served_as_utf8(
     content_type: str, raw: bytes, expected: str
