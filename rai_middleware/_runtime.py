@@ -83,7 +83,7 @@ _RUNTIME_HEAD = (
 # the fallback): the SDK element in its container, as ``access_key.render_widget`` writes.
 _SDK_ELEMENT = (
     "function widget(el,l,t){"
-    'var name=c.widgets[(get(l,"widget")||"").trim().toLowerCase()],'
+    'var name=own(c.widgets,(get(l,"widget")||"").trim().toLowerCase()),'
     'div=document.createElement("div"),x=document.createElement(name);'
     'div.id="returning-ai-widget-"+pre+"-"+(++n);'
     'if(get(l,"community-id")===null)x.setAttribute("community-id",c.community);'
@@ -98,7 +98,7 @@ _FRAME = (
     'var CARRIED=["width","height","class","style","title"];'
     "function widget(el,l,t){"
     'var w=(get(l,"widget")||"").trim().toLowerCase(),id=(get(l,"widget-id")||"").trim(),'
-    "seg=c.segments[w];"
+    "seg=own(c.segments,w);"
     'if(!id||!seg){warn("a <"+c.tag+" widget=\\""+w+"\\"> needs a widget-id");return null;}'
     'var f=document.createElement("iframe");'
     'f.src=c.widgets_base+"/"+seg+"/"+encodeURIComponent(id).replace(/[!\'()*]/g,'
@@ -109,6 +109,9 @@ _FRAME = (
 )
 
 _RUNTIME_TAIL = (
+    # A widget name is the page author's: "constructor" or "__proto__" must not be found on
+    # Object.prototype.
+    "function own(o,k){return Object.prototype.hasOwnProperty.call(o,k)?o[k]:undefined;}"
     "function show(el,node){"
     'var root=el.shadowRoot||el.attachShadow({mode:"open"}),slot=document.createElement("slot");'
     'slot.name="rai-widget";root.replaceChildren(slot);node.slot="rai-widget";'
@@ -116,7 +119,8 @@ _RUNTIME_TAIL = (
     "function place(el){"
     "if(el.__rai)return;el.__rai=1;var l=attrs(el),"
     'w=(get(l,"widget")||"").trim().toLowerCase();'
-    'if(!c.widgets[w]){warn("unknown widget \\""+w+"\\" in a <"+c.tag+">; showing its fallback");'
+    "if(!own(c.widgets,w)){"
+    'warn("unknown widget \\""+w+"\\" in a <"+c.tag+">; showing its fallback");'
     "return;}"
     "token().then(function(t){if(!el.isConnected)return;var node=widget(el,l,t);"
     "if(node)show(el,node);},function(){});}"

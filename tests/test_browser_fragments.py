@@ -380,6 +380,31 @@ def test_spa_views_get_a_fresh_token_each(
     assert_one_sdk(tab, watch)
 
 
+def test_spa_widget_named_after_an_object_property_keeps_its_fallback(
+    fake: tuple[FakeReturningAI, str],  # noqa: F811
+    site: str,
+    page: tuple[Page, Watch],  # noqa: F811
+) -> None:
+    """``widget="constructor"`` is no widget, whatever Object.prototype holds: a warning and
+    the fallback, no exception."""
+    service, _ = fake
+    tab, watch = page
+    sign_in(tab, site)
+    tab.goto(f"{site}/spa")
+    expect_widgets(tab, service, "#view rai-store-widget", 1)
+    for name in ("constructor", "__proto__", "toString"):
+        tab.evaluate(
+            "name => { const view = document.getElementById('view');"
+            ' view.innerHTML = `<rai-placeholder widget="${name}">'
+            '<p class="odd">no such widget</p></rai-placeholder>`; }',
+            name,
+        )
+        expect(tab.locator("#view .odd")).to_be_visible()
+    tab.wait_for_timeout(200)  # a rejected promise would be reported by now
+    assert tab.locator("#view iframe, #view [embed-token]").count() == 0
+    assert [e for e in watch.errors if "unknown widget" not in e] == []
+
+
 def test_spa_anonymous_visitor_sees_fallbacks_without_requests(
     fake: tuple[FakeReturningAI, str],  # noqa: F811
     site: str,
