@@ -41,6 +41,7 @@ from ._options import (
     SETTINGS,
     Option,
 )
+from ._scanner import RESERVED_TAGS
 
 __all__ = [
     "ADAPTER_KEYWORDS",
@@ -381,6 +382,12 @@ def review_settings(
     else:
         values["mode"] = chosen.name
         missing = [n for n in chosen.required if values[n] is None and n not in failed]
+    for name in ("placeholder_tag", "runtime_tag"):
+        if values[name] in RESERVED_TAGS:
+            invalid.append(
+                f"{spelling.of(name)} must not be {values[name]!r}: the page's parser reads that "
+                "element specially, so the tag would never be found"
+            )
     if values["runtime_tag"] == values["placeholder_tag"]:
         invalid.append(
             f"{spelling.of('runtime_tag')} must differ from {spelling.of('placeholder_tag')} "

@@ -65,7 +65,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["Placeholder", "PlaceholderScanner", "scan"]
+__all__ = ["RESERVED_TAGS", "Placeholder", "PlaceholderScanner", "scan"]
 
 # -- modes: where the tokenizer is between two bytes ---------------------------------------
 _DATA = 0
@@ -112,6 +112,8 @@ _RAW_ELEMENTS = frozenset(
 )
 _FOREIGN_ELEMENTS = frozenset((b"svg", b"math"))
 _SPECIAL_ELEMENTS = _RAW_ELEMENTS | _FOREIGN_ELEMENTS | {b"script", b"plaintext"}
+#: Tag names the page parses specially, which no placeholder or runtime tag may take.
+RESERVED_TAGS = frozenset(name.decode() for name in _SPECIAL_ELEMENTS)
 
 # Attributes, exactly as the tokenizer reads them (names may start with ``=``, ``"`` or
 # ``<``; a value is quoted only right after ``=``). Possessive, and a quoted value matches

@@ -103,6 +103,17 @@ def test_runtime_tag_must_differ_from_the_placeholder_tag() -> None:
         wrap(html_app(b""), runtime_tag="rai-placeholder")
 
 
+@pytest.mark.parametrize("option", ["runtime_tag", "placeholder_tag"])
+@pytest.mark.parametrize("name", ["script", "style", "textarea", "svg", "plaintext"])
+def test_tags_the_page_parses_specially_are_refused(option: str, name: str) -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        wrap(html_app(b""), **{option: name})
+    assert str(raised.value) == (
+        f"{option} must not be {name!r}: the page's parser reads that element specially, "
+        "so the tag would never be found"
+    )
+
+
 async def test_runtime_before_a_widget_carries_the_sdk_once(upstream: respx.MockRouter) -> None:
     page = (
         b"<html><body><rai-runtime></rai-runtime>"
