@@ -26,8 +26,10 @@ from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 from urllib.parse import urlsplit
 
 from ._exceptions import ConfigurationError
+from ._exclude import conflicts
 from ._metrics import Event
 from ._modes import AccessKeyMode, AttributesMode, IframeMode, Mode, ProxyMode
+from ._modes.proxy import ROUTE
 from ._options import (
     DEFAULT_API_BASE_URL,
     DEFAULT_IFRAME_SEGMENTS,
@@ -382,6 +384,12 @@ def review_settings(
     else:
         values["mode"] = chosen.name
         missing = [n for n in chosen.required if values[n] is None and n not in failed]
+        # What the widgets call may not be excluded: the endpoint, the proxy widget route.
+        prefix = values["endpoint_prefix"]
+        own = [prefix + chosen.endpoint] if chosen.endpoint else []
+        own += [prefix + ROUTE] if chosen.widget_route else []
+        exclusions = values["exclude_paths"]
+        invalid += [f"{spelling.of('exclude_paths')}: {p}" for p in conflicts(exclusions, own)]
     for name in ("placeholder_tag", "runtime_tag"):
         if values[name] in RESERVED_TAGS:
             invalid.append(

@@ -89,7 +89,6 @@ class Core:
         self.excluded: Excluded | None = exclusions(
             settings.exclude_paths, settings.skip, self.refresh_path, self.widget_route
         )
-        self._check_exclusions()
         self._compression_advice = compression_advice
         # The token policy's counters, which pages are counted in too: one set per
         # middleware, whichever driver serves a request.
@@ -112,23 +111,6 @@ class Core:
                 "rai-middleware answers GET %s{segment}/{widget_id} (before the app)",
                 self.widget_route,
             )
-
-    def _check_exclusions(self) -> None:
-        # What the widgets call: the refresh endpoint, and in mode proxy the widget pages.
-        own = [path for path in (self.refresh_path, self.widget_route) if path]
-        for prefix in self.settings.exclude_paths:
-            for path in own:
-                exact = path.rstrip("/")
-                if exact == prefix or exact.startswith(prefix + "/"):
-                    raise ConfigurationError(
-                        f"exclude_paths: {prefix or '/'!r} covers the middleware's own endpoint "
-                        f"{exact}, which the widgets call; exclude narrower paths"
-                    )
-                if path.endswith("/") and prefix.startswith(path):
-                    raise ConfigurationError(
-                        f"exclude_paths: {prefix!r} is under the middleware's own route "
-                        f"{path}, which the widget frames call; it cannot be excluded"
-                    )
 
     def __repr__(self) -> str:
         return f"Core(mode={self.mode.name!r}, community_id={self.settings.community_id!r})"

@@ -16,7 +16,14 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-__all__ = ["Excluded", "exclusions", "is_exempt", "normalise_prefix", "rai_exempt"]
+__all__ = [
+    "Excluded",
+    "conflicts",
+    "exclusions",
+    "is_exempt",
+    "normalise_prefix",
+    "rai_exempt",
+]
 
 V = TypeVar("V")
 #: The attribute ``rai_exempt`` sets on a view.
@@ -33,6 +40,26 @@ Excluded = Callable[[Any, str, str], bool]
 def normalise_prefix(prefix: str) -> str:
     """The prefix without its trailing slashes (``/`` becomes ``""``)."""
     return prefix.rstrip("/")
+
+
+def conflicts(prefixes: tuple[str, ...], own: list[str]) -> list[str]:
+    """Why each prefix that would exclude what the widgets call is refused: ``own`` holds
+    the middleware's endpoint(s), a path ending in ``/`` being a route (all paths under it)."""
+    problems = []
+    for prefix in prefixes:
+        for path in own:
+            exact = path.rstrip("/")
+            if exact == prefix or exact.startswith(prefix + "/"):
+                problems.append(
+                    f"{prefix or '/'!r} covers the middleware's own endpoint {exact}, which the "
+                    "widgets call; exclude narrower paths"
+                )
+            elif path.endswith("/") and prefix.startswith(path):
+                problems.append(
+                    f"{prefix!r} is under the middleware's own route {path}, which the widget "
+                    "frames call; it cannot be excluded"
+                )
+    return problems
 
 
 def exclusions(

@@ -515,3 +515,15 @@ async def test_starlettes_file_response_uses_pathsend_on_an_excluded_route(tmp_p
     assert "http.response.pathsend" not in [m["type"] for m in rewritten]
     assert b"<rai-placeholder" not in body_of(rewritten)
     await wrapped.aclose()
+
+
+def test_setup_checks_report_an_exclusion_that_covers_the_endpoint() -> None:
+    """The same rule as at construction, so ``check`` and Django's checks list it too."""
+    from rai_middleware._config import DJANGO, review_settings
+
+    options = {"community_id": "c", "access_id": "i", "access_key": "k" * 16}
+    found = review_settings({**options, "exclude_paths": ("/_rai",)}, {}, spelling=DJANGO)
+    assert found.errors == (
+        "RETURNING_AI['exclude_paths']: '/_rai' covers the middleware's own endpoint "
+        "/_rai/embed-token, which the widgets call; exclude narrower paths",
+    )
