@@ -27,12 +27,12 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._clients import HTTPResponse, is_http_error, is_network_error, is_timeout
+from ._clients import HTTPResponse, is_http_error
 from ._exceptions import StoreError, TokenError
 from ._identity import Identity
 from ._store import STORE_POLL, StoredToken
 from ._tokens import EmbedToken, TokenPolicy
-from ._upstream import TimedOut, TokenRequest, Unreachable, read_token, token_request
+from ._upstream import TimedOut, TokenRequest, read_token, token_request, transport_error
 
 __all__ = [
     "Acquire",
@@ -46,7 +46,6 @@ __all__ = [
     "Sleep",
     "mint_flow",
     "resume",
-    "transport_error",
 ]
 
 
@@ -218,15 +217,3 @@ def _mint(
         raise failure  # outside the except: no __context__ either
     assert response is not None
     return policy.accept(identity, read_token(settings, response), started)
-
-
-def transport_error(exc: Exception, timeout: float) -> TokenError:
-    """The TokenError for an exception raised while talking to Returning.AI. Its message
-    names the failure, never what was sent (no credential, no identifier): the text of a
-    network error (connection refused, a TLS failure) is kept, that of any other (a
-    protocol error may quote a header) is not."""
-    if is_timeout(exc):
-        return TimedOut(f"timed out after {timeout:g} s")
-    if is_network_error(exc):
-        return Unreachable(f"{type(exc).__name__}: {exc}"[:300])
-    return Unreachable(type(exc).__name__)

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeGuard
 
+from ._clients import is_network_error, is_timeout
 from ._exceptions import TokenError
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ __all__ = [
     "plausible_token",
     "read_token",
     "token_request",
+    "transport_error",
 ]
 
 _MAX_TOKEN_LENGTH = 16 * 1024
@@ -65,6 +67,19 @@ class TimedOut(TokenError):
 
 class Unreachable(TokenError):
     """Returning.AI could not be talked to: a connection, DNS, TLS or protocol error."""
+
+
+def transport_error(exc: BaseException, timeout: float) -> TokenError:
+    """The TokenError for an exception raised while talking to Returning.AI (minting, or
+    fetching a widget page in mode proxy). Its message
+    names the failure, never what was sent (no credential, no identifier): the text of a
+    network error (connection refused, a TLS failure) is kept, that of any other (a
+    protocol error may quote a header) is not."""
+    if is_timeout(exc):
+        return TimedOut(f"timed out after {timeout:g} s")
+    if is_network_error(exc):
+        return Unreachable(f"{type(exc).__name__}: {exc}"[:300])
+    return Unreachable(type(exc).__name__)
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,11 +26,10 @@ from typing import TYPE_CHECKING
 
 from cachetools import TTLCache
 
-from ._clients import is_network_error, is_timeout
 from ._exceptions import TokenError
 from ._modes.proxy import add_base, has_token_slot
 from ._needs import PageNeed
-from ._upstream import UPSTREAM_WIDE_4XX
+from ._upstream import UPSTREAM_WIDE_4XX, transport_error
 
 if TYPE_CHECKING:
     from ._config import Settings
@@ -198,12 +197,7 @@ class WidgetPages:
                 MAX_PAGE_BYTES,
             )
             return
-        if isinstance(error, TimeoutError) or is_timeout(error):
-            failure = TokenError(f"timed out after {self._settings.timeout:g} s")
-        elif is_network_error(error):  # httpx's or httpx2's
-            failure = TokenError(f"{type(error).__name__}: {error}"[:300])
-        else:
-            failure = TokenError(type(error).__name__)
+        failure = transport_error(error, self._settings.timeout)
         self._policy.upstream_failed(failure, _what(need))
 
 
