@@ -149,36 +149,28 @@ async def test_runtime_tag_is_configurable(upstream: respx.MockRouter) -> None:
     assert upstream["token"].call_count == 0  # a runtime needs no token
 
 
-async def test_runtime_tag_in_attributes_mode_is_removed_with_one_warning(
-    caplog: pytest.LogCaptureFixture,
+@pytest.mark.parametrize(
+    "mode",
+    [
+        {"mode": "attributes", "community_id": "c"},
+        # Proxy frames get their token from the widget route: nothing for a runtime to do.
+        {"mode": "proxy", "community_id": "c", "widget_api_key": "widget-key-123456"},
+    ],
+    ids=["attributes", "proxy"],
+)
+async def test_runtime_tag_in_a_mode_without_runtime_is_removed_with_one_warning(
+    caplog: pytest.LogCaptureFixture, mode: dict[str, str]
 ) -> None:
     page = b"<html><body><rai-runtime></rai-runtime><p>x</p></body></html>"
-    middleware = wrap(html_app(page), mode="attributes", community_id="c")
+    middleware = wrap(html_app(page), **mode)
     with caplog.at_level(logging.WARNING, logger="rai_middleware"):
         for _ in range(2):
             body = body_of(await call_asgi(middleware, http_scope()))
             assert body == b"<html><body><p>x</p></body></html>"
     warnings = [r.getMessage() for r in caplog.records if "runtime" in r.getMessage()]
     assert warnings == [
-        "<rai-runtime> on /: mode='attributes' has no browser runtime (no endpoint); it is removed"
-    ]
-
-
-async def test_runtime_tag_in_proxy_mode_is_removed_with_one_warning(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    """Proxy frames get their token from the widget route: nothing for a runtime to do."""
-    page = b"<html><body><rai-runtime></rai-runtime><p>x</p></body></html>"
-    middleware = wrap(
-        html_app(page), mode="proxy", community_id="c", widget_api_key="widget-key-123456"
-    )
-    with caplog.at_level(logging.WARNING, logger="rai_middleware"):
-        for _ in range(2):
-            body = body_of(await call_asgi(middleware, http_scope()))
-            assert body == b"<html><body><p>x</p></body></html>"
-    warnings = [r.getMessage() for r in caplog.records if "runtime" in r.getMessage()]
-    assert warnings == [
-        "<rai-runtime> on /: mode='proxy' has no browser runtime (no endpoint); it is removed"
+        f"<rai-runtime> on /: mode={mode['mode']!r} has no browser runtime (no endpoint); "
+        "it is removed"
     ]
 
 
