@@ -40,7 +40,7 @@ from ._modes import PageContext
 from ._modes.proxy import ROUTE
 from ._needs import Flow, Grant, Need, PageNeed, TokenNeed
 from ._page import WHOLE_PAGE_LIMIT, PageRewrite, quick_matcher
-from ._render import ContainerIds
+from ._render import ContainerIds, Memo, WidgetSpec, read_placeholder
 from ._store import SyncTokenStore, TokenStore
 from ._sync_tokens import SyncTokenService
 from ._tickets import TicketSigner
@@ -63,6 +63,11 @@ logger = logging.getLogger("rai_middleware")
 
 T = TypeVar("T")
 
+#: Placeholders remembered (``Core.widget_spec``), and the longest attributes kept: at most
+#: 256 KiB, whatever pages come.
+_SPECS_KEPT = 512
+_SPEC_LENGTH_KEPT = 512
+
 
 class Core:
     """Configuration and the shared services of one middleware instance."""
@@ -79,6 +84,8 @@ class Core:
         self.quick_match = quick_matcher(settings.placeholder_tag, settings.runtime_tag)
         #: Container id suffixes, unique across this middleware's responses.
         self.container_ids = ContainerIds()
+        # The same placeholders come back on every page: each is read once.
+        self._specs: Memo[tuple[bytes, str], WidgetSpec] = Memo(_SPECS_KEPT)
         self.refresh_path = settings.refresh_path
         # Every path the middleware answers holds this (None: it answers none).
         answers = self.refresh_path is not None or self.mode.widget_route
@@ -180,6 +187,18 @@ class Core:
             fragment=info.turbo_stream or fragment_request(request_headers),
         )
         return PageRewrite(self, headers, info, ctx, whole=not stream)
+
+    def widget_spec(self, attributes: bytes, encoding: str) -> WidgetSpec:
+        """What a placeholder with these attribute bytes asks for (``read_placeholder``),
+        remembered for the next page (unless unusually long)."""
+        widgets = self.settings.widgets
+        if len(attributes) > _SPEC_LENGTH_KEPT:
+            return read_placeholder(attributes, encoding, widgets)
+        key = (attributes, encoding)
+        spec = self._specs.get(key)
+        if spec is None:
+            spec = self._specs.put(key, read_placeholder(attributes, encoding, widgets))
+        return spec
 
     # -- the endpoint ------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._render import Memo
 from ._types import Scope
 
 __all__ = [
@@ -44,13 +45,23 @@ class IdentityKey:
     locals-capturing error reporter (Sentry, structlog, rich) may print: raw bytes there
     would be the ``secret_key`` in the report."""
 
-    __slots__ = ("_key",)
+    __slots__ = ("_key", "_known")
 
     def __init__(self, key: bytes) -> None:
         self._key = key
+        # A visitor comes back page after page: their identity is keyed once.
+        self._known: Memo[tuple[tuple[str, str], ...], Identity] = Memo(1024)
 
     def digest(self, data: bytes) -> str:
         return hmac.new(self._key, data, hashlib.sha256).hexdigest()
+
+    def identity(self, identifiers: Mapping[str, str]) -> Identity:
+        """``Identity.create(identifiers, self)``, remembered."""
+        key = tuple(identifiers.items())
+        known = self._known.get(key)
+        if known is None:
+            known = self._known.put(key, Identity.create(identifiers, self))
+        return known
 
     def __repr__(self) -> str:
         return "IdentityKey('**********')"
@@ -179,6 +190,8 @@ def checked_identity(
     identifiers = _validate(result, _source(identify))
     if identifiers is None:
         return None
+    if isinstance(secret, IdentityKey):
+        return secret.identity(identifiers)
     return Identity.create(identifiers, secret)
 
 

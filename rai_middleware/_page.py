@@ -41,7 +41,6 @@ from ._http import RawHeaders, ResponseInfo, rewrite_headers, streamed_headers
 from ._identity import Identity
 from ._modes import PageAuth, PageContext, Widget
 from ._needs import IDENTIFY, Flow, Grant, TokenNeed
-from ._render import parse_attributes, widget_attributes
 from ._scanner import Item, Placeholder, PlaceholderScanner
 
 if TYPE_CHECKING:
@@ -503,8 +502,7 @@ class PageRewrite:
     def _is_widget(self, item: Item) -> bool:
         if not isinstance(item, Placeholder) or item.tag == self._runtime_tag:
             return False
-        attributes = parse_attributes(item.attributes, self._info.encoding)
-        return widget_attributes(attributes, self._core.settings.widgets)[1] is not None
+        return self._core.widget_spec(item.attributes, self._info.encoding)[1] is not None
 
     def _render(self, items: list[Item], *, final: bool) -> bytes:
         """Widget markup in place of each placeholder, encoded for the response."""
@@ -560,10 +558,8 @@ class PageRewrite:
     def _placeholder(self, placeholder: Placeholder) -> bytes:
         if placeholder.tag == self._runtime_tag:
             return self._runtime()
-        settings = self._core.settings
         encoding = self._info.encoding
-        attributes = parse_attributes(placeholder.attributes, encoding)
-        written, element = widget_attributes(attributes, settings.widgets)
+        written, element, attributes = self._core.widget_spec(placeholder.attributes, encoding)
         if element is None or written is None:
             self._log_bad_widget(written)
             return placeholder.inner

@@ -14,18 +14,28 @@ import re
 import secrets
 import threading
 from collections.abc import Mapping, Sequence
+from typing import Generic, TypeVar
 
 __all__ = [
     "Attribute",
     "ContainerIds",
+    "Memo",
+    "WidgetSpec",
     "container_id",
     "inline_script",
     "parse_attributes",
     "quote_attribute",
+    "read_placeholder",
     "widget_attributes",
 ]
 
 Attribute = tuple[str, str]
+#: A placeholder's attributes, understood: its ``widget`` value as written (None: none),
+#: the element it maps to (None: unknown) and every attribute (``parse_attributes``).
+WidgetSpec = tuple[str | None, str | None, tuple[Attribute, ...]]
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 _ATTRIBUTE = re.compile(
     rb"""([^\s>/=]+)(?:\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'>]*)))?""",
@@ -49,6 +59,43 @@ def parse_attributes(raw: bytes, encoding: str) -> list[Attribute]:
         value_bytes = next((g for g in match.groups()[1:] if g is not None), b"")
         attributes.append((name, html.unescape(value_bytes.decode(encoding, "replace"))))
     return attributes
+
+
+def read_placeholder(raw: bytes, encoding: str, widgets: Mapping[str, str]) -> WidgetSpec:
+    """``parse_attributes`` and ``widget_attributes`` in one: what a placeholder asks for."""
+    attributes = tuple(parse_attributes(raw, encoding))
+    written, element = widget_attributes(attributes, widgets)
+    return written, element, attributes
+
+
+class Memo(Generic[K, V]):
+    """Results that do not change between pages (a placeholder's parsed attributes, the
+    markup of a widget for a token), kept across responses.
+
+    Bounded: at ``size`` entries it forgets them all, which costs nothing on the hot path
+    (no recency bookkeeping) and keeps a hostile page from growing it. Safe to share
+    between threads: each call is one dict operation."""
+
+    __slots__ = ("_entries", "_size")
+
+    def __init__(self, size: int) -> None:
+        self._entries: dict[K, V] = {}
+        self._size = size
+
+    def __repr__(self) -> str:
+        return f"Memo({len(self._entries)}/{self._size})"  # keys may hold tokens
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: K) -> V | None:
+        return self._entries.get(key)
+
+    def put(self, key: K, value: V) -> V:
+        if len(self._entries) >= self._size:
+            self._entries.clear()
+        self._entries[key] = value
+        return value
 
 
 def container_id(suffix: int | str) -> str:

@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from html import escape
+from json.encoder import encode_basestring_ascii as encode_string
 
-from ._render import inline_script, quote_attribute
+from ._render import Memo, inline_script, quote_attribute
 
 __all__ = ["RUNTIME_SCRIPT", "RUNTIME_SCRIPT_FRAMES", "RuntimeConfig", "render_runtime"]
 
@@ -164,12 +166,49 @@ class RuntimeConfig:
 
 def render_runtime(config: RuntimeConfig, *, nonce: str | None, xhtml: bool = False) -> str:
     """The runtime ``<script>``, its configuration in ``data-rai``."""
+    key = (
+        config.frames,
+        config.endpoint,
+        config.token_field,
+        config.tag,
+        tuple(config.widgets.items()),
+        config.community,
+        config.sdk,
+        config.integrity,
+        config.sdk_tag,
+        config.widgets_base,
+        tuple(config.segments.items()),
+        xhtml,
+    )
+    parts = _PARTS.get(key)
+    if parts is None:
+        parts = _PARTS.put(key, _parts(config, xhtml=xhtml))
+    head, middle, end = parts
+    nonce_attr = f" nonce={quote_attribute(nonce)}" if nonce else ""
+    visitor = ""
+    if config.token is not None:
+        visitor = escape(
+            f',"token":{encode_string(config.token)},"expiresIn":{json.dumps(config.expires_in)}'
+        )
+    ticket = escape(encode_string(config.ticket))
+    return f"<script{nonce_attr} data-rai={head}{ticket}{middle}{visitor}{end}"
+
+
+#: What ``render_runtime`` writes around the visitor's ticket and token (the same for
+#: every page of a configuration), by configuration.
+_PARTS: Memo[tuple[object, ...], tuple[str, str, str]] = Memo(64)
+
+
+def _parts(config: RuntimeConfig, *, xhtml: bool) -> tuple[str, str, str]:
+    """The script to the ticket, after the ticket to the token, and its end: the
+    configuration as JSON, escaped for a double-quoted attribute (escaping each part is
+    escaping the whole, character by character)."""
     data: dict[str, object] = {
         "tag": config.tag,  # first: see below
         "frames": config.frames,
         "endpoint": config.endpoint,
         "field": config.token_field,
-        "ticket": config.ticket,
+        "ticket": "",
         "widgets": config.widgets,
         "community": config.community,
         "sdk": config.sdk,
@@ -178,14 +217,12 @@ def render_runtime(config: RuntimeConfig, *, nonce: str | None, xhtml: bool = Fa
         "widgets_base": config.widgets_base,
         "segments": config.segments,
     }
-    if config.token is not None:
-        data["token"] = config.token
-        data["expiresIn"] = config.expires_in
     payload = json.dumps(data, separators=(",", ":"))
     # The page never spells the placeholder tag (a second rewriting layer finds nothing):
     # its first letter as a JSON escape.
     written = json.dumps(config.tag)
     payload = payload.replace(written, f'"\\u{ord(config.tag[0]):04x}{written[2:]}', 1)
-    nonce_attr = f" nonce={quote_attribute(nonce)}" if nonce else ""
+    at = payload.index('"ticket":""') + len('"ticket":')
+    head, middle = payload[:at], payload[at + 2 : -1]
     code = inline_script(RUNTIME_SCRIPT_FRAMES if config.frames else RUNTIME_SCRIPT, xhtml=xhtml)
-    return f"<script{nonce_attr} data-rai={quote_attribute(payload)}>{code}</script>"
+    return '"' + escape(head), escape(middle), '}">' + code + "</script>"

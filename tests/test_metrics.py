@@ -292,7 +292,7 @@ def test_a_stream_that_fails_open_on_its_first_chunk_is_passed_through(
 
     core = page_core()
     rewrite = stream(core)
-    monkeypatch.setattr("rai_middleware._page.widget_attributes", broken)
+    monkeypatch.setattr("rai_middleware._core.read_placeholder", broken)
     with caplog.at_level(logging.ERROR, logger="rai_middleware"):
         step = drive(rewrite, rewrite.feed(PLACEHOLDER, more=False), user(1), GRANT)
         step = drive(rewrite, rewrite.feed(b"<p>", more=True), user(1), GRANT)

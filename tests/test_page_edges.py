@@ -43,7 +43,7 @@ async def test_a_failure_on_a_later_streamed_chunk_sends_the_rest_unchanged(
     def broken(*args: Any) -> Any:
         raise RuntimeError("attribute parser bug")
 
-    monkeypatch.setattr("rai_middleware._page.parse_attributes", broken)
+    monkeypatch.setattr("rai_middleware._core.read_placeholder", broken)
     app = html_app([b"<p>head</p>", PAGE], content_length=False)
     with caplog.at_level(logging.ERROR, logger="rai_middleware"):
         messages = await call_asgi(wrap(app), http_scope())

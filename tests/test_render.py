@@ -9,14 +9,32 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rai_middleware._config import build_settings
+from rai_middleware._identity import Identity
+from rai_middleware._modes import PageAuth, PageContext, Widget
 from rai_middleware._modes.access_key import (
     REFRESH_SCRIPT,
+    AccessKeyMode,
     WidgetMarkup,
     render_scripts,
     render_widget,
 )
-from rai_middleware._render import container_id, parse_attributes, widget_attributes
+from rai_middleware._render import (
+    Memo,
+    container_id,
+    parse_attributes,
+    read_placeholder,
+    widget_attributes,
+)
 from rai_middleware._scanner import scan
+from tests.conftest import ACCESS_ID, ACCESS_KEY, COMMUNITY_ID
+
+_MODE_OPTIONS = {
+    "community_id": "community-1",
+    "access_id": ACCESS_ID,
+    "access_key": ACCESS_KEY,
+    "secret_key": "s" * 32,
+}
 
 # -- parse_attributes ------------------------------------------------------------------------
 
@@ -386,3 +404,62 @@ def test_refresh_script_posts_the_ticket_in_a_header() -> None:
     assert 'getAttribute("data-rai-ticket")' in REFRESH_SCRIPT
     assert 'getAttribute("data-rai-endpoint")' in REFRESH_SCRIPT
     assert "rai-placeholder" not in REFRESH_SCRIPT
+
+
+# -- what is remembered between pages ----------------------------------------------------------
+
+
+def test_memo_forgets_everything_when_full() -> None:
+    memo: Memo[str, int] = Memo(3)
+    for number, key in enumerate("abc"):
+        assert memo.put(key, number) == number
+    assert (memo.get("a"), memo.get("c"), len(memo)) == (0, 2, 3)
+    memo.put("d", 3)
+    assert (memo.get("a"), memo.get("d"), len(memo)) == (None, 3, 1)
+
+
+def test_memo_repr_shows_no_key() -> None:
+    memo: Memo[str, str] = Memo(8)
+    memo.put("secret-token", "markup")
+    assert repr(memo) == "Memo(1/8)"
+
+
+def test_read_placeholder_keeps_attributes_immutable() -> None:
+    written, element, attributes = read_placeholder(
+        b' widget="Store" theme=dark', "utf-8", {"store": "rai-store-widget"}
+    )
+    assert (written, element) == ("Store", "rai-store-widget")
+    assert attributes == (("widget", "Store"), ("theme", "dark"))
+
+
+def test_widget_markup_is_remembered_per_token() -> None:
+    mode = AccessKeyMode(build_settings(dict(_MODE_OPTIONS)))
+    page, attributes = PageContext("/", "/_rai/embed-token"), (("widget", "store"),)
+    widget = Widget("store", "rai-store-widget", attributes, 1, "p-1")
+    alice = PageAuth(Identity({"data-x": "a"}, "ka"), "tok-alice", "ticket")
+    bob = PageAuth(Identity({"data-x": "b"}, "kb"), "tok-bob", "ticket")
+    first = mode.render(page, widget, alice)
+    again = mode.render(page, Widget("store", "rai-store-widget", attributes, 2, "p-2"), alice)
+    other = mode.render(page, widget, bob)
+    assert first == (
+        '<div id="returning-ai-widget-p-1"><rai-store-widget community-id="community-1" '
+        'embed-token="tok-alice"></rai-store-widget></div>'
+    )
+    assert again == first.replace("p-1", "p-2")
+    assert other == first.replace("tok-alice", "tok-bob")
+
+
+def test_runtime_parts_are_shared_but_each_visitor_keeps_their_ticket_and_token() -> None:
+    from tests.conftest import runtime_script
+
+    mode = AccessKeyMode(build_settings(dict(_MODE_OPTIONS, community_id=COMMUNITY_ID)))
+    scripts = []
+    for ticket, token, expires_in in (("t-1", "tok-a", 900), ("t-2", "tok-b", 899)):
+        page = PageContext("/", "/_rai/embed-token")
+        page.scripts_written = True
+        auth = PageAuth(Identity({"data-x": ticket}, ticket), token, ticket, expires_in)
+        scripts.append(mode.render_runtime(page, auth).encode())
+    assert scripts == [
+        runtime_script(ticket="t-1", token="tok-a", expires_in=900, sdk_tag=True),
+        runtime_script(ticket="t-2", token="tok-b", expires_in=899, sdk_tag=True),
+    ]

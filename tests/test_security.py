@@ -156,3 +156,32 @@ async def test_one_user_never_sees_another_users_token(upstream: respx.MockRoute
         tokens = re.findall(rb'embed-token="([^"]*)"', body_of(messages))
         assert tokens == [f"for-{scope['path'].strip('/')}".encode()]
     assert upstream["token"].call_count == 2
+
+
+async def test_a_renewed_token_replaces_the_remembered_widget_markup(
+    upstream: respx.MockRouter,
+) -> None:
+    # The markup of a visitor's widget is remembered per token: a new token is a new key.
+    now = [1000.0]
+    middleware = wrap(html_app(PAGE), clock=lambda: now[0])
+    first = body_of(await call_asgi(middleware, http_scope()))
+    now[0] += 900  # tok-1 has expired: the next page mints tok-2
+    second = body_of(await call_asgi(middleware, http_scope()))
+    assert re.findall(rb'embed-token="([^"]*)"', first) == [b"tok-1"]
+    assert re.findall(rb'embed-token="([^"]*)"', second) == [b"tok-2"]
+    assert b"tok-1" not in second
+    assert upstream["token"].call_count == 2
+
+
+async def test_what_is_remembered_between_pages_stays_bounded(upstream: respx.MockRouter) -> None:
+    # A hostile page of 1,000 different placeholders, and one with long attributes: every
+    # one is rendered, and what is kept for the next page stays within its bounds.
+    spots = b"".join(
+        b'<rai-placeholder widget="store" data-n="%d">f</rai-placeholder>' % n for n in range(1000)
+    )
+    long = b'<rai-placeholder widget="store" title="' + b"x" * 600 + b'">f</rai-placeholder>'
+    middleware = wrap(html_app(spots + long))
+    body = body_of(await call_asgi(middleware, http_scope()))
+    assert body.count(b'embed-token="tok-1"') == 1001
+    assert b'title="' + b"x" * 600 + b'"' in body
+    assert 0 < len(middleware.core._specs) <= 512

@@ -386,7 +386,7 @@ async def test_rendering_failure_fails_open_with_original_bytes(
     def broken(*args: Any, **kwargs: Any) -> str:
         raise ValueError("renderer bug")
 
-    monkeypatch.setattr(access_key, "render_widget", broken)
+    monkeypatch.setattr(access_key, "_element", broken)
     for body in (PAGE, chunked(PAGE, 50), [b"<p>lead</p>", *chunked(PAGE, 50)]):
         with caplog.at_level(logging.ERROR, logger="rai_middleware"):
             messages = await call_asgi(wrap(html_app(body)), http_scope())

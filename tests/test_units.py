@@ -10,7 +10,7 @@ import pytest
 
 from rai_middleware._codec import BodyCodec, codec_for
 from rai_middleware._http import csp_nonce, inspect_response, rewrite_headers, same_origin
-from rai_middleware._identity import checked_identity, default_identify
+from rai_middleware._identity import Identity, IdentityKey, checked_identity, default_identify
 
 
 @pytest.mark.parametrize(
@@ -153,6 +153,17 @@ def test_checked_identity_refuses_bad_results(
     with caplog.at_level(logging.ERROR, logger="rai_middleware"):
         assert checked_identity(result, default_identify, b"k") is None
     assert message in caplog.text
+
+
+def test_an_identity_is_keyed_once_and_only_for_the_same_identifiers() -> None:
+    secret = IdentityKey(b"k")
+    alice = checked_identity({"data-id": "alice"}, default_identify, secret)
+    again = checked_identity({"data-id": "alice"}, default_identify, secret)
+    bob = checked_identity({"data-id": "bob"}, default_identify, secret)
+    assert alice is again
+    assert alice == Identity.create({"data-id": "alice"}, b"k")
+    assert bob is not None and alice is not None and bob.key != alice.key
+    assert "alice" not in repr(secret)
 
 
 def test_checked_identity_converts_ints_and_drops_empty_values() -> None:

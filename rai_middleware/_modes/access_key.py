@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from rai_middleware._exceptions import TokenError
 from rai_middleware._identity import Identity
-from rai_middleware._render import Attribute, container_id, inline_script, quote_attribute
+from rai_middleware._render import Attribute, Memo, container_id, inline_script, quote_attribute
 from rai_middleware._runtime import RuntimeConfig, render_runtime
 from rai_middleware._upstream import (
     TokenRequest,
@@ -31,6 +31,7 @@ from ._base import Mode, PageAuth, PageContext, Widget
 
 if TYPE_CHECKING:
     from rai_middleware._clients import HTTPResponse
+    from rai_middleware._config import Settings
 
 __all__ = [
     "REFRESH_SCRIPT",
@@ -105,7 +106,16 @@ def render_widget(
     ``community-id`` comes first, from the configuration, unless the placeholder set it;
     the placeholder's other attributes follow in their order; ``embed-token`` is last.
     """
-    parts = [f"<div id={quote_attribute(container_id(index))}><{element}"]
+    return _container(index) + _element(element, attributes, token, community_id)
+
+
+def _container(index: int | str) -> str:
+    return f"<div id={quote_attribute(container_id(index))}>"
+
+
+def _element(element: str, attributes: Sequence[Attribute], token: str, community_id: str) -> str:
+    """The SDK element and the container's end: the same for every page of a visitor."""
+    parts = [f"<{element}"]
     names = {name for name, _ in attributes}
     if "community-id" not in names:
         parts.append(f" community-id={quote_attribute(community_id)}")
@@ -150,6 +160,15 @@ class AccessKeyMode(Mode):
     endpoint = "/embed-token"
     token_field = "embedToken"
 
+    __slots__ = ("_elements",)
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        # A visitor's widgets are the same markup on every page but for their container
+        # ids: written once per token and placeholder (keyed by the token, so never shown
+        # to anyone else).
+        self._elements: Memo[tuple[str, tuple[Attribute, ...], str], str] = Memo(1024)
+
     @property
     def token_url(self) -> str:
         return self.settings.api_base_url + self.settings.token_path
@@ -189,13 +208,13 @@ class AccessKeyMode(Mode):
 
     def render(self, page: PageContext, widget: Widget, auth: PageAuth) -> str | None:
         assert auth.token is not None
-        return render_widget(
-            widget.element,
-            widget.attributes,
-            index=widget.suffix or widget.index,
-            token=auth.token,
-            community_id=self.settings.community_id or "",
-        )
+        key = (widget.element, tuple(widget.attributes), auth.token)
+        element = self._elements.get(key)
+        if element is None:
+            community = self.settings.community_id or ""
+            element = _element(widget.element, widget.attributes, auth.token, community)
+            self._elements.put(key, element)
+        return _container(widget.suffix or widget.index) + element
 
     def render_once(self, page: PageContext, auth: PageAuth) -> str:
         assert auth.token is not None and auth.ticket is not None
