@@ -597,7 +597,7 @@ class PageRewrite:
                 self._path,
                 settings.max_placeholder_size,
             )
-        if (b"<" + settings.placeholder_tag.encode("ascii")) in unfinished.lower():
+        if unfinished and (b"<" + settings.placeholder_tag.encode("ascii")) in unfinished.lower():
             logger.warning(
                 "an unterminated <%s> on %s was sent unchanged",
                 settings.placeholder_tag,

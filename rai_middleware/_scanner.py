@@ -284,6 +284,21 @@ def _patterns(name: tuple[bytes, ...]) -> tuple[tuple[Search, ...], tuple[Search
 
 
 @functools.lru_cache(maxsize=16)
+def _setup(
+    tag: str, also: tuple[str, ...]
+) -> tuple[tuple[bytes, ...], tuple[Search, ...], tuple[Search, ...], Search, int]:
+    """What a scanner for these tag names starts from, worked out once (a scanner is made
+    for every response): the names, lower-cased; the candidate searches and exact runs;
+    the usual placeholder of the first name in one match (the others go the general way);
+    and the longest tag name whose identity matters (a name cut by the chunk end is held
+    until it is this long or ends)."""
+    names = tuple(dict.fromkeys(t.lower().encode("ascii") for t in (tag, *also)))
+    candidates, runs = _patterns(names)
+    longest = max(*(len(n) for n in names), *map(len, _SPECIAL_ELEMENTS))
+    return names, candidates, runs, _simple_pattern(names[0]), longest
+
+
+@functools.lru_cache(maxsize=16)
 def _simple_pattern(name: bytes) -> Search:
     """The usual placeholder, whole: its start tag, a fallback without ``<`` (so without
     any construct), and ``</name>`` right after. Groups: the attributes, the fallback."""
@@ -360,17 +375,11 @@ class PlaceholderScanner:
     ) -> None:
         # ``also``: more tag names found the same way (``Placeholder.tag`` says which).
         # Inside one element, another's start tag is part of its fallback.
-        self._names = tuple(dict.fromkeys(t.lower().encode("ascii") for t in (tag, *also)))
-        self._name = self._names[0]  # the open (or last opened) element's name
+        names, self._candidates, self._runs, self._simple, self._longest = _setup(tag, tuple(also))
+        self._names = names
+        self._name = names[0]  # the open (or last opened) element's name
         self._open = b"<" + self._name
         self._max_size = max_size
-        self._candidates, self._runs = _patterns(self._names)
-        # The usual placeholder in one match: the placeholder tag's (the runtime tag and
-        # the rest go the general way).
-        self._simple = _simple_pattern(self._names[0])
-        # The longest tag name whose identity matters: a name cut by the chunk end is held
-        # until it is this long or ends.
-        self._longest = max(*(len(n) for n in self._names), *map(len, _SPECIAL_ELEMENTS))
         self._buf: bytes | bytearray = b""  # bytes not yet released
         self._pos = 0  # where scanning resumes in ``_buf``
         self._mode = _DATA
