@@ -302,7 +302,8 @@ class PageRewrite:
                     self._codec.encode(self._text(data), final=final)
                 out = chunk
             else:
-                yield from self._authenticate(items)
+                if not self._auth_resolved:
+                    yield from self._authenticate(items)
                 text = self._render_text(items)
                 replaced = not self._failed and any(isinstance(i, Placeholder) for i in items)
                 out = self._encode(text, final=final)

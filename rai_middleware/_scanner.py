@@ -423,12 +423,17 @@ class PlaceholderScanner:
                 self._buf += data
                 self._pos = len(self._buf)
                 return []
-        if self._buf:
-            if not isinstance(self._buf, bytearray):
-                self._buf = bytearray(self._buf)
-            self._buf += data
-        else:
+        held = self._buf
+        if not held:
             self._buf = bytes(data)
+        elif self._start < 0 and len(held) <= _SHORT:
+            # A few bytes cut by the chunk end (``<scri``): one copy, and pieces of bytes
+            # are sliced without another.
+            self._buf = bytes(held) + data
+        else:  # a placeholder growing chunk by chunk: appended in place
+            if not isinstance(held, bytearray):
+                self._buf = held = bytearray(held)
+            held += data
         out: list[Item] = []
         self._scan(out, final=False)
         return out
@@ -489,7 +494,7 @@ class PlaceholderScanner:
                         attributes = bytes(simple.group(1))
                         if end - pos <= self._max_size and not attributes.endswith(b"/"):
                             if pos > emitted:
-                                out.append(bytes(buf[emitted:pos]))
+                                out.append(_piece(buf, emitted, pos))
                             raw = bytes(buf[pos:end])
                             inner = bytes(simple.group(2))
                             out.append(Placeholder(raw, attributes, inner, False, self._names[0]))
@@ -510,7 +515,7 @@ class PlaceholderScanner:
                 if found is not None:
                     start = self._start if self._then == _THEN_CLOSE else self._tag_start
                     if start > emitted:
-                        out.append(bytes(buf[emitted:start]))
+                        out.append(_piece(buf, emitted, start))
                     out.append(found)
                     emitted = end
                     self._start = -1
@@ -581,12 +586,12 @@ class PlaceholderScanner:
             self._last_byte = buf[n - 1]  # for ``/>`` cut between the two bytes
         keep = start if 0 <= start < hold else hold
         if keep > emitted:
-            out.append(bytes(buf[emitted:keep]))
+            out.append(_piece(buf, emitted, keep))
         self._pos = hold - keep
         if keep == 0:
             self._buf = buf  # typically a placeholder still growing: nothing moves
             return
-        self._buf = bytearray(buf[keep:]) if keep < n else b""
+        self._buf = buf[keep:] if keep < n else b""
         if start >= 0:
             self._start = start - keep
             self._open_end -= keep
@@ -1015,6 +1020,17 @@ def _text_until(buf: bytes | bytearray, pos: int, target: int) -> int:
         if last >= 0:
             return last
     return target
+
+
+#: Held bytes short enough to be copied with each chunk rather than appended to.
+_SHORT = 256
+
+
+def _piece(buf: bytes | bytearray, start: int, end: int) -> bytes:
+    """``bytes(buf[start:end])`` with one copy, not two for a bytearray."""
+    if isinstance(buf, bytes):
+        return buf[start:end]
+    return bytes(memoryview(buf)[start:end])
 
 
 def _joined(items: list[Item]) -> list[Item]:
