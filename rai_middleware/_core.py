@@ -63,8 +63,9 @@ logger = logging.getLogger("rai_middleware")
 
 T = TypeVar("T")
 
-#: Placeholders remembered (``Core.widget_spec``), and the longest attributes kept: at most
-#: 256 KiB, whatever pages come.
+#: Placeholders remembered (``Core.widget_spec``), and the longest attributes kept: a few
+#: MiB at most (each entry is its attribute bytes and what they parse to), whatever pages
+#: come.
 _SPECS_KEPT = 512
 _SPEC_LENGTH_KEPT = 512
 

@@ -15,6 +15,7 @@ import logging
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from ._render import Memo
@@ -56,7 +57,8 @@ class IdentityKey:
         return hmac.new(self._key, data, hashlib.sha256).hexdigest()
 
     def identity(self, identifiers: Mapping[str, str]) -> Identity:
-        """``Identity.create(identifiers, self)``, remembered."""
+        """``Identity.create(identifiers, self)``, remembered (at most 1,024 visitors' in
+        memory) and shared: an ``Identity`` is immutable."""
         key = tuple(identifiers.items())
         known = self._known.get(key)
         if known is None:
@@ -85,7 +87,9 @@ class Identity:
     def create(cls, identifiers: Mapping[str, str], secret: IdentityKey | bytes) -> Identity:
         holder = secret if isinstance(secret, IdentityKey) else IdentityKey(secret)
         canonical = json.dumps(dict(identifiers), sort_keys=True, separators=(",", ":"))
-        return cls(identifiers=dict(identifiers), key=holder.digest(canonical.encode()))
+        # Read-only: one visitor's identity is shared by their concurrent requests.
+        frozen = MappingProxyType(dict(identifiers))
+        return cls(identifiers=frozen, key=holder.digest(canonical.encode()))
 
     @property
     def tag(self) -> str:

@@ -74,7 +74,8 @@ class Memo(Generic[K, V]):
 
     Bounded: at ``size`` entries it forgets them all, which costs nothing on the hot path
     (no recency bookkeeping) and keeps a hostile page from growing it. Safe to share
-    between threads: each call is one dict operation."""
+    between threads: the worst a race does is lose an entry, or hold a few more than
+    ``size`` for a moment."""
 
     __slots__ = ("_entries", "_size")
 

@@ -165,7 +165,9 @@ class RuntimeConfig:
 
 
 def render_runtime(config: RuntimeConfig, *, nonce: str | None, xhtml: bool = False) -> str:
-    """The runtime ``<script>``, its configuration in ``data-rai``."""
+    """The runtime ``<script>``, its configuration in ``data-rai``. What does not depend
+    on the visitor (everything but ``ticket``, ``token`` and ``expires_in``, which must be
+    a string, a string or None, and an int) is rendered once per configuration."""
     key = (
         config.frames,
         config.endpoint,

@@ -430,7 +430,7 @@ class PlaceholderScanner:
             # A few bytes cut by the chunk end (``<scri``): one copy, and pieces of bytes
             # are sliced without another.
             self._buf = bytes(held) + data
-        else:  # a placeholder growing chunk by chunk: appended in place
+        else:  # a placeholder growing chunk by chunk (or a long tail): appended in place
             if not isinstance(held, bytearray):
                 self._buf = held = bytearray(held)
             held += data
@@ -1030,7 +1030,9 @@ def _piece(buf: bytes | bytearray, start: int, end: int) -> bytes:
     """``bytes(buf[start:end])`` with one copy, not two for a bytearray."""
     if isinstance(buf, bytes):
         return buf[start:end]
-    return bytes(memoryview(buf)[start:end])
+    # Released at once: a bytearray with a live export cannot grow (``held += data``).
+    with memoryview(buf) as view, view[start:end] as piece:
+        return piece.tobytes()
 
 
 def _joined(items: list[Item]) -> list[Item]:

@@ -185,3 +185,6 @@ async def test_what_is_remembered_between_pages_stays_bounded(upstream: respx.Mo
     assert body.count(b'embed-token="tok-1"') == 1001
     assert b'title="' + b"x" * 600 + b'"' in body
     assert 0 < len(middleware.core._specs) <= 512
+    kept = middleware.core.mode._elements  # type: ignore[attr-defined]
+    assert 0 < len(kept) <= 1024
+    assert not any("x" * 600 in markup for markup in kept._entries.values())

@@ -164,6 +164,8 @@ def test_an_identity_is_keyed_once_and_only_for_the_same_identifiers() -> None:
     assert alice == Identity.create({"data-id": "alice"}, b"k")
     assert bob is not None and alice is not None and bob.key != alice.key
     assert "alice" not in repr(secret)
+    with pytest.raises(TypeError):  # shared between requests: read-only
+        alice.identifiers["data-id"] = "mallory"  # type: ignore[index]
 
 
 def test_checked_identity_converts_ints_and_drops_empty_values() -> None:

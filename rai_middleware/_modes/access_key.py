@@ -44,6 +44,8 @@ __all__ = [
 
 # Attributes the middleware owns on the element it writes: a placeholder cannot set them.
 _RESERVED = frozenset({"widget", "embed-token"})
+# The most attribute text whose widget markup is kept between pages (1,024 entries).
+_KEPT_LENGTH = 512
 
 # The token-refresh half of the docs' recipe for sessions longer than a token's life:
 # on ``rai-error`` ask our endpoint for a token (POST, same origin, ticket in a header),
@@ -208,13 +210,17 @@ class AccessKeyMode(Mode):
 
     def render(self, page: PageContext, widget: Widget, auth: PageAuth) -> str | None:
         assert auth.token is not None
+        community = self.settings.community_id or ""
+        container = _container(widget.suffix or widget.index)
+        if sum(len(name) + len(value) for name, value in widget.attributes) > _KEPT_LENGTH:
+            # Unusually long attributes are written each time: what is kept stays small.
+            return container + _element(widget.element, widget.attributes, auth.token, community)
         key = (widget.element, tuple(widget.attributes), auth.token)
         element = self._elements.get(key)
         if element is None:
-            community = self.settings.community_id or ""
             element = _element(widget.element, widget.attributes, auth.token, community)
             self._elements.put(key, element)
-        return _container(widget.suffix or widget.index) + element
+        return container + element
 
     def render_once(self, page: PageContext, auth: PageAuth) -> str:
         assert auth.token is not None and auth.ticket is not None
