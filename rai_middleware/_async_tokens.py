@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, TypeVar
 
 import httpx
@@ -175,19 +176,7 @@ class TokenService(PolicyDriver):
     async def _wait(self, flight: Flight) -> EmbedToken:
         if flight.settled:
             return flight.outcome()
-        loop = asyncio.get_running_loop()
-        woken: asyncio.Future[None] = loop.create_future()
-
-        def wake() -> None:  # from whichever thread or loop settles the flight
-            try:
-                loop.call_soon_threadsafe(_resolve, woken)
-            except RuntimeError:
-                pass  # that loop has closed: nobody waits there any more
-
-        self._policy.when_settled(flight, wake)
-        try:
-            await asyncio.wait_for(woken, flight.deadline - time.monotonic())
-        except asyncio.TimeoutError:
+        if not await _settled(partial(self._policy.when_settled, flight), flight.deadline):
             self._policy.expire(flight)
         return flight.outcome()
 
@@ -211,19 +200,7 @@ class TokenService(PolicyDriver):
         return page
 
     async def _wait_page(self, flight: PageFlight) -> str | None:
-        loop = asyncio.get_running_loop()
-        woken: asyncio.Future[None] = loop.create_future()
-
-        def wake() -> None:  # from whichever thread or loop settles the flight
-            try:
-                loop.call_soon_threadsafe(_resolve, woken)
-            except RuntimeError:
-                pass  # that loop has closed: nobody waits there any more
-
-        self.pages.when_settled(flight, wake)
-        try:
-            await asyncio.wait_for(woken, max(0.0, flight.deadline - time.monotonic()))
-        except asyncio.TimeoutError:
+        if not await _settled(partial(self.pages.when_settled, flight), flight.deadline):
             return None  # the leader logs why
         return flight.page
 
@@ -336,6 +313,27 @@ async def _within(operation: Awaitable[T], timeout: float | None) -> T:
         return await asyncio.wait_for(operation, timeout)
     except asyncio.TimeoutError:
         raise StoreError("the shared token store took longer than half the timeout") from None
+
+
+async def _settled(subscribe: Callable[[Callable[[], None]], None], deadline: float) -> bool:
+    """Wait for a flight that another request leads: ``subscribe(wake)`` has ``wake``
+    called, from whichever thread or loop settles it, once it is settled. False if the
+    ``time.monotonic()`` deadline came first."""
+    loop = asyncio.get_running_loop()
+    woken: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        try:
+            loop.call_soon_threadsafe(_resolve, woken)
+        except RuntimeError:
+            pass  # that loop has closed: nobody waits there any more
+
+    subscribe(wake)
+    try:
+        await asyncio.wait_for(woken, max(0.0, deadline - time.monotonic()))
+    except asyncio.TimeoutError:
+        return False
+    return True
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
