@@ -195,11 +195,9 @@ class Core:
         widgets = self.settings.widgets
         if len(attributes) > _SPEC_LENGTH_KEPT:
             return read_placeholder(attributes, encoding, widgets)
-        key = (attributes, encoding)
-        spec = self._specs.get(key)
-        if spec is None:
-            spec = self._specs.put(key, read_placeholder(attributes, encoding, widgets))
-        return spec
+        return self._specs.get_or_make(
+            (attributes, encoding), lambda: read_placeholder(attributes, encoding, widgets)
+        )
 
     # -- the endpoint ------------------------------------------------------------------
 

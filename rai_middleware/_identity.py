@@ -59,11 +59,9 @@ class IdentityKey:
     def identity(self, identifiers: Mapping[str, str]) -> Identity:
         """``Identity.create(identifiers, self)``, remembered (at most 1,024 visitors' in
         memory) and shared: an ``Identity`` is immutable."""
-        key = tuple(identifiers.items())
-        known = self._known.get(key)
-        if known is None:
-            known = self._known.put(key, Identity.create(identifiers, self))
-        return known
+        return self._known.get_or_make(
+            tuple(identifiers.items()), lambda: Identity.create(identifiers, self)
+        )
 
     def __repr__(self) -> str:
         return "IdentityKey('**********')"

@@ -13,7 +13,7 @@ import itertools
 import re
 import secrets
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Generic, TypeVar
 
 __all__ = [
@@ -96,6 +96,13 @@ class Memo(Generic[K, V]):
         if len(self._entries) >= self._size:
             self._entries.clear()
         self._entries[key] = value
+        return value
+
+    def get_or_make(self, key: K, make: Callable[[], V]) -> V:
+        """The value kept for ``key``, or ``make()``'s, kept."""
+        value = self._entries.get(key)
+        if value is None:
+            value = self.put(key, make())
         return value
 
 

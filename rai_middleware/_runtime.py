@@ -182,10 +182,7 @@ def render_runtime(config: RuntimeConfig, *, nonce: str | None, xhtml: bool = Fa
         tuple(config.segments.items()),
         xhtml,
     )
-    parts = _PARTS.get(key)
-    if parts is None:
-        parts = _PARTS.put(key, _parts(config, xhtml=xhtml))
-    head, middle, end = parts
+    head, middle, end = _PARTS.get_or_make(key, lambda: _parts(config, xhtml=xhtml))
     nonce_attr = f" nonce={quote_attribute(nonce)}" if nonce else ""
     visitor = ""
     if config.token is not None:

@@ -210,17 +210,16 @@ class AccessKeyMode(Mode):
 
     def render(self, page: PageContext, widget: Widget, auth: PageAuth) -> str | None:
         assert auth.token is not None
-        community = self.settings.community_id or ""
+        token, community = auth.token, self.settings.community_id or ""
+
+        def element() -> str:
+            return _element(widget.element, widget.attributes, token, community)
+
         container = _container(widget.suffix or widget.index)
         if sum(len(name) + len(value) for name, value in widget.attributes) > _KEPT_LENGTH:
-            # Unusually long attributes are written each time: what is kept stays small.
-            return container + _element(widget.element, widget.attributes, auth.token, community)
-        key = (widget.element, tuple(widget.attributes), auth.token)
-        element = self._elements.get(key)
-        if element is None:
-            element = _element(widget.element, widget.attributes, auth.token, community)
-            self._elements.put(key, element)
-        return container + element
+            return container + element()  # unusually long: written each time, not kept
+        key = (widget.element, tuple(widget.attributes), token)
+        return container + self._elements.get_or_make(key, element)
 
     def render_once(self, page: PageContext, auth: PageAuth) -> str:
         assert auth.token is not None and auth.ticket is not None
